@@ -1,0 +1,3 @@
+from gsm.cli import main
+
+main()

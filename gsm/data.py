@@ -1,0 +1,104 @@
+"""Target Gaussians N(μ, Σ), Σ = U diag(λ) Uᵀ, built from a power spectrum λ (the eigenvalues of Σ)."""
+from __future__ import annotations
+
+import torch
+
+
+def _check_dim(dim: int) -> int:
+    if int(dim) != dim or dim < 1:
+        raise ValueError(f"data.dim must be an integer >= 1, got {dim}")
+    return int(dim)
+
+
+def powerlaw_spectrum(dim: int, scale: float = 1.0, exponent: float = 1.0) -> torch.Tensor:
+    """λ_i = scale · i^(−exponent), i = 1..d. Shape (d,), float64."""
+    dim = _check_dim(dim)
+    if not scale > 0:
+        raise ValueError(f"data.spectrum.scale must be > 0, got {scale}")
+    i = torch.arange(1, dim + 1, dtype=torch.float64)
+    return scale * i ** (-float(exponent))
+
+
+def isotropic_spectrum(dim: int, value: float = 1.0) -> torch.Tensor:
+    """λ_i = value for every i. Shape (d,), float64."""
+    dim = _check_dim(dim)
+    if not value > 0:
+        raise ValueError(f"data.spectrum.value must be > 0, got {value}")
+    return torch.full((dim,), float(value), dtype=torch.float64)
+
+
+def two_level_spectrum(dim: int, high: float = 1.0, low: float = 0.1, fraction: float = 0.25) -> torch.Tensor:
+    """⌈fraction·d⌉ eigenvalues at `high`, the others at `low` (an ill-conditioned two-scale Σ)."""
+    dim = _check_dim(dim)
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"data.spectrum.fraction must be in [0, 1], got {fraction}")
+    if not (high > 0 and low > 0):
+        raise ValueError(f"data.spectrum.high and low must be > 0, got high={high}, low={low}")
+    k = int(torch.ceil(torch.tensor(fraction * dim)).item())
+    lam = torch.full((dim,), float(low), dtype=torch.float64)
+    lam[:k] = float(high)
+    return lam
+
+
+def custom_spectrum(eigenvalues, dim: int | None = None) -> torch.Tensor:
+    """An explicit list of eigenvalues λ_1..λ_d (all finite and > 0)."""
+    lam = torch.as_tensor(list(eigenvalues), dtype=torch.float64)
+    if lam.ndim != 1 or lam.numel() == 0:
+        raise ValueError(f"data.spectrum.eigenvalues must be a non-empty list, got {list(eigenvalues)}")
+    if dim is not None and lam.numel() != dim:
+        raise ValueError(f"data.spectrum.eigenvalues must have data.dim={dim} entries, got {lam.numel()}")
+    if not torch.isfinite(lam).all() or not (lam > 0).all():
+        raise ValueError(f"data.spectrum.eigenvalues must be finite and > 0, got {lam.tolist()}")
+    return lam
+
+
+def random_orthogonal(dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A Haar-distributed orthogonal matrix (QR of a Gaussian matrix with the sign fix), (d, d) float64."""
+    g = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+
+
+class Gaussian:
+    """N(μ, Σ) with Σ = U diag(λ) Uᵀ.
+
+    Args:
+        eigenvalues: λ, shape (d,), the power spectrum.
+        basis: U, shape (d, d) orthogonal (columns are eigenvectors); None = identity.
+        mean: μ, shape (d,); None = 0.
+    """
+
+    def __init__(self, eigenvalues: torch.Tensor, basis: torch.Tensor | None = None,
+                 mean: torch.Tensor | None = None):
+        self.eigenvalues = torch.as_tensor(eigenvalues, dtype=torch.float64)
+        d = self.eigenvalues.numel()
+        self.basis = torch.eye(d, dtype=torch.float64) if basis is None else basis.to(torch.float64)
+        self.mean = torch.zeros(d, dtype=torch.float64) if mean is None else mean.to(torch.float64)
+
+    @property
+    def dim(self) -> int:
+        return self.eigenvalues.numel()
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """Σ = U diag(λ) Uᵀ, (d, d) float64."""
+        return (self.basis * self.eigenvalues) @ self.basis.T
+
+    def sample(self, shape, generator: torch.Generator | None = None, dtype=torch.float64,
+               device=None) -> torch.Tensor:
+        """x = μ + U diag(√λ) z, z ~ N(0, I): shape (*shape, d)."""
+        shape = tuple(shape)
+        device = torch.device("cpu") if device is None else torch.device(device)
+        z = torch.randn(*shape, self.dim, generator=generator, dtype=torch.float64, device=device)
+        root = (self.basis * self.eigenvalues.sqrt()).to(device)
+        return (self.mean.to(device) + z @ root.T).to(dtype)
+
+
+def make_gaussian(spectrum: torch.Tensor, basis: str = "random", seed: int = 0) -> Gaussian:
+    """The target of a run: λ from `spectrum`, and U = identity or Haar-random (drawn from `seed`)."""
+    if basis not in ("random", "identity"):
+        raise ValueError(f"data.basis must be one of random | identity, got {basis}")
+    d = spectrum.numel()
+    if basis == "identity":
+        return Gaussian(spectrum)
+    return Gaussian(spectrum, random_orthogonal(d, torch.Generator().manual_seed(seed)))

@@ -1,0 +1,241 @@
+"""The pipeline: N samples of N(0, Σ) → score fitted by DSM → sampler → W2² against the target.
+
+`run(cfg, output_dir)` is a plain function (tests call it directly); `gsm.cli` wraps it in Hydra.
+Every stage is batched over R independent replicates; evaluation is in float64.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gsm.data import make_gaussian
+from gsm.metrics import bures_wasserstein2, second_moment
+from gsm.models import dsm_optimum
+from gsm.train import empirical_dsm_minimizer, train_linear_dsm
+
+log = logging.getLogger("gsm")
+
+W2_KEYS = ("w2_exact", "w2_empirical", "w2_predicted", "w2_predicted_empirical")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto → cuda if available else cpu; cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of auto | cpu | cuda, got {name}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is available (use device=cpu or device=auto)")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be one of float32 | float64, got {name}")
+    return getattr(torch, name)
+
+
+def mean_stderr(values: torch.Tensor) -> dict:
+    """Mean and standard error (ddof = 1) over replicates; NaN-free input expected."""
+    v = values.to(torch.float64)
+    n = v.numel()
+    se = float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": float(v.mean()) if n else float("nan"), "stderr": se, "n": n}
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary file, then rename: a killed job never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+
+
+def fit_score(model, x, target, alphas, stds, cfg, generator, writer, progress) -> dict:
+    """Fits the score at the sampler's noise levels: oracle (exact Σ), solver=exact (Σ̂) or DSM-SGD."""
+    t = cfg.train
+    if not model.requires_training:
+        model.set_matrices(dsm_optimum(target.covariance.to(x.device), alphas, stds).expand_as(model.A))
+        return {}
+    if t.solver == "exact":
+        model.set_matrices(empirical_dsm_minimizer(x, alphas, stds))
+        return {}
+    if t.solver != "sgd":
+        raise ValueError(f"train.solver must be one of sgd | exact, got {t.solver}")
+    out = train_linear_dsm(model.A.data, x, alphas=alphas, stds=stds, tau=t.tau, batch_size=t.batch_size,
+                           steps=t.steps, sampling=t.sampling, symmetric=model.symmetric,
+                           generator=generator, log_every=t.log_every, progress=progress,
+                           callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
+    return {"diverged_at": out["diverged_at"].cpu()}
+
+
+def run(cfg: DictConfig, output_dir) -> dict:
+    """Runs one experiment (R replicates) and returns the results dict also written to results.json."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    t0 = time.time()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    progress = bool(cfg.progress) and sys.stderr.isatty()
+    R, N = int(cfg.replicates), int(cfg.data.n)
+    results = {"status": "running", "config": OmegaConf.to_container(cfg, resolve=True), "warnings": []}
+
+    def warn(msg):
+        log.warning(msg)
+        results["warnings"].append(msg)
+
+    spectrum = instantiate(cfg.data.spectrum)
+    target = make_gaussian(spectrum, cfg.data.basis, cfg.seed)
+    d, Sigma = target.dim, target.covariance.to(device)
+    sampler = instantiate(cfg.sampler)
+    alphas, stds = sampler.noise_levels(cfg.train.sigma)
+    L = alphas.numel()
+    model = instantiate(cfg.model, dim=d, replicates=R, levels=L).to(device=device, dtype=dtype)
+    gen = torch.Generator(device).manual_seed(int(cfg.seed))
+
+    writer = SummaryWriter(log_dir=str(out / "tb"))
+    try:
+        # 1. data: R independent data sets of N samples
+        x = target.sample((R, N), generator=gen, device=device)
+        # 2. score
+        learned = model.requires_training and cfg.train.solver == "sgd"
+        fit = fit_score(model, x, target, alphas, stds, cfg, gen, writer, progress)
+        A = model.matrices()
+        if learned:
+            lam_min = float(spectrum.min())
+            rate = min(float(s ** 2 * (a ** 2 * lam_min + s ** 2)) for a, s in zip(alphas, stds))
+            results["relaxation_times"] = cfg.train.steps / L * cfg.train.tau * rate
+            if results["relaxation_times"] < 5:
+                warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< 5): A is not stationary, "
+                     "the τ prediction assumes it is; raise train.steps or train.tau")
+            if cfg.train.sampling == "epochs":
+                warn("train.sampling=epochs lowers the SGD noise by up to ~20% (theory note §8): "
+                     "the τ prediction assumes sampling with replacement")
+        # 3. stability, exact law, particles
+        unstable = sampler.unstable(A).cpu()
+        if "diverged_at" in fit:
+            results["diverged_replicates"] = int((fit["diverged_at"] >= 0).sum())
+            unstable |= fit["diverged_at"] >= 0
+        results["unstable_replicates"] = int(unstable.sum())
+        ok = ~unstable
+        if not ok.any():
+            results["status"] = "diverged"
+            warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+            return results
+        Sigma64 = Sigma.to(torch.float64)
+        C = sampler.covariance(A[ok.to(device)])
+        w2_exact = bures_wasserstein2(Sigma64, C).cpu()
+        results["w2_exact"] = mean_stderr(w2_exact)
+        if hasattr(sampler, "covariance_stationary"):
+            results["w2_exact_stationary"] = mean_stderr(
+                bures_wasserstein2(Sigma64, sampler.covariance_stationary(A[ok.to(device)])).cpu())
+        samples = sampler.sample(model, R, d, generator=gen, device=device, progress=progress,
+                                 dtype=dtype)[ok.to(device)]
+        w2_emp = bures_wasserstein2(Sigma64, second_moment(samples)).cpu()
+        results["w2_empirical"] = mean_stderr(w2_emp)
+        results["covariance_estimator"] = "(1/M) Σ x xᵀ over M independent particles (known zero mean)"
+        # 4. theory
+        pred = sampler.prediction(spectrum, n=None if not model.requires_training else N,
+                                  sigma=cfg.train.sigma, tau=cfg.train.tau if learned else 0.0,
+                                  batch_size=cfg.train.batch_size, particles=sampler.particles,
+                                  symmetric=getattr(model, "symmetric", False))
+        terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float))}
+        results["prediction_terms"] = terms
+        results["w2_predicted"] = terms["total"] - terms.get("particles", 0.0)
+        results["w2_predicted_empirical"] = terms["total"]
+        results["diagnostics"] = {k: pred[k] for k in ("d_over_n", "eps_tau") if k in pred}
+        for w in pred.get("warnings", []):
+            warn(w)
+        results["status"] = "ok"
+        _log_eval(writer, results, terms, spectrum, C, sampler, A, Sigma64, cfg)
+        _log_figures(writer, spectrum, C, pred, cfg.train.steps)
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        raise
+    finally:
+        results["seconds"] = time.time() - t0
+        if results["status"] in ("ok", "diverged"):
+            writer.add_hparams(_flatten(results["config"]),
+                               {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+        writer.close()
+        write_json_atomic(out / "results.json", results)
+    return results
+
+
+def _scalar(v):
+    if isinstance(v, dict):
+        v = v.get("mean")
+    return float("nan") if v is None else float(v)
+
+
+def _log_eval(writer, results, terms, spectrum, C, sampler, A, Sigma, cfg):
+    step = int(cfg.train.steps)
+    for k in W2_KEYS:
+        writer.add_scalar(f"eval/{k}", _scalar(results.get(k)), step, new_style=True, double_precision=True)
+    if "w2_exact_stationary" in results:
+        writer.add_scalar("eval/w2_exact_stationary", results["w2_exact_stationary"]["mean"], step,
+                          new_style=True, double_precision=True)
+    for k, v in terms.items():
+        writer.add_scalar(f"theory/{k}", v, step, new_style=True, double_precision=True)
+    writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
+        "measured vs predicted": ["Multiline", ["eval/w2_exact", "eval/w2_predicted"]],
+        "particles vs predicted with 1/M": ["Multiline", ["eval/w2_empirical", "eval/w2_predicted_empirical"]],
+    }})
+    sampler.log_extra(writer, A, Sigma, step)
+
+
+def _log_figures(writer, spectrum, C, pred, step):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lam = spectrum.sort(descending=True).values
+    learned = torch.linalg.eigvalsh(0.5 * (C + C.transpose(-1, -2))).flip(-1).cpu()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    i = torch.arange(1, lam.numel() + 1)
+    for r in range(min(learned.shape[0], 32)):
+        ax.plot(i, learned[r], color="tab:orange", alpha=0.2, lw=0.8)
+    ax.plot(i, learned.mean(0), color="tab:orange", label="sampler covariance (mean over replicates)")
+    ax.plot(i, lam, "k--", label="target spectrum λ")
+    ax.set(xscale="log", yscale="log", xlabel="index i", ylabel="eigenvalue")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    writer.add_figure("spectrum/target_vs_learned", fig, step)
+    try:
+        from gsm.theory import plot_kernels
+    except ImportError:
+        return
+    writer.add_figure("theory/kernels", plot_kernels(pred), step)
+
+
+def summary_table(results: dict) -> str:
+    """The short table printed at the end of a run."""
+    lines = [f"status: {results['status']}   unstable replicates: {results.get('unstable_replicates', 0)}"
+             f"   seconds: {results.get('seconds', 0):.1f}"]
+    for k in W2_KEYS:
+        v = results.get(k)
+        if isinstance(v, dict):
+            lines.append(f"  {k:<24} {v['mean']:.6g} ± {v['stderr']:.2g} (s.e., {v['n']} replicates)")
+        elif v is not None:
+            lines.append(f"  {k:<24} {v:.6g}")
+    return "\n".join(lines)

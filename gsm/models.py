@@ -1,0 +1,67 @@
+"""Score models. The linear score s(y) = −A y holds one matrix per replicate and per noise level.
+
+A is stored as a tensor of shape (R, L, d, d): R independent replicates (trained as one batched
+program) and L noise levels (L = 1 for Langevin at a fixed σ; one per timestep for DDPM/DDIM).
+In PyTorch's `nn.Linear` convention W y, A = −W.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def dsm_optimum(cov: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """Minimiser of the DSM loss at each level l, A_l = (α_l² C + s_l² I)⁻¹.
+
+    With y = α x + s z and loss ½‖s·s_A(y) + z‖², ∇L = s²(A(α²C + s²I) − I) (theory note §1),
+    where C is the second moment of the data: C = Σ gives the exact score (oracle), C = Σ̂ the
+    empirical minimiser. Shapes: cov (..., d, d), alphas and stds (L,) → (..., L, d, d), float64.
+    """
+    cov = cov.to(torch.float64)
+    a2 = alphas.to(cov.device, torch.float64).pow(2).view(-1, 1, 1)
+    s2 = stds.to(cov.device, torch.float64).pow(2).view(-1, 1, 1)
+    eye = torch.eye(cov.shape[-1], dtype=torch.float64, device=cov.device)
+    return torch.linalg.inv(a2 * cov.unsqueeze(-3) + s2 * eye)
+
+
+class LinearScore(nn.Module):
+    """s(y, l) = −A_l y, with A of shape (R, L, d, d), trained by DSM-SGD.
+
+    Args:
+        dim: d.  replicates: R.  levels: L, the number of noise levels.
+        init: A₀ = 0 ("zeros") or I ("identity").
+        symmetric: train with the symmetrised gradient (g + gᵀ)/2, so A stays symmetric
+            (the symmetric variant of the theory note §5.3).
+    """
+
+    requires_training = True
+
+    def __init__(self, dim: int, replicates: int = 1, levels: int = 1, init: str = "zeros",
+                 symmetric: bool = False):
+        super().__init__()
+        if init not in ("zeros", "identity"):
+            raise ValueError(f"model.init must be one of zeros | identity, got {init}")
+        A = torch.zeros(replicates, levels, dim, dim)
+        if init == "identity":
+            A += torch.eye(dim)
+        self.A = nn.Parameter(A, requires_grad=False)
+        self.symmetric = bool(symmetric)
+
+    def forward(self, y: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """Score at level l: y (R, M, d) → −y A_lᵀ (R, M, d)."""
+        return -y @ self.A[:, level].transpose(-1, -2)
+
+    def matrices(self) -> torch.Tensor:
+        """A as float64, (R, L, d, d): what the exact sampler laws need."""
+        return self.A.detach().to(torch.float64)
+
+    @torch.no_grad()
+    def set_matrices(self, A: torch.Tensor) -> None:
+        self.A.copy_(A.to(self.A.dtype))
+
+
+class OracleScore(LinearScore):
+    """The exact score of the noised target, A_l = (α_l² Σ + s_l² I)⁻¹ (N(0, Σ+σ²I) for Langevin).
+    It needs no training and isolates the sampler's own error."""
+
+    requires_training = False

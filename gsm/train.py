@@ -1,0 +1,145 @@
+"""Denoising score matching (DSM) and its SGD, batched over R independent replicates.
+
+Convention (L) of the theory note §1: a sample at noise level l is y = α_l x + s_l z, z ~ N(0, I),
+and its loss is ℓ = ½‖s_l·s(y) + z‖² (ε-prediction, ε̂ = −s_l·s(y)). For Langevin there is one
+level, α = 1, s = σ. For the linear score s(y) = −A y the stochastic gradient of one sample is
+
+    g = (s² A y − s z) yᵀ = u yᵀ,
+
+and constant-step SGD with batch b is A ← A − (τ/b) Σ_batch u yᵀ (one batched `baddbmm`).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from gsm.models import dsm_optimum
+
+SAMPLING = ("with_replacement", "epochs")
+
+
+def dsm_loss(score_fn, x: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Monte-Carlo DSM loss ½ E‖s_l·score(α_l x + s_l z, l) + z‖², one level l per sample.
+
+    x: (R, B, d). Returns the loss per replicate, (R,). score_fn(y, l) takes y (R, B, d) and an
+    integer level; this generic form (autograd-friendly) serves any score model.
+    """
+    R, B, d = x.shape
+    L = alphas.numel()
+    lv = torch.randint(L, (B,), generator=generator, device=x.device)
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    loss = torch.zeros(R, device=x.device, dtype=x.dtype)
+    for l in lv.unique().tolist():
+        m = lv == l
+        a, s = float(alphas[l]), float(stds[l])
+        y = a * x[:, m] + s * z[:, m]
+        loss = loss + 0.5 * ((s * score_fn(y, l) + z[:, m]) ** 2).sum((-1, -2))
+    return loss / B
+
+
+def empirical_second_moment(x: torch.Tensor) -> torch.Tensor:
+    """Σ̂ = (1/N) Σ_n x_n x_nᵀ (known zero mean, as in the theory), (R, N, d) → (R, d, d) float64."""
+    x = x.to(torch.float64)
+    return x.transpose(-1, -2) @ x / x.shape[-2]
+
+
+def empirical_dsm_minimizer(x: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """The exact minimiser of the empirical DSM loss, A_l = (α_l² Σ̂ + s_l² I)⁻¹: (R, L, d, d)."""
+    return dsm_optimum(empirical_second_moment(x), alphas, stds)
+
+
+class _EpochStream:
+    """Data indices in shuffled passes (epochs, as a DataLoader with shuffle=True). Continues shuffled passes across chunks, so every epoch is a full permutation."""
+
+    def __init__(self, R, N, generator, device):
+        self.R, self.N, self.g, self.device = R, N, generator, device
+        self.buf = torch.empty(R, 0, dtype=torch.long, device=device)
+
+    def take(self, count):
+        while self.buf.shape[1] < count:
+            perm = torch.argsort(torch.rand(self.R, self.N, generator=self.g, device=self.device), dim=1)
+            self.buf = torch.cat([self.buf, perm], dim=1)
+        out, self.buf = self.buf[:, :count], self.buf[:, count:]
+        return out
+
+
+@torch.no_grad()
+def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor,
+                     tau: float, batch_size: int = 1, steps: int, sampling: str = "with_replacement",
+                     symmetric: bool = False, generator: torch.Generator | None = None,
+                     log_every: int = 0, callback=None, chunk: int = 256, progress: bool = False) -> dict:
+    """DSM-SGD on the linear score, in place on A, for R replicates at once.
+
+    Args:
+        A: (R, L, d, d) score matrices (updated in place; its dtype is the training dtype).
+        x: (R, N, d) data, one data set per replicate.
+        alphas, stds: (L,) noise levels α_l, s_l; each sample draws l uniformly.
+        tau: τ, the SGD step (convention (L)).  batch_size: b.  steps: number of SGD steps.
+        sampling: "with_replacement" (i.i.d. indices, the theory's assumption) or "epochs".
+        symmetric: use (g + gᵀ)/2 so A stays symmetric.
+        log_every, callback: every `log_every` steps, callback(step, loss) with the minibatch DSM
+            loss averaged over the replicates still alive.
+        chunk: steps whose random numbers are drawn at once (fewer kernel launches).
+    Returns:
+        {"diverged_at": (R,) long, the step after which A_r became non-finite (−1 if never)}.
+        A diverged replicate's A stays non-finite (NaN propagates only within its own batch entry)
+        while the others go on; the pipeline leaves it out of the means.
+    """
+    if sampling not in SAMPLING:
+        raise ValueError(f"train.sampling must be one of {' | '.join(SAMPLING)}, got {sampling}")
+    R, L, d, _ = A.shape
+    N = x.shape[1]
+    dev, dt = A.device, A.dtype
+    x = x.to(dt)
+    a = alphas.to(dev, dt)
+    s = stds.to(dev, dt)
+    b = int(batch_size)
+    rows = torch.arange(R, device=dev).view(R, 1).expand(R, b)
+    epochs = _EpochStream(R, N, generator, dev) if sampling == "epochs" else None
+    diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
+    flatA = A.view(R * L, d, d)
+    bar = tqdm(total=steps, desc="DSM-SGD", disable=not progress, leave=False)
+    step = 0
+    while step < steps:
+        c = min(chunk, steps - step)
+        idx = (epochs.take(c * b) if epochs else
+               torch.randint(N, (R, c * b), generator=generator, device=dev)).view(R, c, b)
+        z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt)
+        lv = torch.randint(L, (c, R, b), generator=generator, device=dev) if L > 1 else None
+        for k in range(c):
+            xb = x[rows, idx[:, k]]                       # (R, b, d)
+            if lv is None:                                # one level: a single fused update
+                y = a[0] * xb + s[0] * z[k]
+                u = torch.baddbmm(z[k], y, A[:, 0].transpose(-1, -2), beta=-s[0], alpha=s[0] ** 2)
+                G = u.transpose(-1, -2) @ y               # Σ_batch u yᵀ, (R, d, d)
+                if symmetric:
+                    G = 0.5 * (G + G.transpose(-1, -2))
+                A[:, 0].sub_(G, alpha=tau / b)
+                loss_u, loss_s = u, s[0]
+            else:                                         # a level per sample: gather, scatter-add
+                l = lv[k]
+                sl, al = s[l].unsqueeze(-1), a[l].unsqueeze(-1)   # (R, b, 1)
+                y = al * xb + sl * z[k]
+                Al = A[rows, l]                           # (R, b, d, d)
+                u = sl ** 2 * (Al @ y.unsqueeze(-1)).squeeze(-1) - sl * z[k]
+                G = u.unsqueeze(-1) * y.unsqueeze(-2)     # (R, b, d, d)
+                if symmetric:
+                    G = 0.5 * (G + G.transpose(-1, -2))
+                flatA.index_add_(0, (rows * L + l).reshape(-1), G.reshape(-1, d, d), alpha=-tau / b)
+                loss_u, loss_s = u, sl
+            step += 1
+            if callback is not None and log_every and step % log_every == 0:
+                # ℓ = ½‖z − s A y‖² = ½‖u‖²/s², averaged over batch and live replicates
+                per_rep = 0.5 * ((loss_u / loss_s) ** 2).sum(-1).mean(-1)
+                alive = diverged_at < 0
+                if alive.any():
+                    callback(step, float(per_rep[alive].mean()))
+        bar.update(c)
+        bad = ~torch.isfinite(A).flatten(1).all(1) & (diverged_at < 0)
+        if bad.any():
+            diverged_at[bad] = step
+            if bool((diverged_at >= 0).all()):
+                break
+    bar.close()
+    return {"diverged_at": diverged_at}
