@@ -110,7 +110,10 @@ def run(cfg: DictConfig, output_dir) -> dict:
     sampler = instantiate(cfg.sampler)
     alphas, stds = sampler.noise_levels(cfg.train.sigma)
     L = alphas.numel()
-    model = instantiate(cfg.model, dim=d, replicates=R, levels=L).to(device=device, dtype=dtype)
+    model = instantiate(cfg.model, dim=d, replicates=R, levels=L)
+    learned = model.requires_training and cfg.train.solver == "sgd"
+    # closed-form scores (oracle, solver=exact) are kept in float64: no training dtype applies
+    model = model.to(device=device, dtype=dtype if learned else torch.float64)
     gen = torch.Generator(device).manual_seed(int(cfg.seed))
 
     writer = SummaryWriter(log_dir=str(out / "tb"))
@@ -118,7 +121,6 @@ def run(cfg: DictConfig, output_dir) -> dict:
         # 1. data: R independent data sets of N samples
         x = target.sample((R, N), generator=gen, device=device)
         # 2. score
-        learned = model.requires_training and cfg.train.solver == "sgd"
         fit = fit_score(model, x, target, alphas, stds, cfg, gen, writer, progress)
         A = model.matrices()
         if learned:
