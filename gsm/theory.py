@@ -1,0 +1,540 @@
+"""Analytic prediction of E[W2²] for the Langevin pipeline (theory note /work/shared/theory/gaussian-errors.md).
+
+Pipeline: N samples x ~ N(0, Σ) → linear score s(y) = −A y fitted by SGD (step τ, batch b) on the
+DSM loss ℓ = ½‖σ s(y) + z‖², y = x + σz (convention (L)) → ULA x ← x + γ s(x) + √(2γ) ξ → W2² to
+N(0, Σ), which for centred Gaussians is the squared Bures distance B². Everything is written in the
+eigenbasis of Σ (eigenvalues λ, the power spectrum), in float64:
+
+    E[W2²] = Σ_i (√λ_i − √c_i)²            noise (a) + discretisation (d), exact in σ, γ
+           + (1/N) Σ_ij K_N(λ_i, λ_j)       generalisation (Wishart + Daleckii–Krein)
+           + τ     Σ_ij K_τ(λ_i, λ_j)       optimisation (SGD stationary fluctuations)
+           + (1/M) Σ_ij K_M(λ_i, λ_j)       particles (W2 measured from M samples)
+
+with c_i = h(λ_i) the sampler variance given the exact DSM optimum a_i = 1/(λ_i + σ²). All
+"expectations" are first-order asymptotic expansions (note §5.5); w2 values are squared distances.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import jvp, vmap
+
+_F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+
+def _check_spectrum(eigenvalues) -> torch.Tensor:
+    lam = torch.as_tensor(eigenvalues, dtype=_F64).detach().cpu()
+    if lam.ndim != 1 or lam.numel() == 0 or not torch.isfinite(lam).all() or not (lam > 0).all():
+        raise ValueError(f"eigenvalues must be a non-empty 1-D tensor of finite values > 0, got {lam.tolist()}")
+    return lam
+
+
+def _check(name, value, *, low=None, low_open=False, integer=False, allow_none=False):
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} must be given, got None")
+    if integer and (int(value) != value):
+        raise ValueError(f"{name} must be an integer, got {value}")
+    v = int(value) if integer else float(value)
+    if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
+        op = ">" if low_open else ">="
+        raise ValueError(f"{name} must be finite and {op} {low}, got {value}")
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+# sampler maps: score matrix → ULA covariance (commuting case, matrix functions of Σ̂)
+
+def langevin_variance(a: torch.Tensor, gamma: float, steps: int | None = None,
+                      init_var: float = 1.0) -> torch.Tensor:
+    """ULA variance along an eigendirection of a symmetric score matrix with eigenvalue a (note §3).
+
+    Stationary: c_∞ = 2γ/(1 − (1−γa)²) = 1/(a(1 − γa/2)). After K = `steps` steps from N(0, c₀):
+    c_K = c_∞ + (1−γa)^{2K}(c₀ − c_∞). Elementwise on a tensor of any shape.
+    """
+    a = torch.as_tensor(a, dtype=_F64)
+    c_inf = 1.0 / (a * (1.0 - 0.5 * gamma * a))
+    if steps is None:
+        return c_inf
+    return c_inf + (1.0 - gamma * a) ** (2 * int(steps)) * (init_var - c_inf)
+
+
+def _langevin_variance_matrix(A, gamma, steps, init_var):
+    """Matrix version of `langevin_variance` for a symmetric A commuting with Σ̂ (only +, ×, inverse,
+    so it also evaluates the map on the bidiagonal matrices of Opitz' formula)."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype)
+    C = torch.linalg.inv(A - 0.5 * gamma * A @ A)
+    if steps is None:
+        return C
+    PK = torch.linalg.matrix_power(eye - gamma * A, 2 * int(steps))
+    return C + PK @ (init_var * eye - C)
+
+
+def dsm_score_matrix(X, sigma, tau=0.0, sgd_steps=None):
+    """Mean score matrix E[A] as a function of the empirical covariance X = Σ̂ (…, n, n).
+
+    sgd_steps=None: the DSM optimum A* = (X + σ²I)⁻¹. Otherwise SGD from A₀ = 0 after k steps
+    (exact mean, note §2.1): E[A_k] = (I − (I − τσ²M̂)^k) M̂⁻¹, M̂ = X + σ²I.
+    """
+    eye = torch.eye(X.shape[-1], dtype=X.dtype)
+    Mh = X + sigma ** 2 * eye
+    A = torch.linalg.inv(Mh)
+    if sgd_steps is None:
+        return A
+    return (eye - torch.linalg.matrix_power(eye - tau * sigma ** 2 * Mh, int(sgd_steps))) @ A
+
+
+def divided_differences(fn, x: torch.Tensor):
+    """First and second divided differences of a matrix function f on the spectrum x (d,), by Opitz'
+    formula: f applied to the upper-bidiagonal J = diag(x_1..x_n) + superdiagonal of ones has
+    f[x_1..x_n] in its top-right entry. Exact also for repeated values (then f' and f''/2).
+
+    fn: maps (…, n, n) → (…, n, n) using only +, ×, inverse (any n).
+    Returns H1_ij = f[x_i, x_j] and H2_ij = f[x_i, x_j, x_i], both (d, d) float64.
+    """
+    x = torch.as_tensor(x, dtype=_F64)
+    d = x.numel()
+    xi, xj = x[:, None].expand(d, d), x[None, :].expand(d, d)
+    J2 = torch.diag_embed(torch.stack([xi, xj], -1))
+    J2[..., 0, 1] = 1.0
+    J3 = torch.diag_embed(torch.stack([xi, xj, xi], -1))
+    J3[..., 0, 1] = 1.0
+    J3[..., 1, 2] = 1.0
+    return fn(J2)[..., 0, 1], fn(J3)[..., 0, 2]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bures expansion and the four kernels
+
+def bures_second_order_weights(eigenvalues: torch.Tensor, h: torch.Tensor):
+    """Weights of the 2nd-order expansion of B² at a base diag(h) commuting with Σ = diag(λ) (note §4):
+
+        B²(Λ, diag h + E) = Σ(√λ_i − √h_i)² + Σ_i ρ_i E_ii + ½ Σ_ij W_ij E_ij² + O(E³),
+        ρ_i = 1 − √(λ_i/h_i),  W_ij = √(λ_iλ_j/(h_ih_j)) / (√(λ_ih_i) + √(λ_jh_j)).
+
+    Returns ρ (d,) and W (d, d).
+    """
+    r = (eigenvalues / h).sqrt()
+    s = (eigenvalues * h).sqrt()
+    return 1.0 - r, (r[:, None] * r[None, :]) / (s[:, None] + s[None, :])
+
+
+def kernel_n(eigenvalues, h1, h2, rho, W):
+    """1/N kernel (note §5.2) for a sampler map C = h(Σ̂):
+    K_N(λ_i, λ_j) = (1+δ_ij) λ_iλ_j [½ W_ij h^{[1]}(λ_i,λ_j)² + ρ_i h^{[2]}(λ_i,λ_j,λ_i)]. (d, d)."""
+    d = eigenvalues.numel()
+    ll = (1.0 + torch.eye(d, dtype=_F64)) * eigenvalues[:, None] * eigenvalues[None, :]
+    return ll * (0.5 * W * h1 ** 2 + rho[:, None] * h2)
+
+
+def kernel_m(c, W):
+    """1/M particle kernel (note §5.4), Ĉ = (1/M)Σ x xᵀ: K_M(λ_i, λ_j) = ½(1+δ_ij) W_ij c_i c_j. (d, d)."""
+    d = c.numel()
+    return 0.5 * (1.0 + torch.eye(d, dtype=_F64)) * W * c[:, None] * c[None, :]
+
+
+def sgd_variance(eigenvalues, *, sigma, tau, batch_size=1, symmetric=False):
+    """First-order stationary SGD covariance of Δ = A − A* in the eigenbasis (note §2.2, §5.3).
+
+    Non-symmetric A: entries uncorrelated, Var(Δ_ri) = τ v_r, v_r = λ_r/(2b(λ_r + σ²)) (row r).
+    symmetric=True (update with (g+gᵀ)/2): Δ_ij = Δ_ji, Var = S_ij = τ(U_i m_j + U_j m_i)/(4bσ²(m_i+m_j))
+    for i ≠ j and S_ii = τ v_i, with U_i = σ²λ_i/m_i.
+    Returns (var, cross): var_ri = Var(Δ_ri), cross_ri = Cov(Δ_ri, Δ_ir) (its diagonal is unused).
+    """
+    lam = eigenvalues
+    m = lam + sigma ** 2
+    d = lam.numel()
+    if not symmetric:
+        var = (tau * lam / (2 * batch_size * m))[:, None].expand(d, d).clone()
+        return var, torch.zeros(d, d, dtype=_F64)
+    U = sigma ** 2 * lam / m
+    S = tau * (U[:, None] * m[None, :] + U[None, :] * m[:, None]) / (
+        4 * batch_size * sigma ** 2 * (m[:, None] + m[None, :]))
+    S.diagonal().copy_(tau * lam / (2 * batch_size * m))   # S_ii = τU_i/(2bσ²) = τv_i
+    return S, S.clone()
+
+
+def sgd_variance_exact(eigenvalues, *, sigma, tau, batch_size=1):
+    """Exact stationary SGD variance for online Gaussian data, any b (note §2.3), (d, d):
+
+        Var(Δ_ri) = τU_r / [bσ²(2 − τσ²(1+1/b)m_i)(1 − σ⁴R_b)],  U_r = σ²λ_r/m_r,
+        σ⁴R_b = Σ_j τσ²m_j / [b(2 − τσ²(1+1/b)m_j)].
+
+    Raises ValueError outside the mean-square stability region τσ²(1+1/b)m_max < 2, σ⁴R_b < 1.
+    """
+    lam, b = eigenvalues, batch_size
+    m = lam + sigma ** 2
+    denom = 2 - tau * sigma ** 2 * (1 + 1 / b) * m
+    R = (tau * sigma ** 2 * m / (b * denom)).sum()
+    if not ((denom > 0).all() and R < 1):
+        raise ValueError(f"tau must keep SGD mean-square stable (τσ²(1+1/b)m_max < 2 and σ⁴R_b < 1), got {tau}")
+    U = sigma ** 2 * lam / m
+    return tau * U[:, None] / (b * sigma ** 2 * denom[None, :] * (1 - R))
+
+
+def tau_term_from_var(eigenvalues, var, *, score, gamma, cross=None, steps=None, init_var=1.0):
+    """Optimisation term from an arbitrary covariance of Δ = A − diag(score) (note §5.3), per cell (d, d).
+
+    var_ri = Var(Δ_ri); cross_ri = Cov(Δ_ri, Δ_ir) (None: 0; diagonal ignored). The sum of the
+    returned matrix is ½ Σ_pq Cov(Δ_p, Δ_q) ∂²B²(Σ, C(A))/∂Δ_p∂Δ_q at A = diag(score), C the ULA law.
+    steps=None: closed form of the stationary Lyapunov map, with a = score, c = 1/(a(1−γa/2)),
+    e_i = c_i(1−γa_i), D_ij = a_i + a_j − γa_ia_j, P = var, Q = cross (Q_ii := P_ii):
+
+        cell_ij = ½W_ij (e_j²P_ij + e_i²P_ji + 2e_ie_jQ_ij)/D_ij²
+                + ρ_i/D_ii [2(1−γa_i)(P_ij e_j + Q_ij e_i)/D_ij + γ c_j P_ij].
+
+    With P_ri = τ v_r, Q = 0 this is τ K_τ of the note. Finite steps: `second_order_contraction` of the
+    K-step ULA covariance (its cell (r, i) is the contribution of Δ_ri).
+    """
+    lam = eigenvalues
+    d = lam.numel()
+    a = torch.as_tensor(score, dtype=_F64)
+    cross = torch.zeros(d, d, dtype=_F64) if cross is None else cross
+    if steps is not None:
+        cov_fn = lambda A: _ula_covariance(A, gamma, steps, init_var)
+        return second_order_contraction(cov_fn, a, lam, var, cross)
+    eye = torch.eye(d, dtype=_F64)
+    P = var
+    Q = torch.where(eye.bool(), P, cross)
+    c = langevin_variance(a, gamma)
+    rho, W = bures_second_order_weights(lam, c)
+    e = c * (1 - gamma * a)
+    D = a[:, None] + a[None, :] - gamma * a[:, None] * a[None, :]
+    Dii = torch.diagonal(D)
+    quad = (e[None, :] ** 2 * P + e[:, None] ** 2 * P.T + 2 * e[:, None] * e[None, :] * Q) / D ** 2
+    lin = (2 * (1 - gamma * a)[:, None] * (P * e[None, :] + Q * e[:, None]) / D
+           + gamma * c[None, :] * P) * (rho / Dii)[:, None]
+    return 0.5 * W * quad + lin
+
+
+# ----------------------------------------------------------------------------------------------
+# exact ULA law for a general (non-symmetric) A, differentiable and vmap-friendly
+
+def _ula_covariance(A, gamma, steps=None, init_var=1.0):
+    """ULA covariance for s(x) = −A x, P = I − γA (note §3). steps=None: solve C = PCPᵀ + 2γI through
+    its Kronecker form (I − P⊗P) vec C = 2γ vec I (small n only); else C_K = P^K c₀ P^{Kᵀ} +
+    2γ Σ_{k<K} P^k P^{kᵀ} by binary doubling. A: (n, n) → (n, n). Used for autograd contractions
+    and tests; the pipeline uses gsm.samplers.langevin_covariance."""
+    n = A.shape[-1]
+    eye = torch.eye(n, dtype=A.dtype)
+    P = eye - gamma * A
+    if steps is None:
+        lhs = torch.eye(n * n, dtype=A.dtype) - torch.kron(P, P)
+        # inv, not solve: nested forward-mode AD through torch.linalg.solve returns half the 2nd
+        # derivative in torch 2.13 (checked against inv and lu_solve)
+        return (torch.linalg.inv(lhs) @ (2 * gamma * eye.reshape(n * n))).reshape(n, n)
+    K = int(steps)
+    S, Pa = torch.zeros_like(A), eye          # Σ_{k<j} P^k P^kᵀ and P^j, j = bits of K read so far
+    for bit in bin(K)[2:] if K > 0 else "":
+        S, Pa = S + Pa @ S @ Pa.T, Pa @ Pa    # j → 2j
+        if bit == "1":
+            S, Pa = eye + P @ S @ P.T, P @ Pa  # j → j + 1
+    return init_var * Pa @ Pa.T + 2 * gamma * S
+
+
+def second_order_contraction(cov_fn, score, eigenvalues, var, cross=None):
+    """½ Σ_pq Cov(Δ_p, Δ_q) ∂²B²(Σ, cov_fn(A* + Δ))/∂Δ_p∂Δ_q at A* diagonal in the eigenbasis, by
+    forward-mode autograd (torch.func.jvp twice), for centred Δ with independent entries except
+    for an optional covariance between Δ_ri and Δ_ir (same leading index).
+
+    This is the first-order optimisation (τ) term of any sampler whose output covariance is an
+    equivariant function of the score matrices (cov_fn(O A Oᵀ) = O cov_fn(A) Oᵀ for orthogonal O,
+    true for any sampler driven by isotropic Gaussian noise): then a perturbation of entry (r, i)
+    only moves the 2×2 block {r, i}, so the contraction is computed on d² batched 2×2 problems.
+    Along a direction U: ½ d²B²/dt² = ½ Σ_i ρ_i C''_ii + ½ Σ_ij W_ij (C'_ij)² (note §4, base
+    C* = cov_fn(A*) must be diagonal; ρ, W from `bures_second_order_weights`).
+
+    Args:
+        cov_fn: maps score matrices (*lead, n, n) → output covariance (n, n), for any n; vmap- and
+            jvp-compatible (torch ops only, no .item()). E.g. DDPM: lead = (L,) levels.
+        score: A* as its diagonal, (*lead, d).
+        eigenvalues: λ (d,).
+        var: Var(Δ_ri) per entry, (*lead, d, d).
+        cross: Cov(Δ_ri, Δ_ir), (*lead, d, d) or None (diagonal ignored).
+    Returns:
+        (*lead, d, d) contributions: entry (ℓ, r, i) = Var · ½∂²B²/∂Δ_ri² (+ half of each cross term);
+        its sum is the term. Multiply nothing else: var already carries τ.
+    """
+    lam = torch.as_tensor(eigenvalues, dtype=_F64)
+    score = torch.as_tensor(score, dtype=_F64)
+    d = lam.numel()
+    lead = score.shape[:-1]
+    L = math.prod(lead)
+    C0 = cov_fn(torch.diag_embed(score))
+    off = C0 - torch.diag_embed(torch.diagonal(C0))
+    if off.abs().max() > 1e-10 * torch.diagonal(C0).abs().max():
+        raise ValueError("cov_fn(diag(score)) must be diagonal (the sampler must commute with Σ)")
+    rho, W = bures_second_order_weights(lam, torch.diagonal(C0))
+    r, i = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
+    r, i = r.reshape(-1), i.reshape(-1)
+    base = torch.diag_embed(torch.stack([score[..., r], score[..., i]], -1).movedim(-2, 0))  # (d², *lead, 2, 2)
+    rho_b = torch.stack([rho[r], rho[i]], -1)                                                 # (d², 2)
+    W_b = torch.stack([torch.stack([W[r, r], W[r, i]], -1), torch.stack([W[i, r], W[i, i]], -1)], -2)
+
+    def quad(base_p, U, rho_p, W_p):
+        f = lambda t: cov_fn(base_p + t * U)
+        df = lambda t: jvp(f, (t,), (torch.ones((), dtype=_F64),))[1]
+        C1, C2 = jvp(df, (torch.zeros((), dtype=_F64),), (torch.ones((), dtype=_F64),))
+        return 0.5 * (rho_p * torch.diagonal(C2)).sum() + 0.5 * (W_p * C1 ** 2).sum()
+
+    def directions(pattern):  # one-hot at each leading index: (L, *lead, 2, 2)
+        U = torch.zeros(L, L, 2, 2, dtype=_F64)
+        U[torch.arange(L), torch.arange(L)] = pattern
+        return U.reshape(L, *lead, 2, 2)
+
+    E01 = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=_F64)
+    E00 = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=_F64)
+    Usym = E01 + E01.T
+    per_pair = vmap(quad, in_dims=(None, 0, None, None))          # over leading indices
+    over_pairs = vmap(per_pair, in_dims=(0, None, 0, 0))          # over the d² pairs (r, i)
+    q_off = over_pairs(base, directions(E01), rho_b, W_b)          # (d², L)
+    q_diag = over_pairs(base, directions(E00), rho_b, W_b)
+    diag = (r == i)[:, None]
+    q = torch.where(diag, q_diag, q_off).T.reshape(*lead, d, d)
+    out = var * q
+    if cross is not None and (cross.abs() > 0).any():
+        q_sum = over_pairs(base, directions(Usym), rho_b, W_b).T.reshape(*lead, d, d)
+        H = q_sum - q - q.transpose(-1, -2)     # ∂²B²/∂Δ_ri∂Δ_ir
+        offd = ~torch.eye(d, dtype=torch.bool)
+        out = out + torch.where(offd, 0.5 * cross * H, torch.zeros_like(H))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# second order in τ (small d): Gaussian fourth-order term F₂ (note §5.5)
+
+def tau_fourth_order(eigenvalues, *, sigma, gamma, batch_size=1, steps=None, init_var=1.0,
+                     radius=None, points=32):
+    """F₂ = ⅛ Σ_pq v_p v_q ∂⁴B²/∂Δ_p²∂Δ_q² (note §5.5): the Gaussian fourth-order part of E[B²] is
+    τ²F₂ with Var(Δ_p) = τ v_p (non-symmetric A, stationary SGD, first-order v).
+
+    B²(Δ) = tr Λ + tr C − 2 Σ √eig(Λ^{½}CΛ^{½}) with C the exact ULA law of A* + Δ is analytic in Δ,
+    so each 4th derivative along a line is read off a Cauchy integral: f⁗(0) = 4!/(K r⁴) Σ_k f(z_k) z_k^{−4}
+    over K = `points` complex points z_k = r e^{2πik/K} (spectrally accurate, no autograd; r = `radius`
+    must stay inside the analyticity radius, the aliasing error is O((r/R)^K); default 0.2·min a*). Mixed derivatives by
+    polarisation: ∂⁴_ppqq = [D⁴_{p+q} + D⁴_{p−q} − 2D⁴_p − 2D⁴_q]/12. O(d⁴) lines: small d only.
+    """
+    lam = _check_spectrum(eigenvalues)
+    d = lam.numel()
+    if d > 8:
+        raise ValueError(f"tau_fourth_order needs a small dimension (d <= 8), got d={d}")
+    a = 1.0 / (lam + sigma ** 2)
+    v = sgd_variance(lam, sigma=sigma, tau=1.0, batch_size=batch_size)[0].reshape(-1)
+    radius = 0.2 * float(a.min()) if radius is None else radius
+    n = d * d
+    E = torch.eye(n, dtype=_F64)
+    p, q = torch.triu_indices(n, n, offset=1)
+    U = torch.cat([E, E[p] + E[q], E[p] - E[q]]).reshape(-1, 1, d, d)          # lines
+    z = radius * torch.exp(2j * math.pi * torch.arange(points, dtype=_F64) / points)
+    A = torch.diag(a).to(torch.complex128) + z[:, None, None] * U             # (lines, K, d, d)
+    C = vmap(vmap(lambda X: _ula_covariance(X, gamma, steps, init_var)))(A)
+    root = lam.sqrt().to(torch.complex128)
+    X = root[:, None] * C * root[None, :]
+    f = lam.sum() + torch.diagonal(C, dim1=-2, dim2=-1).sum(-1) - 2 * torch.linalg.eigvals(X).sqrt().sum(-1)
+    D4 = (24 * (f * z ** -4).mean(-1)).real
+    Dp, Dplus, Dminus = D4[:n], D4[n:n + p.numel()], D4[n + p.numel():]
+    Tpq = (Dplus + Dminus - 2 * Dp[p] - 2 * Dp[q]) / 12
+    return float(((v ** 2 * Dp).sum() + 2 * (v[p] * v[q] * Tpq).sum()) / 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# SGD transients (finite number of SGD steps from A₀ = 0 or A₀ = A*)
+
+def sgd_transient_variance(eigenvalues, *, sigma, tau, batch_size, sgd_steps, init="zeros"):
+    """Covariance of Δ_k = A_k − E[A_k] after k SGD steps, first order in τ (online data).
+
+    From Δ_{k+1} = Δ_k(I − τσ²Ŷ_k) − τΞ_k (note §2.1) with mean offset μ_k = μ₀(I − τσ²M)^k,
+    μ₀ = A₀ − A* = −diag(1/m) for init="zeros" (0 for "optimum"), the fluctuation δ_k obeys, entry
+    (r, i) with column factor ρ_i = 1 − τσ²m_i,
+        δ_{k+1,ri} ≈ ρ_i δ_{k,ri} + η_ri,  η = −τσ² μ_k(Ŷ_k − M) − τΞ_k,
+        Var(η_ri) = τ²U_r m_i/b + τ²σ⁴μ_r² m_r m_i(1+δ_ri)/b,  Cov(η_ri, η_ir) = τ²σ⁴μ_rμ_i m_r m_i/b,
+    (Isserlis; the mean offset's multiplicative noise correlates Δ_ri with Δ_ir). Summing the
+    geometric series, with the additive part normalised to the first-order stationary τv_r:
+        Var_k = τv_r(1 − ρ_i^{2k}) + τ²σ⁴μ0_r² m_r m_i(1+δ_ri)/b · Σ_{l<k} ρ_r^{2l} ρ_i^{2(k−1−l)},
+        Cov_k = τ²σ⁴μ0_rμ0_i m_r m_i/b · k (ρ_rρ_i)^{k−1}.
+    Returns (var, cross), (d, d) each.
+    """
+    lam, b, k = eigenvalues, batch_size, int(sgd_steps)
+    m = lam + sigma ** 2
+    rho = 1 - tau * sigma ** 2 * m
+    v = lam / (2 * b * m)
+    var = tau * v[:, None] * (1 - rho[None, :] ** (2 * k))
+    if init == "optimum":
+        return var, torch.zeros_like(var)
+    mu0 = -1.0 / m
+    r2 = rho ** 2
+    diff = r2[:, None] - r2[None, :]
+    close = diff.abs() < 1e-12
+    # Σ_{l<k} x^l y^{k−1−l} = (y^k − x^k)/(y − x), = k x^{k−1} when x = y
+    geo = torch.where(close, k * r2[:, None] ** (k - 1),
+                      (r2[None, :] ** k - r2[:, None] ** k) / torch.where(close, torch.ones_like(diff), -diff))
+    s4 = tau ** 2 * sigma ** 4 / b
+    var = var + s4 * (mu0 ** 2 * m)[:, None] * m[None, :] * (1 + torch.eye(lam.numel(), dtype=_F64)) * geo
+    cross = s4 * (mu0 * m)[:, None] * (mu0 * m)[None, :] * k * (rho[:, None] * rho[None, :]) ** (k - 1)
+    return var, cross
+
+
+# ----------------------------------------------------------------------------------------------
+# the prediction
+
+def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, steps=None, init_var=1.0,
+                        particles=None, symmetric=False, bias=False, mean_norm2=0.0,
+                        second_order=False, sgd_steps=None, init="zeros", particle_mean=False) -> dict:
+    """Predicted E[W2²(N(0,Σ), law of the ULA output)] term by term (note §5), float64.
+
+    Args:
+        eigenvalues: λ (d,), the spectrum of Σ.
+        n: number of training samples N (None: exact population score, no 1/N term).
+        sigma: DSM noise level σ > 0. tau: SGD step τ ≥ 0 (0: no optimisation term).
+        gamma: ULA step γ ≥ 0. batch_size: b.
+        steps: ULA steps K from N(0, init_var·I) (None: stationary law).
+        particles: M, if W2 is measured from Ĉ = (1/M)Σ x xᵀ over M independent chains (None: no term).
+        symmetric: A kept symmetric by the update A ← A − τ(g+gᵀ)/2 (note §5.3).
+        bias: the score has a bias term, s(y) = −Ay + β, fitted on data with mean μ, |μ|² = mean_norm2
+            (note §5.6; the law's mean error enters W2²).
+        second_order: also return the O(τ²)-corrected optimisation term (small d): exact SGD variance
+            of §2.3 through `tau_term_from_var` plus τ²F₂.
+        sgd_steps: finite number k of SGD steps from A₀ = 0 (init="zeros") or A₀ = A* ("optimum");
+            None: SGD at stationarity.
+        particle_mean: the particle mean is also estimated (centred 1/M covariance, mean error in W2).
+
+    Returns a dict with python floats total, noise, discretization, mixing (finite-K burn-in,
+    0 when steps=None), generalization, optimization, particles; tensors kernel_n, kernel_tau,
+    kernel_m (d, d: the terms divided by 1/N, τ, 1/M), bias_per_eigenvalue, sampler_variance (c_i),
+    eigenvalues; diagnostics d_over_n, eps_tau = τ max λ(λ+σ²)/(2b), warnings (list of str).
+    """
+    lam = _check_spectrum(eigenvalues)
+    d = lam.numel()
+    n = _check("n", n, low=1, integer=True, allow_none=True)
+    sigma = _check("sigma", sigma, low=0, low_open=True)
+    tau = _check("tau", tau, low=0)
+    gamma = _check("gamma", gamma, low=0)
+    b = _check("batch_size", batch_size, low=1, integer=True)
+    steps = _check("steps", steps, low=0, integer=True, allow_none=True)
+    init_var = _check("init_var", init_var, low=0)
+    M = _check("particles", particles, low=1, integer=True, allow_none=True)
+    mean_norm2 = _check("mean_norm2", mean_norm2, low=0)
+    sgd_steps = _check("sgd_steps", sgd_steps, low=0, integer=True, allow_none=True)
+    if init not in ("zeros", "optimum"):
+        raise ValueError(f"init must be one of zeros | optimum, got {init}")
+    m = lam + sigma ** 2
+    if steps is None and gamma >= 2 * m.min():
+        raise ValueError(f"gamma must be < 2(λ_min + σ²) = {2 * m.min().item():.6g} for ULA to have a "
+                         f"stationary law, got {gamma}")
+    if sgd_steps is not None and (symmetric or bias or second_order):
+        raise ValueError("sgd_steps is supported with symmetric=False, bias=False, second_order=False only")
+    if bias and steps is not None and mean_norm2 > 0:
+        raise ValueError(f"bias=True with finite steps needs mean_norm2 = 0 (the K-step mean bias needs "
+                         f"μ's direction), got {mean_norm2}")
+    warnings = []
+    eps_tau = tau * float((lam * m).max()) / (2 * b)
+    d_over_n = d / n if n is not None else 0.0
+    if n is not None and n < 5 * d:
+        warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
+    if tau > 0 and eps_tau > 0.005:
+        warnings.append(f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than "
+                        f"~5% (note §5.5)")
+    if n is not None and gamma >= 2 * sigma ** 2:
+        warnings.append(f"gamma = {gamma} >= 2σ² = {2 * sigma ** 2}: ULA with the empirical optimum can be "
+                        f"unstable for some datasets (note §3)")
+    if tau > 0 and (tau * sigma ** 2 * (1 + 1 / b) * m.max() >= 2
+                    or (tau * sigma ** 2 * m / (b * (2 - tau * sigma ** 2 * (1 + 1 / b) * m))).sum() >= 1):
+        warnings.append(f"tau = {tau}: SGD is not mean-square stable (note §2.3); the τ term is meaningless")
+
+    sgd_k = sgd_steps if (sgd_steps is not None and init == "zeros") else None
+    score_fn = lambda X: dsm_score_matrix(X, sigma, tau, sgd_k)
+    h_fn = lambda X: _langevin_variance_matrix(score_fn(X), gamma, steps, init_var)
+    a_opt = 1.0 / m
+    a = torch.diagonal(score_fn(torch.diag(lam)))          # mean score (= a_opt unless SGD transient)
+    c = langevin_variance(a, gamma, steps, init_var)
+    c_opt = langevin_variance(a_opt, gamma, steps, init_var)
+    rho, W = bures_second_order_weights(lam, c)
+
+    # (a) + (d) (+ finite-K mixing): exact
+    noise = float(((lam.sqrt() - m.sqrt()) ** 2).sum())
+    bias_per = (lam.sqrt() - c_opt.sqrt()) ** 2
+    if gamma < 2 * m.min():     # split the finite-K bias into stationary (d) and mixing parts
+        bias_stat = float(((lam.sqrt() - langevin_variance(a_opt, gamma).sqrt()) ** 2).sum())
+    else:                       # no stationary law: all of it is called discretisation
+        bias_stat = float(bias_per.sum())
+    mixing = float(bias_per.sum()) - bias_stat
+    out = {"noise": noise, "discretization": bias_stat - noise, "mixing": mixing}
+
+    # 1/N
+    h1, h2 = divided_differences(h_fn, lam)
+    K_N = kernel_n(lam, h1, h2, rho, W)
+    gen = float(K_N.sum()) / n if n is not None else 0.0
+    if bias and n is not None:
+        # x̄ − μ ~ N(0, Σ/N) shifts the mean; E[Σ̂_c] = (1 − 1/N)Σ shifts the covariance
+        pK = (1 - gamma * a) ** steps if steps is not None else torch.zeros(d, dtype=_F64)
+        gen += float((lam * (1 - pK) ** 2 - rho * torch.diagonal(h1) * lam).sum()) / n
+
+    # τ
+    K_tau = torch.zeros(d, d, dtype=_F64)
+    opt = 0.0
+    if sgd_k is not None:
+        # mean offset (exact, commuting): B²(c_k) − B²(c_opt)
+        opt += float(((lam.sqrt() - c.sqrt()) ** 2).sum() - bias_per.sum())
+    if tau > 0:
+        if sgd_steps is not None:
+            var, cross = sgd_transient_variance(lam, sigma=sigma, tau=tau, batch_size=b, sgd_steps=sgd_steps,
+                                                init=init)
+        else:
+            var, cross = sgd_variance(lam, sigma=sigma, tau=tau, batch_size=b, symmetric=symmetric)
+        cells = tau_term_from_var(lam, var, score=a, gamma=gamma, cross=cross, steps=steps, init_var=init_var)
+        K_tau = cells / tau
+        opt += float(cells.sum())
+        if bias:
+            pK = (1 - gamma * a) ** steps if steps is not None else torch.zeros(d, dtype=_F64)
+            opt += tau * (1 + mean_norm2) * float(((1 - pK) ** 2 * lam * m).sum()) / (2 * b)
+    out["optimization"] = opt
+    if second_order and tau > 0:
+        P_exact = sgd_variance_exact(lam, sigma=sigma, tau=tau, batch_size=b)
+        F2 = tau_fourth_order(lam, sigma=sigma, gamma=gamma, batch_size=b, steps=steps, init_var=init_var)
+        out["F2"] = F2
+        out["optimization_second_order"] = float(
+            tau_term_from_var(lam, P_exact, score=a, gamma=gamma, steps=steps, init_var=init_var).sum()
+        ) + tau ** 2 * F2
+
+    # 1/M
+    K_M = kernel_m(c, W)
+    part = 0.0
+    if M is not None:
+        part = float(K_M.sum()) / M
+        if particle_mean:
+            part += float((c - rho * c).sum()) / M
+
+    out.update(generalization=gen, particles=part)
+    out["total"] = noise + out["discretization"] + mixing + gen + opt + part
+    out.update(kernel_n=K_N, kernel_tau=K_tau, kernel_m=K_M, bias_per_eigenvalue=bias_per,
+               sampler_variance=c, eigenvalues=lam, eps_tau=eps_tau, d_over_n=d_over_n, warnings=warnings)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# figure
+
+def plot_kernels(prediction: dict):
+    """Heatmaps of K_N and K_τ over the spectrum and the bias per eigenvalue (a matplotlib Figure).
+    Eigen-indices are sorted by decreasing λ."""
+    import matplotlib.pyplot as plt
+
+    lam = prediction["eigenvalues"]
+    order = torch.argsort(lam, descending=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, title in ((axes[0], "kernel_n", "K_N(λ_i, λ_j)  (1/N term)"),
+                           (axes[1], "kernel_tau", "K_τ(λ_i, λ_j)  (τ term)")):
+        K = prediction[key][order][:, order]
+        im = ax.imshow(K.numpy(), cmap="viridis", interpolation="nearest")
+        ax.set(title=title, xlabel="j (λ decreasing)", ylabel="i (λ decreasing)")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    ax = axes[2]
+    ax.loglog(lam[order].numpy(), prediction["bias_per_eigenvalue"][order].numpy().clip(1e-300), "o-", ms=3)
+    ax.set(title="bias (√λ_i − √c_i)²  [(a)+(d)]", xlabel="λ_i", ylabel="W2² contribution")
+    fig.tight_layout()
+    return fig

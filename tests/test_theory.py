@@ -1,0 +1,320 @@
+"""gsm.theory: regression values of the theory note §7, internal consistency, and seeded Monte-Carlo
+checks of the 1/N, τ and 1/M terms (the *excess* over the bias, with tolerances from the measured s.e.)."""
+import math
+
+import pytest
+import torch
+
+import gsm.theory as T
+from gsm.metrics import bures_wasserstein2
+
+F64 = torch.float64
+LAM = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64)     # the note's §7 example
+KW = dict(sigma=0.5, gamma=0.05, batch_size=1)
+
+
+def rel(x, y):
+    return abs(x - y) / abs(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# §7 regression values (1e-9 relative, or the printed precision)
+
+@pytest.fixture(scope="module")
+def pred():
+    return T.langevin_prediction(LAM, n=200, tau=0.002, particles=1000, **KW)
+
+
+def test_sampler_variance(pred):
+    c = [0.526315789474, 0.775862068966, 1.275510204082, 2.275280898876]
+    for ci, ref in zip(pred["sampler_variance"].tolist(), c):
+        assert abs(ci - ref) < 5e-13          # printed to 12 decimals
+
+
+def test_bias_and_noise(pred):
+    assert rel(pred["noise"] + pred["discretization"], 0.106631587958) < 1e-9
+    assert rel(pred["noise"], 0.089439682803) < 1e-9
+    assert pred["mixing"] == 0.0
+
+
+def test_kernel_sums(pred):
+    assert rel(float(pred["kernel_n"].sum()), 2.627158120676) < 1e-9
+    assert rel(float(pred["kernel_tau"].sum()), 3.001191582097) < 1e-9
+    assert rel(float(pred["kernel_m"].sum()), 4.559862189467) < 1e-9
+
+
+def test_total_prediction(pred):
+    # printed as 0.130329624 (9 decimals): agree to half a unit of the last printed digit
+    assert abs(pred["total"] - 0.130329624) < 5e-10
+    for key, ref in (("generalization", .013136), ("optimization", .006002), ("particles", .004560)):
+        assert abs(pred[key] - ref) < 5e-7
+    assert pred["warnings"] == []
+    assert pred["d_over_n"] == 4 / 200 and abs(pred["eps_tau"] - 0.002 * 2 * 2.25 / 2) < 1e-15
+
+
+def test_bias_model_extra_terms(pred):
+    p = T.langevin_prediction(LAM, n=200, tau=0.002, particles=1000, bias=True, mean_norm2=0.0, **KW)
+    assert rel((p["generalization"] - pred["generalization"]) * 200, 3.334633977676) < 1e-9
+    assert rel((p["optimization"] - pred["optimization"]) / 0.002, 3.125) < 1e-9
+    p3 = T.langevin_prediction(LAM, n=200, tau=0.002, bias=True, mean_norm2=3.0, **KW)
+    assert rel((p3["optimization"] - pred["optimization"]) / 0.002, 4 * 3.125) < 1e-9
+
+
+def test_fourth_order_F2():
+    assert abs(T.tau_fourth_order(LAM, **KW) - 28.07) < 0.005
+
+
+def test_second_order_tau_matches_note_table():
+    # §5.5 table: 1st-order error e1 and 2nd-order error e2 ⇒ second/first = (1+e1)/(1+e2)
+    for sigma, tau, e1, e2 in ((1.0, 0.005, .095, .009), (1.0, 0.01, .21, .032), (0.5, 0.004, .037, -.004)):
+        p = T.langevin_prediction(LAM, n=None, sigma=sigma, tau=tau, gamma=0.05, second_order=True)
+        assert abs(p["optimization_second_order"] / p["optimization"] - (1 + e1) / (1 + e2)) < 2e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# internal consistency
+
+def test_divided_differences_closed_form():
+    sigma, gamma = 0.5, 0.05
+    h = lambda X: T._langevin_variance_matrix(T.dsm_score_matrix(X, sigma), gamma, None, 1.0)
+    lam = torch.tensor([0.3, 0.3, 1.0, 2.5], dtype=F64)     # a repeated eigenvalue on purpose
+    H1, H2 = T.divided_differences(h, lam)
+    q = lam + sigma ** 2 - gamma / 2
+    assert torch.allclose(H1, 1 - gamma ** 2 / (4 * q[:, None] * q[None, :]), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(H2, gamma ** 2 / (4 * q[:, None] ** 2 * q[None, :]), rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_tau_closed_form_equals_autograd_hessian(symmetric):
+    a = 1 / (LAM + 0.25)
+    var, cross = T.sgd_variance(LAM, sigma=0.5, tau=1.0, symmetric=symmetric)
+    closed = T.tau_term_from_var(LAM, var, score=a, gamma=0.05, cross=cross).sum()
+    auto = T.second_order_contraction(lambda A: T._ula_covariance(A, 0.05), a, LAM, var, cross).sum()
+    assert rel(float(auto), float(closed)) < 1e-10
+
+
+def test_tau_closed_form_general_covariance_and_base():
+    g = torch.Generator().manual_seed(0)
+    var = torch.rand(4, 4, generator=g, dtype=F64)
+    cross = torch.rand(4, 4, generator=g, dtype=F64)
+    cross = (cross + cross.T) / 4
+    a = 1.3 / (LAM + 0.25)                                   # a base that is not the DSM optimum
+    closed = T.tau_term_from_var(LAM, var, score=a, gamma=0.3, cross=cross).sum()
+    auto = T.second_order_contraction(lambda A: T._ula_covariance(A, 0.3), a, LAM, var, cross).sum()
+    assert rel(float(auto), float(closed)) < 1e-10
+
+
+def test_finite_steps_converge_to_stationary():
+    kw = dict(n=200, tau=0.002, particles=1000, **KW)
+    p, pk = T.langevin_prediction(LAM, **kw), T.langevin_prediction(LAM, steps=4000, **kw)
+    for key in ("total", "generalization", "optimization", "particles"):
+        assert rel(pk[key], p[key]) < 1e-9
+    short = T.langevin_prediction(LAM, steps=20, init_var=1.0, **kw)
+    assert short["mixing"] != 0 and rel(short["noise"], p["noise"]) < 1e-15
+    exact = float(((LAM.sqrt() - short["sampler_variance"].sqrt()) ** 2).sum())
+    assert rel(short["noise"] + short["discretization"] + short["mixing"], exact) < 1e-12
+    # finite K: h_K = g + (1−γa)^{2K}(c₀ − g)
+    a = 1 / (LAM + 0.25)
+    g = T.langevin_variance(a, 0.05)
+    assert torch.allclose(short["sampler_variance"], g + (1 - 0.05 * a) ** 40 * (1 - g), rtol=1e-13)
+
+
+def test_limits():
+    lam = torch.tensor([0.4, 1.0, 3.0], dtype=F64)
+    # σ = γ = 0 (σ tiny): E[B²(Σ, Σ̂)] ≈ (1/2N)[Σλ + Σ_{i≠j} λiλj/(λi+λj)]
+    p = T.langevin_prediction(lam, n=1, sigma=1e-7, tau=1.0, gamma=0.0)
+    L = lam[:, None] * lam[None, :] / (lam[:, None] + lam[None, :])
+    ref_n = 0.5 * (lam.sum() + L.sum() - L.diagonal().sum())
+    assert rel(float(p["kernel_n"].sum()), float(ref_n)) < 1e-9
+    ref_tau = ((1 + torch.eye(3, dtype=F64)) * (lam[:, None] * lam[None, :]) ** 2
+               * (lam[:, None] ** 2 + lam[None, :] ** 2) / (4 * (lam[:, None] + lam[None, :]) ** 3)).sum()
+    assert rel(float(p["kernel_tau"].sum()), float(ref_tau)) < 1e-6
+    # 1-D, γ = 0: τK_τ = s²(m − ¾√(λm)), s² = τλm/2
+    l1, s1 = 0.7, 0.6
+    m1 = l1 + s1 ** 2
+    p1 = T.langevin_prediction(torch.tensor([l1], dtype=F64), n=None, sigma=s1, tau=1.0, gamma=0.0)
+    assert rel(p1["optimization"], l1 * m1 / 2 * (m1 - 0.75 * math.sqrt(l1 * m1))) < 1e-12
+
+
+def test_exact_sgd_variance_first_order_limit():
+    v1, _ = T.sgd_variance(LAM, sigma=1.0, tau=1e-7)
+    v2 = T.sgd_variance_exact(LAM, sigma=1.0, tau=1e-7)
+    assert torch.allclose(v1, v2, rtol=1e-5)
+    with pytest.raises(ValueError, match="tau"):
+        T.sgd_variance_exact(LAM, sigma=1.0, tau=2.0)
+
+
+def test_sgd_transient_limits():
+    kw = dict(n=None, tau=0.002, **KW)
+    p = T.langevin_prediction(LAM, **kw)
+    late = T.langevin_prediction(LAM, sgd_steps=200_000, init="zeros", **kw)
+    assert rel(late["optimization"], p["optimization"]) < 1e-9
+    early = T.langevin_prediction(LAM, sgd_steps=100, init="zeros", **kw)
+    assert early["optimization"] > 10 * p["optimization"]          # far from A*: large mean offset
+    opt0 = T.langevin_prediction(LAM, sgd_steps=0, init="optimum", **kw)
+    assert opt0["optimization"] == 0.0
+
+
+def test_dropped_terms_validation_and_warnings():
+    p = T.langevin_prediction(LAM, n=None, tau=0.0, particles=None, **KW)
+    assert p["generalization"] == p["optimization"] == p["particles"] == 0.0
+    assert rel(p["total"], 0.106631587958) < 1e-9
+    w = T.langevin_prediction(LAM, n=10, tau=0.01, **KW)["warnings"]
+    assert any("5d" in s for s in w) and any("eps_tau" in s for s in w)
+    for bad, match in ((dict(sigma=-0.1), "sigma"), (dict(gamma=2.0), "gamma"), (dict(tau=-1), "tau"),
+                       (dict(batch_size=0), "batch_size"), (dict(n=0), "^n must")):
+        kw = dict(n=100, tau=0.001, **KW)
+        kw.update(bad)
+        with pytest.raises(ValueError, match=match):
+            T.langevin_prediction(LAM, **kw)
+    with pytest.raises(ValueError, match="eigenvalues"):
+        T.langevin_prediction([1.0, -1.0], n=100, tau=0.001, **KW)
+
+
+def test_isotropic_spectrum_is_finite():
+    p = T.langevin_prediction(torch.ones(5, dtype=F64), n=100, tau=0.001, particles=100, steps=50, **KW)
+    assert all(math.isfinite(p[k]) for k in ("total", "generalization", "optimization", "particles"))
+
+
+def test_plot_kernels(pred):
+    import matplotlib
+    matplotlib.use("Agg")
+    fig = T.plot_kernels(pred)
+    assert len(fig.axes) >= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Monte-Carlo checks. Each compares the mean excess over the bias with the predicted term, using as
+# control variate the part of B² linear in the fluctuation (exactly zero mean), within 4 s.e.
+
+def _bures_weights_at(c):
+    return T.bures_second_order_weights(LAM, c)
+
+
+def test_mc_generalization_exact_optimum():
+    # d = 4, N = 200 (N/d = 50: first-order error ≲ 0.5 %, note §5.5); exact DSM optimum A = (Σ̂+σ²I)⁻¹
+    N, R, sigma, gamma = 200, 20000, 0.5, 0.05
+    g = torch.Generator().manual_seed(1)
+    p = T.langevin_prediction(LAM, n=N, tau=0.0, sigma=sigma, gamma=gamma)
+    c = p["sampler_variance"]
+    rho, _ = _bures_weights_at(c)
+    h1 = 1 - gamma ** 2 / (4 * (LAM + sigma ** 2 - gamma / 2) ** 2)      # g^{[1]}(λ_i, λ_i)
+    vals = []
+    for _ in range(R // 5000):
+        x = torch.randn(5000, N, 4, generator=g, dtype=F64) * LAM.sqrt()
+        S = x.transpose(1, 2) @ x / N
+        w, V = torch.linalg.eigh(S)
+        C = (V * T.langevin_variance(1 / (w + sigma ** 2), gamma).unsqueeze(-2)) @ V.transpose(1, 2)
+        excess = bures_wasserstein2(torch.diag(LAM), C) - (p["noise"] + p["discretization"])
+        linear = (rho * h1 * (torch.diagonal(S, dim1=1, dim2=2) - LAM)).sum(-1)
+        vals.append(excess - linear)
+    v = torch.cat(vals)
+    se = float(v.std() / math.sqrt(v.numel()))
+    assert abs(float(v.mean()) - p["generalization"]) < 4 * se, (float(v.mean()), p["generalization"], se)
+    assert se < 0.05 * p["generalization"]       # the test has power
+
+
+def _sgd_online(lam, sigma, tau, R, steps, symmetric, g):
+    """Constant-step SGD on online Gaussian data (eigenbasis), b = 1, started from a draw of the
+    first-order stationary law around A* (so a short run reaches stationarity). Returns Δ = A − A*."""
+    d = lam.numel()
+    m = lam + sigma ** 2
+    var, _ = T.sgd_variance(lam, sigma=sigma, tau=tau, symmetric=symmetric)
+    D = torch.randn(R, d, d, generator=g, dtype=F64) * var.sqrt()
+    if symmetric:
+        D = torch.triu(D) + torch.triu(D, 1).transpose(1, 2)
+    A = torch.diag(1 / m) + D
+    for _ in range(steps):
+        y = torch.randn(R, d, generator=g, dtype=F64) * lam.sqrt()
+        z = torch.randn(R, d, generator=g, dtype=F64)
+        y = y + sigma * z
+        r = sigma ** 2 * torch.einsum("rij,rj->ri", A, y) - sigma * z
+        G = r[:, :, None] * y[:, None, :]
+        A -= tau * (0.5 * (G + G.transpose(1, 2)) if symmetric else G)
+    return A - torch.diag(1 / m)
+
+
+def _mc_tau(lam, sigma, gamma, tau, R, steps, symmetric, seed):
+    g = torch.Generator().manual_seed(seed)
+    Delta = _sgd_online(lam, sigma, tau, R, steps, symmetric, g)
+    p = T.langevin_prediction(lam, n=None, sigma=sigma, tau=tau, gamma=gamma, symmetric=symmetric)
+    a = 1 / (lam + sigma ** 2)
+    c = T.langevin_variance(a, gamma)
+    rho, _ = T.bures_second_order_weights(lam, c)
+    e, Dii = c * (1 - gamma * a), 2 * a - gamma * a ** 2
+    C = torch.vmap(lambda A: T._ula_covariance(A, gamma))(torch.diag(a) + Delta)
+    excess = bures_wasserstein2(torch.diag(lam), C) - (p["noise"] + p["discretization"])
+    linear = (rho * (-2 * torch.diagonal(Delta, dim1=1, dim2=2) * e / Dii)).sum(-1)   # Σ ρ_i C¹_ii
+    v = excess - linear
+    return float(v.mean()), float(v.std() / math.sqrt(R)), p
+
+
+def test_mc_optimization_sgd_stationary():
+    # λ = (.5, .75, 1, 1.5), σ = 1, τ = 5e-4: eps_tau = 0.0009; the O(τ²) terms (second_order=True)
+    # move the prediction by +0.66 %, below one s.e. (≈ 1.5 %)
+    lam = torch.tensor([0.5, 0.75, 1.0, 1.5], dtype=F64)
+    mean, se, p = _mc_tau(lam, 1.0, 0.05, 5e-4, R=2000, steps=1400, symmetric=False, seed=2)
+    assert abs(mean - p["optimization"]) < 4 * se, (mean, p["optimization"], se)
+    assert se < 0.05 * p["optimization"]
+
+
+@pytest.mark.slow
+def test_mc_optimization_symmetric_sgd():
+    lam = torch.tensor([0.5, 0.75, 1.0, 1.5], dtype=F64)
+    mean, se, p = _mc_tau(lam, 1.0, 0.05, 1e-3, R=4000, steps=700, symmetric=True, seed=3)
+    assert abs(mean - p["optimization"]) < 4 * se, (mean, p["optimization"], se)
+
+
+@pytest.mark.slow
+def test_mc_second_order_tau_beats_first_order():
+    # note §5.5: σ = 1, τ = 0.005 (eps_tau = 0.015): first order +9.5 %, second order +0.9 %
+    mean, se, p = _mc_tau(LAM, 1.0, 0.05, 0.005, R=3000, steps=800, symmetric=False, seed=4)
+    p2 = T.langevin_prediction(LAM, n=None, sigma=1.0, tau=0.005, gamma=0.05, second_order=True)
+    assert abs(mean - p2["optimization_second_order"]) < 4 * se, (mean, p2["optimization_second_order"], se)
+    assert mean - p["optimization"] > 2 * se      # the first-order drift is visible
+
+
+def test_mc_particles():
+    M, R = 1000, 4000
+    g = torch.Generator().manual_seed(5)
+    p = T.langevin_prediction(LAM, n=None, tau=0.0, particles=M, **KW)
+    c = p["sampler_variance"]
+    rho, _ = _bures_weights_at(c)
+    vals = []
+    for _ in range(R // 1000):
+        x = torch.randn(1000, M, 4, generator=g, dtype=F64) * c.sqrt()
+        Ch = x.transpose(1, 2) @ x / M
+        excess = bures_wasserstein2(torch.diag(LAM), Ch) - (p["noise"] + p["discretization"])
+        vals.append(excess - (rho * (torch.diagonal(Ch, dim1=1, dim2=2) - c)).sum(-1))
+    v = torch.cat(vals)
+    se = float(v.std() / math.sqrt(v.numel()))
+    assert abs(float(v.mean()) - p["particles"]) < 4 * se, (float(v.mean()), p["particles"], se)
+    assert se < 0.05 * p["particles"]
+
+
+@pytest.mark.slow
+def test_mc_sgd_transient_from_zeros():
+    # k = 1000 SGD steps from A₀ = 0 (≈ 1.5 relaxation times of the slowest mode): the mean offset
+    # is exact; check the fluctuation part (transient variance incl. the Cov(Δ_ri, Δ_ir) it creates)
+    lam = torch.tensor([0.5, 0.75, 1.0, 1.5], dtype=F64)
+    sigma, gamma, tau, R, k = 1.0, 0.05, 1e-3, 2000, 1000
+    m = lam + sigma ** 2
+    g = torch.Generator().manual_seed(7)
+    A = torch.zeros(R, 4, 4, dtype=F64)
+    for _ in range(k):
+        z = torch.randn(R, 4, generator=g, dtype=F64)
+        y = torch.randn(R, 4, generator=g, dtype=F64) * lam.sqrt() + sigma * z
+        r = sigma ** 2 * torch.einsum("rij,rj->ri", A, y) - sigma * z
+        A -= tau * r[:, :, None] * y[:, None, :]
+    p = T.langevin_prediction(lam, n=None, sigma=sigma, tau=tau, gamma=gamma, sgd_steps=k, init="zeros")
+    a = (1 - (1 - tau * sigma ** 2 * m) ** k) / m          # exact E[A_k] (online data)
+    c = T.langevin_variance(a, gamma)
+    rho, _ = T.bures_second_order_weights(lam, c)
+    e, Dii = c * (1 - gamma * a), 2 * a - gamma * a ** 2
+    C = torch.vmap(lambda X: T._ula_covariance(X, gamma))(A)
+    base = float(((lam.sqrt() - c.sqrt()) ** 2).sum())
+    linear = (rho * (-2 * torch.diagonal(A - torch.diag(a), dim1=1, dim2=2) * e / Dii)).sum(-1)
+    v = bures_wasserstein2(torch.diag(lam), C) - base - linear
+    fluct = p["optimization"] - (base - p["noise"] - p["discretization"])
+    se = float(v.std() / math.sqrt(R))
+    assert abs(float(v.mean()) - fluct) < 4 * se, (float(v.mean()), fluct, se)
