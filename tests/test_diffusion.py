@@ -1,0 +1,419 @@
+"""DDPM / DDIM: schedules, respacing, diffusers agreement, exact laws (§6–§7 of the theory note),
+the 1/N and τ predictions."""
+import math
+
+import pytest
+import torch
+
+from gsm.diffusion import (DDIM, DDPM, FINALS, alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance,
+                           ddpm_divided_differences, ddpm_tau_kernel, ddpm_variance, exact_score_eigenvalues,
+                           exact_score_matrices, linear_beta_schedule, linear_reverse_sample, reverse_sample,
+                           level_sgd_variance, timestep_grid)
+from gsm.metrics import bures_wasserstein2, second_moment
+
+F64 = torch.float64
+LAM32 = 1 / torch.arange(1, 33, dtype=F64)
+LAM4 = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64)
+
+
+def agrees_to_printed(value, printed):
+    """|value − printed| ≤ one unit of the printed value's last (3rd significant) digit."""
+    mant, exp = printed.split("e")
+    return abs(value - float(printed)) <= 10 ** (int(exp) - 2) * (1 + 1e-9)
+
+
+def w2(v, lam):
+    return float(((lam.sqrt() - v.sqrt()) ** 2).sum())
+
+
+def exact_w2(lam, chain):
+    return w2(ddpm_variance(exact_score_eigenvalues(lam, chain.alpha_bar), chain), lam)
+
+
+def grid(T=1000, steps=None, t_min=0, scaled=False):
+    return alphas_cumprod(linear_beta_schedule(T, scaled=scaled))[timestep_grid(T, steps, t_min)]
+
+
+def random_basis(d, seed):
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=F64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+# ------------------------------------------------------------------ schedules, grid, bad input
+
+def test_schedule_and_grid():
+    b = linear_beta_schedule(1000)
+    assert b[0] == 1e-4 and abs(float(b[-1]) - 0.02) < 1e-15
+    assert torch.allclose(linear_beta_schedule(100, scaled=True), torch.linspace(1e-3, 0.2, 100, dtype=F64))
+    ab = alphas_cumprod(b)
+    assert ab.shape == (1001,) and ab[0] == 1 and abs(float(ab[-1]) - 4.04e-5) < 1e-7   # ᾱ_T ≈ 4e-5 (§6)
+    assert timestep_grid(10).tolist() == list(range(11))                 # every timestep
+    assert timestep_grid(1000, 10).tolist() == list(range(0, 1001, 100))  # evenly spaced, both ends
+    g = timestep_grid(1000, 7, t_min=5)
+    assert g[0] == 5 and g[-1] == 1000 and (g.diff() > 0).all() and g.diff().max() - g.diff().min() <= 1
+    assert timestep_grid(1000, None, t_min=50).tolist() == list(range(50, 1001))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: linear_beta_schedule(20, scaled=True), "T must be > 20"),
+    (lambda: timestep_grid(100, 101), "steps must be an integer in"),
+    (lambda: timestep_grid(100, None, t_min=100), "t_min must be an integer in"),
+    (lambda: DDPM(variance="small"), "variance must be one of"),
+    (lambda: DDPM(final="clip"), "final must be one of"),
+    (lambda: DDIM(eta=1.5), "eta must be in"),
+    (lambda: DDPM(particles=1), "particles must be"),
+])
+def test_bad_input(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+# --------------------------------------------------------------- exact-score regression values
+
+# theory note §6, d = 32, λ_i = 1/i: T -> (DDPM β, DDPM β̃, DDIM) scaled, DDPM β unscaled
+TABLE_T = {25: ("6.43e-02", "1.97e-01", "6.92e-02", "1.91e-01"), 50: ("1.21e-02", "7.17e-02", "1.97e-02", "2.58e-02"),
+           100: ("2.70e-03", "2.46e-02", "5.54e-03", "1.94e-03"), 250: ("4.07e-04", "5.38e-03", "1.01e-03", "1.35e-04"),
+           1000: ("2.48e-05", "4.57e-04", "7.23e-05", "2.48e-05")}
+# T = 1000, β: t_min -> (raw, rescaled, Tweedie). (Raw at t_min = 50 is 0.0810464: the note prints 8.11e-02.)
+TABLE_TMIN = {0: ("2.48e-05",) * 3, 2: ("7.15e-05", "7.43e-05", "1.34e-05"), 5: ("1.86e-04", "2.00e-04", "5.09e-06"),
+              10: ("7.03e-04", "7.76e-04", "2.31e-04"), 50: ("8.11e-02", "9.57e-02", "5.48e-02")}
+
+
+@pytest.mark.parametrize("T", sorted(TABLE_T))
+def test_exact_score_table_T(T):
+    ab = grid(T, scaled=True)
+    got = (exact_w2(LAM32, ddpm_chain(ab, "beta")), exact_w2(LAM32, ddpm_chain(ab, "beta_tilde")),
+           exact_w2(LAM32, ddim_chain(ab)), exact_w2(LAM32, ddpm_chain(grid(T), "beta")))
+    assert all(agrees_to_printed(v, p) for v, p in zip(got, TABLE_T[T])), got   # 3 significant digits
+
+
+@pytest.mark.parametrize("t_min", sorted(TABLE_TMIN))
+def test_exact_score_table_t_min(t_min):
+    ab = grid(1000, t_min=t_min)
+    got = tuple(exact_w2(LAM32, ddpm_chain(ab, "beta", final)) for final in FINALS)
+    assert all(agrees_to_printed(v, p) for v, p in zip(got, TABLE_TMIN[t_min])), got
+
+
+def test_regression_values_section7():
+    ab = grid(1000)
+    a = exact_score_eigenvalues(LAM4, ab)
+    v = ddpm_variance(a, ddpm_chain(ab, "beta"))
+    ref = torch.tensor([0.250752075008, 0.500658938482, 0.9999, 1.997381193091], dtype=F64)
+    assert torch.allclose(v, ref, rtol=1e-6, atol=0)
+    # W2² printed to 6 and 5 significant digits: agree to half a unit of the last one
+    assert abs(w2(v, LAM4) - 1.64206e-6) <= 0.5e-11
+    assert abs(w2(ddpm_variance(a, ddpm_chain(ab, "beta_tilde")), LAM4) - 7.8484e-5) <= 0.5e-9
+    assert abs(w2(ddpm_variance(a, ddim_chain(ab)), LAM4) - 1.38742e-5) <= 0.5e-10
+
+
+def test_exact_score_identities():
+    """F_k = √α_k s_{k−1}/s_k (the DDPM mean is the true reverse kernel's) and the init error 8e-10."""
+    ab = grid(1000)
+    a = exact_score_eigenvalues(LAM32, ab)
+    ch = ddpm_chain(ab, "beta")
+    s = ab.view(-1, 1) * LAM32 + 1 - ab.view(-1, 1)
+    F = ch.c[1:, None] - ch.g[1:, None] * a[1:]
+    assert torch.allclose(F, (ab[1:] / ab[:-1]).sqrt().view(-1, 1) * s[:-1] / s[1:], rtol=1e-12)
+    # the initialisation term of the telescoped formula: v(N(0, I)) − v(N(0, S_T)) = ᾱ_T (s_0/s_T)² (1 − s_T)
+    dv = ddpm_variance(a, ch, 1.0) - ddpm_variance(a, ch, s[-1])
+    assert torch.allclose(dv, ab[-1] * (s[0] / s[-1]) ** 2 * (1 - s[-1]), rtol=1e-6)
+    # DDIM with η = 1 is DDPM with β̃; DDIM to t = 0 ends with Tweedie at t = 1 (noise-free)
+    c1, c2 = ddim_chain(ab, eta=1.0), ddpm_chain(ab, "beta_tilde")
+    for f in ("c", "g", "q"):
+        assert torch.allclose(getattr(c1, f), getattr(c2, f), rtol=1e-10, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------- against diffusers
+
+def _float64_scheduler(sched, betas):
+    """diffusers keeps float32 betas; give it our float64 ones so the comparison is at 1e-12."""
+    sched.betas = betas.clone()
+    sched.alphas = 1 - betas
+    sched.alphas_cumprod = torch.cumprod(sched.alphas, 0)
+    sched.one = torch.tensor(1.0, dtype=F64)
+    if hasattr(sched, "final_alpha_cumprod"):
+        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=F64)
+    return sched
+
+
+@pytest.mark.parametrize("steps", [None, 10])
+def test_ddpm_matches_diffusers(steps):
+    diffusers = pytest.importorskip("diffusers")
+    T, d = 1000, 3
+    betas = linear_beta_schedule(T)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", variance_type="fixed_small",
+                                    clip_sample=False, prediction_type="epsilon", timestep_spacing="trailing")
+    assert torch.allclose(sched.betas.to(F64), betas, rtol=1e-6)           # same schedule at float32
+    sched = _float64_scheduler(sched, betas)
+    sched.set_timesteps(num_inference_steps=steps or T)
+    tg = timestep_grid(T, steps)
+    assert (sched.timesteps + 1).tolist() == tg.flip(0)[:-1].tolist()       # 0-indexed t ↔ our t + 1
+    chain = ddpm_chain(alphas_cumprod(betas)[tg], "beta_tilde")
+    gen = torch.Generator().manual_seed(0)
+    A = torch.eye(d, dtype=F64) + 0.3 * torch.randn(chain.K + 1, d, d, generator=gen, dtype=F64)  # any A_k
+    x = torch.randn(5, d, generator=gen, dtype=F64)
+    for k in range(chain.K, 0, -1):
+        s_k = math.sqrt(1 - float(chain.alpha_bar[k]))
+        eps = s_k * x @ A[k].T                                              # ε̂ = −s_k s_k(x) = s_k A_k x
+        seed = 1000 + k
+        ref = sched.step(eps, int(tg[k]) - 1, x, generator=torch.Generator().manual_seed(seed)).prev_sample
+        one = ddpm_chain(chain.alpha_bar[k - 1:k + 1], "beta_tilde")        # our step k alone
+        ours = linear_reverse_sample(A[k - 1:k + 1].unsqueeze(0).expand(1, 2, d, d),
+                                     x.unsqueeze(0), one, torch.Generator().manual_seed(seed))[0]
+        # on the step to t = 0 of a respaced grid diffusers adds noise of std √1e-20 (β̃ clamped ≥ 1e-20)
+        assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12 if int(tg[k - 1]) > 0 else 1e-9), k
+        x = ref
+
+
+def test_ddim_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    T, K, d, eta = 1000, 20, 3, 0.6
+    betas = linear_beta_schedule(T)
+    sched = _float64_scheduler(diffusers.DDIMScheduler(num_train_timesteps=T, clip_sample=False,
+                                                       set_alpha_to_one=True, timestep_spacing="trailing"), betas)
+    sched.set_timesteps(K)
+    tg = timestep_grid(T, K)
+    chain = ddim_chain(alphas_cumprod(betas)[tg], eta)
+    gen = torch.Generator().manual_seed(1)
+    A = torch.eye(d, dtype=F64) + 0.3 * torch.randn(K + 1, d, d, generator=gen, dtype=F64)
+    x = torch.randn(5, d, generator=gen, dtype=F64)
+    for k in range(K, 0, -1):
+        eps = math.sqrt(1 - float(chain.alpha_bar[k])) * x @ A[k].T
+        z = torch.randn(x.shape, generator=gen, dtype=F64)
+        ref = sched.step(eps, int(tg[k]) - 1, x, eta=eta, variance_noise=z).prev_sample
+        ours = chain.c[k] * x - chain.g[k] * x @ A[k].T + chain.q[k].sqrt() * z
+        assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12), k
+        x = ref
+
+
+# ------------------------------------------------------------------------------------ exact laws
+
+def test_exact_covariance_rotation_covariant():
+    """ddpm_covariance with the exact scores of Σ = U diag(λ) Uᵀ is U diag(ddpm_variance) Uᵀ."""
+    U = random_basis(6, 0)
+    lam = LAM32[:6]
+    ab = grid(1000, 50, t_min=3)
+    for chain in (ddpm_chain(ab, "beta", "tweedie"), ddim_chain(ab, 0.3, "rescale")):
+        C = ddpm_covariance(exact_score_matrices((U * lam) @ U.T, ab), chain)
+        v = ddpm_variance(exact_score_eigenvalues(lam, ab), chain)
+        assert torch.allclose(C, (U * v) @ U.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_general_covariance_matches_particles(sampler):
+    """Non-symmetric, non-commuting A_k: the exact law against M particles, each entry within 4 s.e.
+    (s.e. of (1/M)Σ x_i x_j for Gaussian x: √((C_ii C_jj + C_ij²)/M))."""
+    d, M = 3, 200_000
+    gen = torch.Generator().manual_seed(2)
+    ab = grid(1000, 25, t_min=4)
+    chain = ddpm_chain(ab, "beta", "tweedie") if sampler == "ddpm" else ddim_chain(ab, 0.5, "tweedie")
+    Sigma = (lambda U: (U * torch.tensor([0.2, 1.0, 3.0], dtype=F64)) @ U.T)(random_basis(d, 3))
+    A = exact_score_matrices(Sigma, ab) + 0.3 * torch.randn(chain.K + 1, d, d, generator=gen, dtype=F64)
+    C = ddpm_covariance(A, chain)
+    x = reverse_sample(lambda y, k: -y @ A[k].T, torch.randn(M, d, generator=gen, dtype=F64), chain, gen)
+    Chat = second_moment(x)
+    se = ((torch.diagonal(C).view(-1, 1) * torch.diagonal(C).view(1, -1) + C ** 2) / M).sqrt()
+    assert ((Chat - C).abs() / se).max() < 4
+
+
+def test_trajectory_and_pipeline_sampler():
+    """The sampler object: levels, grid indexing, trajectory end = output before the final map."""
+    s = DDPM(T=200, steps=20, t_min=5, final="tweedie")
+    alphas, stds = s.noise_levels(0.5)
+    assert alphas.numel() == 21 and torch.allclose(alphas ** 2 + stds ** 2, torch.ones(21, dtype=F64))
+    assert DDPM(T=200, steps=20).noise_levels(None)[0].numel() == 20   # t_min = 0: no level at t = 0
+    lam = LAM32[:4]
+    A = exact_score_matrices(torch.diag(lam), s.chain.alpha_bar)[s.chain.levels].unsqueeze(0)
+    C = s.covariance(A)
+    assert torch.allclose(torch.diagonal(C[0]), ddpm_variance(exact_score_eigenvalues(lam, s.chain.alpha_bar),
+                                                              s.chain), rtol=1e-12)
+    traj, out = ddpm_covariance(s.grid_matrices(A), s.chain, trajectory=True)
+    assert traj.shape == (1, 21, 4, 4) and torch.allclose(traj[0, -1], torch.eye(4, dtype=F64))
+    assert not s.unstable(A).any()
+
+
+def test_log_extra_trajectory():
+    class Writer:
+        def __init__(self):
+            self.rows = []
+
+        def add_scalar(self, tag, value, step, **kw):
+            self.rows.append((tag, value, step))
+    s = DDPM(T=100, steps=10, scaled=True)
+    Sigma = torch.diag(LAM4)
+    A = exact_score_matrices(Sigma, s.chain.alpha_bar)[s.chain.levels].unsqueeze(0).repeat(2, 1, 1, 1)
+    w = Writer()
+    s.log_extra(w, A, Sigma, 0)
+    learned = {st: v for t, v, st in w.rows if t.endswith("learned")}
+    oracle = {st: v for t, v, st in w.rows if t.endswith("oracle")}
+    assert set(learned) == set(range(0, 101, 10)) and all(math.isfinite(v) for v in learned.values())
+    assert all(abs(learned[t] - oracle[t]) < 1e-12 for t in learned)      # learned = oracle here
+    assert oracle[100] < 1e-3                                              # N(0, I) vs S_T: init error
+
+
+# -------------------------------------------------------------------------------------- theory
+
+def test_divided_differences_match_finite_differences():
+    ab = grid(1000, 30, t_min=2)
+    chain = ddpm_chain(ab, "beta", "tweedie")
+    lam = torch.tensor([0.3, 0.7, 1.9], dtype=F64)
+    h, H1, H2 = ddpm_divided_differences(lam, chain)
+    hf = lambda x: ddpm_variance(exact_score_eigenvalues(x, ab), chain)
+    assert torch.allclose(h, hf(lam), rtol=1e-12)
+    i, j = 0, 2
+    x, y = lam[i:i + 1], lam[j:j + 1]
+    d1 = (hf(x) - hf(y)) / (x - y)
+    assert torch.allclose(H1[i, j], d1[0], rtol=1e-9)
+    eps = 1e-5
+    deriv = (hf(x + eps) - hf(x - eps)) / (2 * eps)                      # h^[1](x, x) = h'(x)
+    assert torch.allclose(H1[i, i], deriv[0], rtol=1e-7)
+    d2 = (d1 - deriv) / (y - x)                                          # h^[2](x, y, x)
+    assert torch.allclose(H2[i, j], d2[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_tau_kernel_matches_autograd_hessian(symmetric):
+    """½ Σ Var(Δ) ∂²B²(Σ, C(A* + Δ))/∂Δ² by autograd (every level, every entry) = τ Σ K_τ."""
+    lam = torch.tensor([0.4, 1.0, 2.5], dtype=F64)
+    d = 3
+    ab = grid(1000, 4, t_min=30)
+    chain = ddpm_chain(ab, "beta", "tweedie")
+    Astar = exact_score_matrices(torch.diag(lam), ab)
+    V = level_sgd_variance(lam, ab, batch_size=2, symmetric=symmetric)          # (K+1, d, d) per unit τ
+    Sigma = torch.diag(lam)
+    iu = torch.triu_indices(d, d)
+
+    def to_delta(theta):                                                  # θ per level → Δ
+        if not symmetric:
+            return theta.view(-1, d, d)
+        D = torch.zeros(theta.shape[0] // iu.shape[1], d, d, dtype=F64)
+        D = D.index_put((torch.arange(D.shape[0]).repeat_interleave(iu.shape[1]), iu[0].repeat(D.shape[0]),
+                         iu[1].repeat(D.shape[0])), theta)
+        return D + D.triu(1).transpose(-1, -2)
+
+    total = 0.0
+    for k in chain.levels.tolist():
+        def f(theta):
+            A = Astar.clone()
+            A = torch.cat([A[:k], (A[k] + to_delta(theta)[0]).unsqueeze(0), A[k + 1:]])
+            return bures_wasserstein2(Sigma, ddpm_covariance(A, chain))
+        n = iu.shape[1] if symmetric else d * d
+        Hd = torch.autograd.functional.hessian(f, torch.zeros(n, dtype=F64)).diagonal()
+        var = V[k][iu[0], iu[1]] if symmetric else V[k].reshape(-1)
+        total += 0.5 * float((var * Hd).sum())
+    pred = float(ddpm_tau_kernel(lam, chain, batch_size=2, symmetric=symmetric).sum())
+    assert abs(total - pred) < 1e-6 * abs(pred)
+    # and the project's forward-mode contraction helper (2×2 blocks) agrees
+    from gsm.theory import second_order_contraction
+    cells = second_order_contraction(lambda A: ddpm_covariance(A, chain), exact_score_eigenvalues(lam, ab), lam,
+                                     V, V if symmetric else None)
+    assert abs(float(cells.sum()) - pred) < 1e-9 * abs(pred)
+
+
+@pytest.mark.slow
+def test_sgd_variance_with_levels():
+    """The stationary Var(Δ_l) under DSM-SGD with L levels sampled uniformly is the single-level one,
+    τ U_r/(2b s²) (first order in τ): Monte Carlo over replicates, started at the optimum, online-like
+    data (N ≫ d). Tolerance: 4 s.e. of the measured mean variance plus the O(τ) bias (§2.3, ~5%)."""
+    from gsm.train import empirical_dsm_minimizer, train_linear_dsm
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(5)
+    R, N, d, b, tau = 400, 20000, 2, 4, 0.02
+    lam = torch.tensor([0.5, 2.0], dtype=F64)
+    ab = torch.tensor([0.3, 0.7], dtype=F64)               # two levels, s² = 0.7, 0.3
+    alphas, stds = ab.sqrt(), (1 - ab).sqrt()
+    x = torch.randn(R, N, d, generator=gen, dtype=F64) * lam.sqrt()
+    Astar = empirical_dsm_minimizer(x, alphas, stds)
+    A = Astar.clone()
+    rate = float((stds ** 2 * (ab * lam.min() + stds ** 2)).min())
+    steps = int(8 * 2 / (tau * rate))                      # 8 relaxation times (L = 2 levels)
+    train_linear_dsm(A, x, alphas=alphas, stds=stds, tau=tau, batch_size=b, steps=steps, generator=gen)
+    D = (A - Astar)                                        # eigenbasis = identity
+    meas = D.pow(2).mean(0)                                # (L, d, d)
+    se = D.pow(2).std(0) / math.sqrt(R)
+    pred = tau * level_sgd_variance(lam, ab, b)
+    z = (meas - pred).abs() / (4 * se + 0.06 * pred)
+    assert z.max() < 1, (meas, pred)
+
+
+# ------------------------------------------------------------------------- through the pipeline
+
+TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.particles=50", "progress=false",
+        "sampler.T=100", "sampler.scaled=true"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["sampler=ddpm"], ["sampler=ddpm", "sampler.variance=beta_tilde", "sampler.steps=10", "sampler.t_min=3",
+                       "sampler.final=tweedie"],
+    ["sampler=ddim", "sampler.steps=10"], ["sampler=ddim", "sampler.steps=10", "sampler.eta=0.5", "model=oracle"],
+    ["sampler=ddpm", "train.solver=exact", "sampler.final=rescale", "sampler.t_min=2"],
+], ids=lambda o: ",".join(o))
+def test_pipeline_runs_diffusion(compose_cfg, tmp_path, overrides):
+    cfg = compose_cfg(*TINY, *overrides)
+    res = run_pipeline(cfg, tmp_path)
+    assert res["status"] == "ok" and math.isfinite(res["w2_exact"]["mean"]) and math.isfinite(res["w2_predicted"])
+    if "model=oracle" in overrides:        # the exact score: w2_exact is the exact bias, for every replicate
+        assert res["w2_exact"]["mean"] == pytest.approx(res["w2_predicted"], rel=1e-9)
+
+
+def run_pipeline(cfg, path):
+    from gsm.experiment import run
+    return run(cfg, path)
+
+
+def test_pipeline_logs_the_reverse_trajectory(compose_cfg, tmp_path):
+    tbparse = pytest.importorskip("tbparse")
+    run_pipeline(compose_cfg(*TINY, "sampler=ddpm", "sampler.steps=10"), tmp_path)
+    reader = tbparse.SummaryReader(str(tmp_path / "tb"))
+    df = reader.tensors if len(reader.tensors) else reader.scalars
+    for name in ("learned", "oracle"):
+        rows = df[df.tag == f"diffusion/w2_trajectory_{name}"]
+        assert sorted(rows.step) == list(range(0, 101, 10))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_plugin_score_matches_bias_plus_n_term(compose_cfg, tmp_path, sampler):
+    """train.solver=exact (A_k = (ᾱ_kΣ̂ + (1−ᾱ_k)I)⁻¹), N = 10d: mean w2_exact over R replicates = exact
+    bias + (1/N)ΣK_N within 3 s.e. (first-order error ~1% of the excess at N = 10d, note §5.5)."""
+    cfg = compose_cfg(f"sampler={sampler}", "sampler.steps=50", "sampler.particles=10", "train.solver=exact",
+                      "data=powerlaw", "data.dim=8", "data.n=80", "replicates=300", "progress=false")
+    res = run_pipeline(cfg, tmp_path)
+    terms = res["prediction_terms"]
+    assert terms["optimization"] == 0 and terms["generalization"] > 0
+    assert abs(res["w2_exact"]["mean"] - res["w2_predicted"]) < 3 * res["w2_exact"]["stderr"]
+
+
+@pytest.mark.slow
+def test_sgd_trained_ddpm_matches_prediction(compose_cfg, tmp_path):
+    """DSM-SGD at every level, then DDPM: mean w2_exact = bias + 1/N + τ terms within 3 s.e.
+
+    Regime: d = 4, λ = (0.8, 0.9, 1.1, 1.25), T = 1000 respaced to K = 5 steps, η² = β with noise on
+    the last step, b = 32, τ = 0.1 (ε_τ = 0.0015), 1500 SGD steps (≈ 9 relaxation times of the slowest
+    level), N = 20000 (the τ term is 95% of the excess), R = 256. Near-isotropic so that the bias (and
+    with it the first-order fluctuation of W2², ∝ ρ) is small: the s.e. is ~7% of the excess."""
+    cfg = compose_cfg("sampler=ddpm", "sampler.steps=5", "sampler.noise_last=true", "sampler.particles=10",
+                      "data=custom", "data.spectrum.eigenvalues=[0.8,0.9,1.1,1.25]", "data.n=20000",
+                      "replicates=256", "train.tau=0.1", "train.batch_size=32", "train.steps=1500", "progress=false")
+    res = run_pipeline(cfg, tmp_path)
+    terms = res["prediction_terms"]
+    assert res["relaxation_times"] >= 5 and res["unstable_replicates"] == 0
+    assert terms["optimization"] > 10 * terms["generalization"]
+    assert abs(res["w2_exact"]["mean"] - res["w2_predicted"]) < 3 * res["w2_exact"]["stderr"]
+
+
+@pytest.mark.slow
+def test_full_ddpm_d64_oracle_is_fast(compose_cfg, tmp_path):
+    """T = 1000 steps, oracle score, d = 64, exact law + 2000 particles: ≤ 30 s (2 cores)."""
+    import time
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t = time.time()
+        res = run_pipeline(compose_cfg("sampler=ddpm", "model=oracle", "data=powerlaw", "data.dim=64",
+                                       "replicates=1", "progress=false"), tmp_path)
+        seconds = time.time() - t
+    finally:
+        torch.set_num_threads(threads)
+    assert seconds < 30       # ≈ 5 s on an idle 2-core machine
+    assert res["w2_exact"]["mean"] == pytest.approx(res["w2_predicted"], rel=1e-8)
