@@ -90,6 +90,9 @@ def fit_score(model, x, target, alphas, stds, cfg, generator, writer, progress) 
 
 def run(cfg: DictConfig, output_dir) -> dict:
     """Runs one experiment (R replicates) and returns the results dict also written to results.json."""
+    if "image" in cfg.data:     # stationary texture: the Fourier-diagonal pipeline (no d×d matrix)
+        from gsm.texture_pipeline import run_texture
+        return run_texture(cfg, output_dir)
     from torch.utils.tensorboard import SummaryWriter
 
     t0 = time.time()
