@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from gsm.metrics import psd_sqrt
+
 
 def langevin_sample(score_fn, x0: torch.Tensor, gamma: float, steps: int,
                     generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
@@ -32,11 +34,13 @@ def linear_langevin_sample(A: torch.Tensor, x0: torch.Tensor, gamma: float, step
     """ULA with s(x) = −A x, one fused step x ← x Pᵀ + √(2γ) ξ (P = I − γA).
     A: (R, d, d), x0: (R, M, d) → (R, M, d)."""
     Pt = (torch.eye(A.shape[-1], device=A.device, dtype=x0.dtype) - gamma * A.to(x0.dtype)).transpose(-1, -2)
-    x = x0.clone()
+    x, nxt, noise = x0.clone(), torch.empty_like(x0), torch.empty_like(x0)
     c = math.sqrt(2 * gamma)
     for _ in tqdm(range(steps), desc="Langevin", disable=not progress, leave=False):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = torch.baddbmm(noise, x, Pt, beta=c)
+        # preallocated buffers: each step writes the noise and the next state in place, no allocation
+        torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype, out=noise)
+        torch.baddbmm(noise, x, Pt, beta=c, out=nxt)
+        x, nxt = nxt, x
     return x
 
 
@@ -97,6 +101,16 @@ def langevin_unstable(A: torch.Tensor, gamma: float) -> torch.Tensor:
     return ~finite | ((1 - gamma * mu).abs() >= 1).any(-1)
 
 
+def gaussian_sample(C: torch.Tensor, M: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """M draws of N(0, C), x = z C^{½} (eigenvalues clamped at 0, so PSD C of any rank works).
+    C: (R, d, d) float64 → (R, M, d) float64; a replicate with a non-finite C gets NaN particles."""
+    finite = torch.isfinite(C).flatten(-2).all(-1)[..., None, None]
+    eye = torch.eye(C.shape[-1], dtype=C.dtype, device=C.device)
+    root = psd_sqrt(torch.where(finite, C, eye))
+    z = torch.randn(*C.shape[:-2], M, C.shape[-1], generator=generator, device=C.device, dtype=C.dtype)
+    return torch.where(finite, z @ root, torch.full_like(z, float("nan")))
+
+
 @dataclass
 class Langevin:
     """ULA with step γ for K steps from N(0, init_var·I), with M independent particles (chains).
@@ -108,6 +122,7 @@ class Langevin:
     steps: int = 500
     particles: int = 2000
     init_var: float = 1.0
+    particles_from: str = "chains"
 
     def __post_init__(self):
         if not self.gamma > 0:
@@ -118,6 +133,8 @@ class Langevin:
             raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
         if not self.init_var >= 0:
             raise ValueError(f"sampler.init_var must be >= 0, got {self.init_var}")
+        if self.particles_from not in ("chains", "law"):
+            raise ValueError(f"sampler.particles_from must be one of chains | law, got {self.particles_from}")
 
     def noise_levels(self, sigma: float):
         """One level: y = x + σ z."""
@@ -126,7 +143,12 @@ class Langevin:
     def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False,
                dtype=torch.float64):
         """M particles per replicate after K ULA steps: (R, M, d). The chains run in `dtype` (the
-        training dtype: float32 noise is twice as fast to draw); W2 is then evaluated in float64."""
+        training dtype: float32 noise is twice as fast to draw); W2 is then evaluated in float64.
+        particles_from="law" (linear scores) draws them from the exact law N(0, C_K) instead: the
+        same distribution as the chains' output, for M·d random numbers instead of K·M·d."""
+        if self.particles_from == "law" and hasattr(model, "matrices"):
+            C = self.covariance(model.matrices()).to(device)
+            return gaussian_sample(C, self.particles, generator).to(dtype)
         x0 = math.sqrt(self.init_var) * torch.randn(replicates, self.particles, dim, generator=generator,
                                                     device=device, dtype=dtype)
         if hasattr(model, "matrices"):

@@ -64,11 +64,44 @@ class _EpochStream:
         return out
 
 
+def _sgd_steps(A0, y, z, u, s0, tau_b, symmetric):
+    """The one-level DSM-SGD steps of a chunk, in place on A0 (R, d, d): for each k,
+    u_k = s²A y_k − s z_k (into u[k]) and A ← A − (τ/b) Σ_batch u_k y_kᵀ (a rank-b update)."""
+    for k in range(y.shape[0]):
+        torch.baddbmm(z[k], y[k], A0.transpose(-1, -2), beta=-s0, alpha=s0 * s0, out=u[k])
+        if symmetric:                                     # ½(u yᵀ + y uᵀ) = ½ [u; y]ᵀ [y; u]
+            A0.baddbmm_(torch.cat([u[k], y[k]], 1).transpose(-1, -2), torch.cat([y[k], u[k]], 1),
+                        alpha=-0.5 * tau_b)
+        else:
+            A0.baddbmm_(u[k].transpose(-1, -2), y[k], alpha=-tau_b)
+
+
+class _GraphedSteps:
+    """`_sgd_steps` captured once as a CUDA graph on static buffers (A0 is updated in place)."""
+
+    def __init__(self, A0, y, z, s0, tau_b, symmetric):
+        self.y, self.z, self.u = torch.empty_like(y), torch.empty_like(z), torch.empty_like(z)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):                     # warm-up (cuBLAS workspaces) on a copy of A
+            _sgd_steps(A0.clone(), y, z, self.u, s0, tau_b, symmetric)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            _sgd_steps(A0, self.y, self.z, self.u, s0, tau_b, symmetric)
+
+    def run(self, y, z):
+        self.y.copy_(y)
+        self.z.copy_(z)
+        self.graph.replay()
+
+
 @torch.no_grad()
 def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor,
                      tau: float, batch_size: int = 1, steps: int, sampling: str = "with_replacement",
                      symmetric: bool = False, generator: torch.Generator | None = None,
-                     log_every: int = 0, callback=None, chunk: int = 256, progress: bool = False) -> dict:
+                     log_every: int = 0, callback=None, chunk: int = 256, progress: bool = False,
+                     cuda_graph: bool = True) -> dict:
     """DSM-SGD on the linear score, in place on A, for R replicates at once.
 
     Args:
@@ -81,6 +114,8 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
         log_every, callback: every `log_every` steps, callback(step, loss) with the minibatch DSM
             loss averaged over the replicates still alive.
         chunk: steps whose random numbers are drawn at once (fewer kernel launches).
+        cuda_graph: on a GPU with one level, replay a chunk's steps as one CUDA graph (same arithmetic,
+            no per-step launch cost).
     Returns:
         {"diverged_at": (R,) long, the step after which A_r became non-finite (−1 if never)}.
         A diverged replicate's A stays non-finite (NaN propagates only within its own batch entry)
@@ -99,25 +134,46 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
     epochs = _EpochStream(R, N, generator, dev) if sampling == "epochs" else None
     diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
     flatA = A.view(R * L, d, d)
+    xflat = x.reshape(R * N, d)
+    a0, s0 = float(a[0]), float(s[0])
+    graph = None
     bar = tqdm(total=steps, desc="DSM-SGD", disable=not progress, leave=False)
     step = 0
+
+    def log(k, u, s_u):
+        if callback is not None and log_every and k % log_every == 0:
+            # ℓ = ½‖z − s A y‖² = ½‖u‖²/s², averaged over batch and live replicates
+            per_rep = 0.5 * ((u / s_u) ** 2).sum(-1).mean(-1)
+            alive = diverged_at < 0
+            if alive.any():
+                callback(k, float(per_rep[alive].mean()))
+
     while step < steps:
         c = min(chunk, steps - step)
         idx = (epochs.take(c * b) if epochs else
                torch.randint(N, (R, c * b), generator=generator, device=dev)).view(R, c, b)
         z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt)
         lv = torch.randint(L, (c, R, b), generator=generator, device=dev) if L > 1 else None
-        for k in range(c):
-            xb = x[rows, idx[:, k]]                       # (R, b, d)
-            if lv is None:                                # one level: a single fused update
-                y = a[0] * xb + s[0] * z[k]
-                u = torch.baddbmm(z[k], y, A[:, 0].transpose(-1, -2), beta=-s[0], alpha=s[0] ** 2)
-                G = u.transpose(-1, -2) @ y               # Σ_batch u yᵀ, (R, d, d)
-                if symmetric:
-                    G = 0.5 * (G + G.transpose(-1, -2))
-                A[:, 0].sub_(G, alpha=tau / b)
-                loss_u, loss_s = u, s[0]
-            else:                                         # a level per sample: gather, scatter-add
+        if lv is None:
+            # One level: y = αx + sz does not depend on A, so the whole chunk's inputs are built
+            # at once and each step is two fused in-place products (no temporaries of A's size):
+            # u = s²Ay − sz (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (baddbmm_, a rank-b update).
+            y = xflat[(idx + rows[:, :1].unsqueeze(-1) * N).transpose(0, 1).reshape(-1)].view(c, R, b, d)
+            y.mul_(a0).add_(z, alpha=s0)
+            if graph is not None and c == chunk:
+                graph.run(y, z)                           # a CUDA graph replay of the same steps
+                u = graph.u
+            else:
+                u = torch.empty_like(z)
+                _sgd_steps(A[:, 0], y, z, u, s0, tau / b, symmetric)
+                if cuda_graph and dev.type == "cuda" and graph is None and steps - step - c >= chunk:
+                    graph = _GraphedSteps(A[:, 0], y, z, s0, tau / b, symmetric)
+            for k in range(c):
+                log(step + k + 1, u[k], s0)
+            step += c
+        else:
+            for k in range(c):                            # a level per sample: gather, scatter-add
+                xb = x[rows, idx[:, k]]                   # (R, b, d)
                 l = lv[k]
                 sl, al = s[l].unsqueeze(-1), a[l].unsqueeze(-1)   # (R, b, 1)
                 y = al * xb + sl * z[k]
@@ -127,14 +183,8 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
                 if symmetric:
                     G = 0.5 * (G + G.transpose(-1, -2))
                 flatA.index_add_(0, (rows * L + l).reshape(-1), G.reshape(-1, d, d), alpha=-tau / b)
-                loss_u, loss_s = u, sl
-            step += 1
-            if callback is not None and log_every and step % log_every == 0:
-                # ℓ = ½‖z − s A y‖² = ½‖u‖²/s², averaged over batch and live replicates
-                per_rep = 0.5 * ((loss_u / loss_s) ** 2).sum(-1).mean(-1)
-                alive = diverged_at < 0
-                if alive.any():
-                    callback(step, float(per_rep[alive].mean()))
+                step += 1
+                log(step, u, sl)
         bar.update(c)
         bad = ~torch.isfinite(A).flatten(1).all(1) & (diverged_at < 0)
         if bad.any():
