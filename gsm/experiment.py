@@ -5,10 +5,8 @@ Every stage is batched over R independent replicates; evaluation is in float64.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gsm.data import make_gaussian
+from gsm.io import write_json_atomic
 from gsm.metrics import bures_wasserstein2, second_moment
 from gsm.models import dsm_optimum
 from gsm.nets import build_score_model, gaussian_fit, gaussian_fit_w2
@@ -51,13 +50,6 @@ def mean_stderr(values: torch.Tensor) -> dict:
     n = v.numel()
     se = float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     return {"mean": float(v.mean()) if n else float("nan"), "stderr": se, "n": n}
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary file, then rename: a killed job never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def _flatten(d, prefix=""):

@@ -23,8 +23,8 @@ def run_texture(cfg: DictConfig, output_dir) -> dict:
     """Runs one texture experiment (R replicates); returns the results dict also written to results.json."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from gsm.experiment import (W2_KEYS, _flatten, _scalar, log, mean_stderr, resolve_device, resolve_dtype,
-                                write_json_atomic)
+    from gsm.experiment import W2_KEYS, _flatten, _scalar, log, mean_stderr, resolve_device, resolve_dtype
+    from gsm.io import write_json_atomic
 
     t0 = time.time()
     out = Path(output_dir)
