@@ -1,14 +1,19 @@
 """The pipeline: N samples of N(0, Σ) → score fitted by DSM → sampler → W2² against the target.
 
 `run(cfg, output_dir)` is a plain function (tests call it directly); `gsm.cli` wraps it in Hydra.
-Every stage is batched over R independent replicates; evaluation is in float64.
+Every stage is batched over R independent replicates; evaluation is in float64. The config is
+validated first (`gsm.validate`), and SIGINT/SIGTERM during a run leave results.json with status
+`interrupted` (README, "Robustness").
 """
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,7 +25,9 @@ from gsm.io import write_json_atomic
 from gsm.metrics import bures_wasserstein2, second_moment
 from gsm.models import dsm_optimum
 from gsm.nets import build_score_model, gaussian_fit, gaussian_fit_w2
+from gsm.samplers import Langevin
 from gsm.train import empirical_dsm_minimizer, train_linear_dsm, train_score_net
+from gsm.validate import as_config_error, validate_config
 
 log = logging.getLogger("gsm")
 
@@ -42,6 +49,38 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in ("float32", "float64"):
         raise ValueError(f"dtype must be one of float32 | float64, got {name}")
     return getattr(torch, name)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while a run was active (`terminate_raises`); handled like Ctrl-C (SIGINT)."""
+
+
+@contextmanager
+def terminate_raises():
+    """While active, the first SIGTERM raises `Terminated` in the main thread, so the run's cleanup
+    (TensorBoard flush, results.json with status interrupted) runs as for Ctrl-C; later ones are
+    ignored so that cleanup can finish. The previous handler is restored on exit (no-op off the
+    main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+
+
+def interrupted(results: dict, e: KeyboardInterrupt) -> None:
+    results["status"] = "interrupted"
+    results["signal"] = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
 
 
 def mean_stderr(values: torch.Tensor) -> dict:
@@ -89,10 +128,19 @@ def fit_score(model, x, target, alphas, stds, cfg, generator, writer, progress) 
 
 
 def run(cfg: DictConfig, output_dir) -> dict:
-    """Runs one experiment (R replicates) and returns the results dict also written to results.json."""
+    """Runs one experiment (R replicates) and returns the results dict also written to results.json.
+
+    Raises gsm.validate.ConfigError (nothing written) for a bad config; KeyboardInterrupt (SIGINT) or
+    `Terminated` (SIGTERM) after writing results.json with status `interrupted`."""
     if "image" in cfg.data:     # stationary texture: the Fourier-diagonal pipeline (no d×d matrix)
         from gsm.texture_pipeline import run_texture
         return run_texture(cfg, output_dir)
+    checks = validate_config(cfg)
+    with terminate_raises():
+        return _run(cfg, output_dir, checks)
+
+
+def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     t0 = time.time()
@@ -107,13 +155,16 @@ def run(cfg: DictConfig, output_dir) -> dict:
         log.warning(msg)
         results["warnings"].append(msg)
 
+    for msg in checks:     # e.g. τ beyond the SGD stability limit
+        warn(msg)
     spectrum = instantiate(cfg.data.spectrum)
     target = make_gaussian(spectrum, cfg.data.basis, cfg.seed)
     d, Sigma = target.dim, target.covariance.to(device)
     sampler = instantiate(cfg.sampler)
     alphas, stds = sampler.noise_levels(cfg.train.sigma)
     L = alphas.numel()
-    model = build_score_model(cfg.model, dim=d, replicates=R, alphas=alphas, stds=stds, seed=int(cfg.seed))
+    with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
+        model = build_score_model(cfg.model, dim=d, replicates=R, alphas=alphas, stds=stds, seed=int(cfg.seed))
     learned = model.requires_training and cfg.train.solver == "sgd"
     # closed-form scores (oracle, solver=exact) are kept in float64: no training dtype applies
     model = model.to(device=device, dtype=dtype if learned else torch.float64)
@@ -134,39 +185,55 @@ def run(cfg: DictConfig, output_dir) -> dict:
             rate = min(float(s ** 2 * (a ** 2 * lam_min + s ** 2)) for a, s in zip(alphas, stds))
             results["relaxation_times"] = cfg.train.steps / L * cfg.train.tau * rate
             if results["relaxation_times"] < 5:
-                warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< 5): A is not stationary, "
-                     "the τ prediction assumes it is; raise train.steps or train.tau")
+                warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< 5): A is not stationary; "
+                     + ("the prediction includes the SGD transient (first order in τ)"
+                        if isinstance(sampler, Langevin) and not getattr(model, "symmetric", False) else
+                        "the τ prediction assumes it is; raise train.steps or train.tau"))
             if cfg.train.sampling == "epochs":
                 warn("train.sampling=epochs lowers the SGD noise by up to ~20% (theory note §8): "
                      "the τ prediction assumes sampling with replacement")
         # 3. stability, exact law, particles
         unstable = sampler.unstable(A).cpu()
         if "diverged_at" in fit:
+            results["diverged_at"] = fit["diverged_at"].tolist()
             results["diverged_replicates"] = int((fit["diverged_at"] >= 0).sum())
             unstable |= fit["diverged_at"] >= 0
-        results["unstable_replicates"] = int(unstable.sum())
-        ok = ~unstable
-        if not ok.any():
-            results["status"] = "diverged"
-            warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+
+        def none_left():
+            results["unstable_replicates"] = int(unstable.sum())
+            if unstable.all():
+                results["status"] = "diverged"
+                warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+            return bool(unstable.all())
+
+        if none_left():
             return results
+        C = sampler.covariance(A)
+        samples = sampler.sample(model, R, d, generator=gen, device=device, progress=progress, dtype=dtype)
+        # a finite but huge A can still overflow its law or its (float32) particles: counted unstable too
+        unstable |= ~(_finite(C) & _finite(samples)).cpu()
+        if none_left():
+            return results
+        ok = (~unstable).to(device)
+        A, C, samples = A[ok], C[ok], samples[ok]
         Sigma64 = Sigma.to(torch.float64)
-        C = sampler.covariance(A[ok.to(device)])
-        w2_exact = bures_wasserstein2(Sigma64, C).cpu()
-        results["w2_exact"] = mean_stderr(w2_exact)
+        results["w2_exact"] = mean_stderr(bures_wasserstein2(Sigma64, C).cpu())
         if hasattr(sampler, "covariance_stationary"):
-            results["w2_exact_stationary"] = mean_stderr(
-                bures_wasserstein2(Sigma64, sampler.covariance_stationary(A[ok.to(device)])).cpu())
-        samples = sampler.sample(model, R, d, generator=gen, device=device, progress=progress,
-                                 dtype=dtype)[ok.to(device)]
-        w2_emp = bures_wasserstein2(Sigma64, second_moment(samples)).cpu()
-        results["w2_empirical"] = mean_stderr(w2_emp)
+            Cs = sampler.covariance_stationary(A)
+            Cs = Cs[_finite(Cs)]     # NaN where the doubling did not converge
+            if len(Cs):
+                results["w2_exact_stationary"] = mean_stderr(bures_wasserstein2(Sigma64, Cs).cpu())
+        results["w2_empirical"] = mean_stderr(bures_wasserstein2(Sigma64, second_moment(samples)).cpu())
         results["covariance_estimator"] = "(1/M) Σ x xᵀ over M independent particles (known zero mean)"
         # 4. theory
+        symmetric = getattr(model, "symmetric", False)
+        # Langevin: the finite SGD budget enters exactly (mean offset) and through the transient variance
+        transient = (dict(sgd_steps=int(cfg.train.steps), init=cfg.model.init)
+                     if learned and isinstance(sampler, Langevin) and not symmetric else {})
         pred = sampler.prediction(spectrum, n=None if not model.requires_training else N,
                                   sigma=cfg.train.sigma, tau=cfg.train.tau if learned else 0.0,
                                   batch_size=cfg.train.batch_size, particles=sampler.particles,
-                                  symmetric=getattr(model, "symmetric", False))
+                                  symmetric=symmetric, **transient)
         terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float))}
         results["prediction_terms"] = terms
         results["w2_predicted"] = terms["total"] - terms.get("particles", 0.0)
@@ -177,8 +244,8 @@ def run(cfg: DictConfig, output_dir) -> dict:
         results["status"] = "ok"
         _log_eval(writer, results, terms, spectrum, C, sampler, A, Sigma64, cfg)
         _log_figures(writer, spectrum, C, pred, cfg.train.steps)
-    except KeyboardInterrupt:
-        results["status"] = "interrupted"
+    except KeyboardInterrupt as e:     # SIGINT, or SIGTERM (Terminated)
+        interrupted(results, e)
         raise
     finally:
         results["seconds"] = time.time() - t0
@@ -188,6 +255,11 @@ def run(cfg: DictConfig, output_dir) -> dict:
         writer.close()
         write_json_atomic(out / "results.json", results)
     return results
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """Per replicate (leading dim): every entry finite. (R, ...) → (R,) bool."""
+    return torch.isfinite(x).flatten(1).all(1)
 
 
 def _scalar(v):
@@ -262,6 +334,7 @@ def _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen,
         samples = sampler.sample(model, R, d, generator=gen, device=device, progress=progress,
                                  dtype=resolve_dtype(cfg.dtype))
     unstable |= ~torch.isfinite(samples).flatten(1).all(1).cpu()
+    results["diverged_at"] = fit["diverged_at"].tolist()
     results["diverged_replicates"] = int((fit["diverged_at"] >= 0).sum())
     results["unstable_replicates"] = int(unstable.sum())
     ok = ~unstable

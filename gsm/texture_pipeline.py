@@ -20,10 +20,21 @@ _F64 = torch.float64
 
 
 def run_texture(cfg: DictConfig, output_dir) -> dict:
-    """Runs one texture experiment (R replicates); returns the results dict also written to results.json."""
+    """Runs one texture experiment (R replicates); returns the results dict also written to results.json.
+    Validation and interruption as in `gsm.experiment.run`."""
+    from gsm.experiment import terminate_raises
+    from gsm.validate import validate_config
+
+    checks = validate_config(cfg)
+    with terminate_raises():
+        return _run_texture(cfg, output_dir, checks)
+
+
+def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    from gsm.experiment import W2_KEYS, _flatten, _scalar, log, mean_stderr, resolve_device, resolve_dtype
+    from gsm.experiment import (W2_KEYS, _finite, _flatten, _scalar, interrupted, log, mean_stderr, resolve_device,
+                                resolve_dtype)
     from gsm.io import write_json_atomic
 
     t0 = time.time()
@@ -37,6 +48,8 @@ def run_texture(cfg: DictConfig, output_dir) -> dict:
         log.warning(msg)
         results["warnings"].append(msg)
 
+    for msg in checks:     # e.g. τ beyond the SGD stability limit
+        warn(msg)
     u = load_texture(cfg.data.image, cfg.data.size, cfg.data.fit)
     n = u.shape[-1]
     lam = adsn_spectrum(u, cfg.data.floor)
@@ -82,20 +95,31 @@ def run_texture(cfg: DictConfig, output_dir) -> dict:
         a = model.coefficients()
         unstable = sampler_unstable(sampler, a).cpu()
         if "diverged_at" in fit:
+            results["diverged_at"] = fit["diverged_at"].tolist()
             results["diverged_replicates"] = int((fit["diverged_at"] >= 0).sum())
             unstable |= fit["diverged_at"].cpu() >= 0
-        results["unstable_replicates"] = int(unstable.sum())
-        ok = ~unstable
-        if not ok.any():
-            results["status"] = "diverged"
-            warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+
+        def none_left():
+            results["unstable_replicates"] = int(unstable.sum())
+            if unstable.all():
+                results["status"] = "diverged"
+                warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+            return bool(unstable.all())
+
+        if none_left():
             return results
         lam_d = lam.to(device)
-        c = sampler_variance(sampler, a[ok.to(device)])
-        results["w2_exact"] = mean_stderr(fourier_bures_wasserstein2(lam_d, c).cpu())
+        c = sampler_variance(sampler, a)
         M = int(sampler.particles)
         x0 = sampler.init_var ** 0.5 * torch.randn(R, M, n, n, generator=gen, device=device, dtype=dtype)
-        samples = fourier_sample(sampler, model.a.detach(), x0, gen)[ok.to(device)]
+        samples = fourier_sample(sampler, model.a.detach(), x0, gen)
+        # a finite but huge a can still overflow its law or its (float32) particles: counted unstable too
+        unstable |= ~(_finite(c) & _finite(samples)).cpu()
+        if none_left():
+            return results
+        ok = (~unstable).to(device)
+        c, samples = c[ok], samples[ok]
+        results["w2_exact"] = mean_stderr(fourier_bures_wasserstein2(lam_d, c).cpu())
         emp = periodogram(samples)
         results["w2_empirical"] = mean_stderr(fourier_bures_wasserstein2(lam_d, emp).cpu())
         results["covariance_estimator"] = ("per frequency, (1/M) Σ_m |x̂_m(ω)|²/d over M independent particles "
@@ -124,8 +148,8 @@ def run_texture(cfg: DictConfig, output_dir) -> dict:
         log_texture_images(writer, u, adsn_sample(lam, (1,), gen)[0], samples[0, :4].cpu(), step)
         writer.add_figure("spectrum/radial_target_vs_learned",
                           radial_spectrum_figure(lam, c.cpu(), emp.cpu(), pred["output_variance"]), step)
-    except KeyboardInterrupt:
-        results["status"] = "interrupted"
+    except KeyboardInterrupt as e:     # SIGINT, or SIGTERM (Terminated)
+        interrupted(results, e)
         raise
     finally:
         results["seconds"] = time.time() - t0
