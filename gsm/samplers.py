@@ -166,12 +166,14 @@ class Langevin:
     def unstable(self, A: torch.Tensor) -> torch.Tensor:
         return langevin_unstable(A[:, 0], self.gamma)
 
-    def prediction(self, eigenvalues, *, n, sigma, tau, batch_size, particles, symmetric=False) -> dict:
-        """The theory's prediction of E[W2²] term by term (gsm.theory.langevin_prediction)."""
+    def prediction(self, eigenvalues, *, n, sigma, tau, batch_size, particles, symmetric=False,
+                   sgd_steps=None, init="zeros") -> dict:
+        """The theory's prediction of E[W2²] term by term (gsm.theory.langevin_prediction); sgd_steps=k
+        includes the SGD transient of k steps from A₀ (init: zeros | identity)."""
         from gsm.theory import langevin_prediction
         return langevin_prediction(eigenvalues, n=n, sigma=sigma, tau=tau, gamma=self.gamma,
                                    batch_size=batch_size, steps=self.steps, init_var=self.init_var,
-                                   particles=particles, symmetric=symmetric)
+                                   particles=particles, symmetric=symmetric, sgd_steps=sgd_steps, init=init)
 
     def log_extra(self, writer, A, cov, step) -> None:
         pass

@@ -75,18 +75,23 @@ def _langevin_variance_matrix(A, gamma, steps, init_var):
     return C + PK @ (init_var * eye - C)
 
 
-def dsm_score_matrix(X, sigma, tau=0.0, sgd_steps=None):
+SGD_INIT = {"zeros": 0.0, "identity": 1.0}     # A₀ = a₀ I (model.init); "optimum": A₀ = A*
+
+
+def dsm_score_matrix(X, sigma, tau=0.0, sgd_steps=None, init="zeros"):
     """Mean score matrix E[A] as a function of the empirical covariance X = Σ̂ (…, n, n).
 
-    sgd_steps=None: the DSM optimum A* = (X + σ²I)⁻¹. Otherwise SGD from A₀ = 0 after k steps
-    (exact mean, note §2.1): E[A_k] = (I − (I − τσ²M̂)^k) M̂⁻¹, M̂ = X + σ²I.
+    sgd_steps=None (or init="optimum"): the DSM optimum A* = M̂⁻¹, M̂ = X + σ²I. Otherwise SGD after
+    k = sgd_steps steps from A₀ = a₀I (init "zeros": a₀ = 0, "identity": a₀ = 1), exact mean (note §2.1):
+        E[A_k] = A* + (a₀I − A*)(I − τσ²M̂)^k   (= (I − (I − τσ²M̂)^k) M̂⁻¹ from A₀ = 0).
     """
     eye = torch.eye(X.shape[-1], dtype=X.dtype)
     Mh = X + sigma ** 2 * eye
     A = torch.linalg.inv(Mh)
-    if sgd_steps is None:
+    if sgd_steps is None or init == "optimum":
         return A
-    return (eye - torch.linalg.matrix_power(eye - tau * sigma ** 2 * Mh, int(sgd_steps))) @ A
+    R = torch.linalg.matrix_power(eye - tau * sigma ** 2 * Mh, int(sgd_steps))
+    return A + (SGD_INIT[init] * eye - A) @ R
 
 
 def divided_differences(fn, x: torch.Tensor):
@@ -177,6 +182,50 @@ def sgd_variance_exact(eigenvalues, *, sigma, tau, batch_size=1):
     return tau * U[:, None] / (b * sigma ** 2 * denom[None, :] * (1 - R))
 
 
+def power_sum(K: int, *xs) -> torch.Tensor:
+    """Complete homogeneous polynomial h_{K−n+1}(x_1..x_n) = Σ_{e_1+…+e_n = K−n+1} Π_j x_j^{e_j}
+    (n = 2: Σ_{k<K} x^{K−1−k} y^k; n = 3: Σ_{a+b+c=K−2} x^a y^b z^c), elementwise on broadcastable
+    tensors. It is the divided difference of t^K, read by Opitz' formula off the top-right entry of J^K,
+    J = diag(x) + unit superdiagonal (n×n): exact also for repeated values (0 when K < n−1)."""
+    xs = torch.broadcast_tensors(*[torch.as_tensor(x, dtype=_F64) for x in xs])
+    n = len(xs)
+    J = torch.diag_embed(torch.stack(xs, -1))
+    i = torch.arange(n - 1)
+    J[..., i, i + 1] = 1.0
+    return torch.linalg.matrix_power(J, int(K))[..., 0, n - 1]
+
+
+def _ula_tau_cells_finite(lam, P, Q, a, gamma, K, c0):
+    """`tau_term_from_var` after K ULA steps from N(0, c₀I), in closed form (cells as in the stationary case).
+
+    P_il = Var(Δ_il), Q_il = Cov(Δ_il, Δ_li) (Q_ii = P_ii). ULA with A = diag(a) + Δ,
+    C_{k+1} = (I − γA) C_k (I − γA)ᵀ + 2γI, expanded as C_k = c_k + C¹_k + C²_k with p = 1 − γa and
+    c_k = c_∞ + p^{2k}(c₀ − c_∞) (note §3). First order, by the recursion
+    C¹_{k+1,ij} = p_ip_j C¹_{k,ij} − γ(Δ_ij p_j c_{k,j} + Δ_ji p_i c_{k,i}):
+        C¹_{K,ij} = −(α_ij Δ_ij + α_ji Δ_ji),  α_ij = γ p_j Σ_{k<K} (p_ip_j)^{K−1−k} c_{k,j};
+    second order, C²_{k+1,ii} = p_i² C²_{k,ii} + 2γp_i Σ_l Δ_il(α^{(k)}_li Δ_li + α^{(k)}_il Δ_il)
+    + γ² Σ_l c_{k,l} Δ_il², so
+        E[C²_{K,ii}] = Σ_l 2γp_i (P_il T_il + Q_il T'_il) + γ² P_il Σ_{k<K} p_i^{2(K−1−k)} c_{k,l},
+    T_il = Σ_k p_i^{2(K−1−k)} α^{(k)}_il and T'_il the same for α^{(k)}_li: geometric sums, i.e. `power_sum`.
+    cell_il = ½ W_il E[(C¹_il)²] + ρ_i (contribution of row i, column l to E[C²_ii]); (d, d).
+    As K → ∞, α_ij → e_j/D_ij and this is the stationary closed form.
+    """
+    p = 1 - gamma * a
+    cinf = 1.0 / (a * (1.0 - 0.5 * gamma * a))
+    dc = c0 - cinf
+    rho, W = bures_second_order_weights(lam, cinf + p ** (2 * K) * dc)
+    pi, pj = p[:, None], p[None, :]
+    ci, cj, di, dj = cinf[:, None], cinf[None, :], dc[:, None], dc[None, :]
+    pp, p2i, p2j = pi * pj, pi ** 2, pj ** 2
+    alpha = gamma * pj * (cj * power_sum(K, pp, 1.0) + dj * power_sum(K, pp, p2j))
+    T = gamma * pj * (cj * power_sum(K, p2i, pp, 1.0) + dj * power_sum(K, p2i, pp, p2j))
+    Tt = gamma * pi * (ci * power_sum(K, p2i, pp, 1.0) + di * power_sum(K, p2i, pp, p2i))
+    Csum = cj * power_sum(K, p2i, 1.0) + dj * power_sum(K, p2i, p2j)
+    quad = alpha ** 2 * P + alpha.T ** 2 * P.T + 2 * alpha * alpha.T * Q
+    lin = 2 * gamma * pi * (P * T + Q * Tt) + gamma ** 2 * P * Csum
+    return 0.5 * W * quad + rho[:, None] * lin
+
+
 def tau_term_from_var(eigenvalues, var, *, score, gamma, cross=None, steps=None, init_var=1.0):
     """Optimisation term from an arbitrary covariance of Δ = A − diag(score) (note §5.3), per cell (d, d).
 
@@ -188,19 +237,19 @@ def tau_term_from_var(eigenvalues, var, *, score, gamma, cross=None, steps=None,
         cell_ij = ½W_ij (e_j²P_ij + e_i²P_ji + 2e_ie_jQ_ij)/D_ij²
                 + ρ_i/D_ii [2(1−γa_i)(P_ij e_j + Q_ij e_i)/D_ij + γ c_j P_ij].
 
-    With P_ri = τ v_r, Q = 0 this is τ K_τ of the note. Finite steps: `second_order_contraction` of the
-    K-step ULA covariance (its cell (r, i) is the contribution of Δ_ri).
+    With P_ri = τ v_r, Q = 0 this is τ K_τ of the note. steps = K: the same expansion of the K-step
+    law from N(0, init_var·I), in closed form (`_ula_tau_cells_finite`; equal to the autograd
+    `second_order_contraction` of `_ula_covariance`, tests/test_theory.py).
     """
     lam = eigenvalues
     d = lam.numel()
     a = torch.as_tensor(score, dtype=_F64)
     cross = torch.zeros(d, d, dtype=_F64) if cross is None else cross
-    if steps is not None:
-        cov_fn = lambda A: _ula_covariance(A, gamma, steps, init_var)
-        return second_order_contraction(cov_fn, a, lam, var, cross)
     eye = torch.eye(d, dtype=_F64)
     P = var
     Q = torch.where(eye.bool(), P, cross)
+    if steps is not None:
+        return _ula_tau_cells_finite(lam, P, Q, a, gamma, int(steps), init_var)
     c = langevin_variance(a, gamma)
     rho, W = bures_second_order_weights(lam, c)
     e = c * (1 - gamma * a)
@@ -349,8 +398,8 @@ def sgd_transient_variance(eigenvalues, *, sigma, tau, batch_size, sgd_steps, in
     """Covariance of Δ_k = A_k − E[A_k] after k SGD steps, first order in τ (online data).
 
     From Δ_{k+1} = Δ_k(I − τσ²Ŷ_k) − τΞ_k (note §2.1) with mean offset μ_k = μ₀(I − τσ²M)^k,
-    μ₀ = A₀ − A* = −diag(1/m) for init="zeros" (0 for "optimum"), the fluctuation δ_k obeys, entry
-    (r, i) with column factor ρ_i = 1 − τσ²m_i,
+    μ₀ = A₀ − A* = diag(a₀ − 1/m) (init "zeros": a₀ = 0, "identity": a₀ = 1; 0 for "optimum"), the
+    fluctuation δ_k obeys, entry (r, i) with column factor ρ_i = 1 − τσ²m_i,
         δ_{k+1,ri} ≈ ρ_i δ_{k,ri} + η_ri,  η = −τσ² μ_k(Ŷ_k − M) − τΞ_k,
         Var(η_ri) = τ²U_r m_i/b + τ²σ⁴μ_r² m_r m_i(1+δ_ri)/b,  Cov(η_ri, η_ir) = τ²σ⁴μ_rμ_i m_r m_i/b,
     (Isserlis; the mean offset's multiplicative noise correlates Δ_ri with Δ_ir). Summing the
@@ -366,7 +415,7 @@ def sgd_transient_variance(eigenvalues, *, sigma, tau, batch_size, sgd_steps, in
     var = tau * v[:, None] * (1 - rho[None, :] ** (2 * k))
     if init == "optimum":
         return var, torch.zeros_like(var)
-    mu0 = -1.0 / m
+    mu0 = SGD_INIT[init] - 1.0 / m
     r2 = rho ** 2
     diff = r2[:, None] - r2[None, :]
     close = diff.abs() < 1e-12
@@ -399,14 +448,17 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
             (note §5.6; the law's mean error enters W2²).
         second_order: also return the O(τ²)-corrected optimisation term (small d): exact SGD variance
             of §2.3 through `tau_term_from_var` plus τ²F₂.
-        sgd_steps: finite number k of SGD steps from A₀ = 0 (init="zeros") or A₀ = A* ("optimum");
-            None: SGD at stationarity.
+        sgd_steps: finite number k of SGD steps from A₀ = 0 (init="zeros"), A₀ = I ("identity") or
+            A₀ = A* ("optimum"); None: SGD at stationarity. The exact mean offset of E[A_k] (a function
+            of Σ̂, so also inside the 1/N term) is reported as sgd_mean_offset, part of optimization;
+            the fluctuations grow as in `sgd_transient_variance`. Needs tau > 0 (else A stays at A₀).
         particle_mean: the particle mean is also estimated (centred 1/M covariance, mean error in W2).
 
     Returns a dict with python floats total, noise, discretization, mixing (finite-K burn-in,
-    0 when steps=None), generalization, optimization, particles; tensors kernel_n, kernel_tau,
-    kernel_m (d, d: the terms divided by 1/N, τ, 1/M), bias_per_eigenvalue, sampler_variance (c_i),
-    eigenvalues; diagnostics d_over_n, eps_tau = τ max λ(λ+σ²)/(2b), warnings (list of str).
+    0 when steps=None), generalization, optimization (incl. sgd_mean_offset), particles; tensors
+    kernel_n, kernel_tau, kernel_m (d, d: the terms divided by 1/N, τ, 1/M), bias_per_eigenvalue,
+    sampler_variance (c_i), eigenvalues; diagnostics d_over_n, eps_tau = τ max λ(λ+σ²)/(2b), warnings
+    (list of str).
     """
     lam = _check_spectrum(eigenvalues)
     d = lam.numel()
@@ -420,8 +472,10 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
     M = _check("particles", particles, low=1, integer=True, allow_none=True)
     mean_norm2 = _check("mean_norm2", mean_norm2, low=0)
     sgd_steps = _check("sgd_steps", sgd_steps, low=0, integer=True, allow_none=True)
-    if init not in ("zeros", "optimum"):
-        raise ValueError(f"init must be one of zeros | optimum, got {init}")
+    if init not in ("zeros", "identity", "optimum"):
+        raise ValueError(f"init must be one of zeros | identity | optimum, got {init}")
+    if sgd_steps is not None and tau == 0 and init != "optimum":
+        raise ValueError("sgd_steps needs tau > 0 (with tau = 0, SGD never leaves A₀)")
     m = lam + sigma ** 2
     if steps is None and gamma >= 2 * m.min():
         raise ValueError(f"gamma must be < 2(λ_min + σ²) = {2 * m.min().item():.6g} for ULA to have a "
@@ -446,8 +500,8 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
                     or (tau * sigma ** 2 * m / (b * (2 - tau * sigma ** 2 * (1 + 1 / b) * m))).sum() >= 1):
         warnings.append(f"tau = {tau}: SGD is not mean-square stable (note §2.3); the τ term is meaningless")
 
-    sgd_k = sgd_steps if (sgd_steps is not None and init == "zeros") else None
-    score_fn = lambda X: dsm_score_matrix(X, sigma, tau, sgd_k)
+    sgd_k = sgd_steps if (sgd_steps is not None and init != "optimum") else None
+    score_fn = lambda X: dsm_score_matrix(X, sigma, tau, sgd_k, init)
     h_fn = lambda X: _langevin_variance_matrix(score_fn(X), gamma, steps, init_var)
     a_opt = 1.0 / m
     a = torch.diagonal(score_fn(torch.diag(lam)))          # mean score (= a_opt unless SGD transient)
@@ -480,6 +534,7 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
     if sgd_k is not None:
         # mean offset (exact, commuting): B²(c_k) − B²(c_opt)
         opt += float(((lam.sqrt() - c.sqrt()) ** 2).sum() - bias_per.sum())
+    out["sgd_mean_offset"] = opt
     if tau > 0:
         if sgd_steps is not None:
             var, cross = sgd_transient_variance(lam, sigma=sigma, tau=tau, batch_size=b, sgd_steps=sgd_steps,
