@@ -148,23 +148,27 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
             if alive.any():
                 callback(k, float(per_rep[alive].mean()))
 
+    # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws
+    z_buf = torch.empty(min(chunk, steps), R, b, d, device=dev, dtype=dt)
+    y_buf, u_buf = torch.empty_like(z_buf), torch.empty_like(z_buf)
     while step < steps:
         c = min(chunk, steps - step)
         idx = (epochs.take(c * b) if epochs else
                torch.randint(N, (R, c * b), generator=generator, device=dev)).view(R, c, b)
-        z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt)
+        z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt, out=z_buf[:c])
         lv = torch.randint(L, (c, R, b), generator=generator, device=dev) if L > 1 else None
         if lv is None:
             # One level: y = αx + sz does not depend on A, so the whole chunk's inputs are built
             # at once and each step is two fused in-place products (no temporaries of A's size):
             # u = s²Ay − sz (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (baddbmm_, a rank-b update).
-            y = xflat[(idx + rows[:, :1].unsqueeze(-1) * N).transpose(0, 1).reshape(-1)].view(c, R, b, d)
+            rows_idx = (idx + rows[:, :1].unsqueeze(-1) * N).transpose(0, 1).reshape(-1)
+            y = torch.index_select(xflat, 0, rows_idx, out=y_buf[:c].view(-1, d)).view(c, R, b, d)
             y.mul_(a0).add_(z, alpha=s0)
             if graph is not None and c == chunk:
                 graph.run(y, z)                           # a CUDA graph replay of the same steps
                 u = graph.u
             else:
-                u = torch.empty_like(z)
+                u = u_buf[:c]
                 _sgd_steps(A[:, 0], y, z, u, s0, tau / b, symmetric)
                 if cuda_graph and dev.type == "cuda" and graph is None and steps - step - c >= chunk:
                     graph = _GraphedSteps(A[:, 0], y, z, s0, tau / b, symmetric)
