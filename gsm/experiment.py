@@ -194,25 +194,14 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
                      "the τ prediction assumes sampling with replacement")
         # 3. stability, exact law, particles
         unstable = sampler.unstable(A).cpu()
-        if "diverged_at" in fit:
-            results["diverged_at"] = fit["diverged_at"].tolist()
-            results["diverged_replicates"] = int((fit["diverged_at"] >= 0).sum())
-            unstable |= fit["diverged_at"] >= 0
-
-        def none_left():
-            results["unstable_replicates"] = int(unstable.sum())
-            if unstable.all():
-                results["status"] = "diverged"
-                warn("every replicate diverged or gave an unstable sampler: no W2 to report")
-            return bool(unstable.all())
-
-        if none_left():
+        unstable |= record_divergence(results, fit)
+        if none_left(results, unstable, warn):
             return results
         C = sampler.covariance(A)
         samples = sampler.sample(model, R, d, generator=gen, device=device, progress=progress, dtype=dtype)
         # a finite but huge A can still overflow its law or its (float32) particles: counted unstable too
         unstable |= ~(_finite(C) & _finite(samples)).cpu()
-        if none_left():
+        if none_left(results, unstable, warn):
             return results
         ok = (~unstable).to(device)
         A, C, samples = A[ok], C[ok], samples[ok]
@@ -227,9 +216,7 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
         results["covariance_estimator"] = "(1/M) Σ x xᵀ over M independent particles (known zero mean)"
         # 4. theory
         symmetric = getattr(model, "symmetric", False)
-        # Langevin: the finite SGD budget enters exactly (mean offset) and through the transient variance
-        transient = (dict(sgd_steps=int(cfg.train.steps), init=cfg.model.init)
-                     if learned and isinstance(sampler, Langevin) and not symmetric else {})
+        transient = sgd_budget(cfg, sampler) if learned and not symmetric else {}
         pred = sampler.prediction(spectrum, n=None if not model.requires_training else N,
                                   sigma=cfg.train.sigma, tau=cfg.train.tau if learned else 0.0,
                                   batch_size=cfg.train.batch_size, particles=sampler.particles,
@@ -248,13 +235,46 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
         interrupted(results, e)
         raise
     finally:
-        results["seconds"] = time.time() - t0
-        if results["status"] in ("ok", "diverged"):
-            writer.add_hparams(_flatten(results["config"]),
-                               {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
-        writer.close()
-        write_json_atomic(out / "results.json", results)
+        finish(writer, results, t0, out)
     return results
+
+
+def finish(writer, results: dict, t0: float, out: Path) -> None:
+    """End of every run, whatever its status: hparams (finished runs), flush TensorBoard, results.json."""
+    results["seconds"] = time.time() - t0
+    if results["status"] in ("ok", "diverged"):
+        writer.add_hparams(_flatten(results["config"]),
+                           {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+    writer.close()
+    write_json_atomic(out / "results.json", results)
+
+
+def sgd_budget(cfg, sampler) -> dict:
+    """Langevin: the prediction's arguments for the finite SGD budget (train.steps from A₀ = model.init),
+    which enters exactly through the mean offset and through the transient variance. DDPM/DDIM: none."""
+    if not isinstance(sampler, Langevin) or int(cfg.train.steps) == 0:   # untrained: no transient to model
+        return {}
+    return dict(sgd_steps=int(cfg.train.steps), init=cfg.model.get("init", "zeros"))
+
+
+def record_divergence(results: dict, fit: dict) -> torch.Tensor:
+    """Records the trainer's per-replicate divergence step (−1: never); returns the (R,) mask of
+    diverged replicates (all False when nothing was trained)."""
+    if "diverged_at" not in fit:
+        return torch.zeros((), dtype=torch.bool)
+    at = fit["diverged_at"].cpu()
+    results["diverged_at"] = at.tolist()
+    results["diverged_replicates"] = int((at >= 0).sum())
+    return at >= 0
+
+
+def none_left(results: dict, unstable: torch.Tensor, warn) -> bool:
+    """Records unstable_replicates; when every replicate is out, status `diverged` and True."""
+    results["unstable_replicates"] = int(unstable.sum())
+    if unstable.all():
+        results["status"] = "diverged"
+        warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+    return bool(unstable.all())
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -268,20 +288,23 @@ def _scalar(v):
     return float("nan") if v is None else float(v)
 
 
-def _log_eval(writer, results, terms, spectrum, C, sampler, A, Sigma, cfg):
-    step = int(cfg.train.steps)
-    for k in W2_KEYS:
-        writer.add_scalar(f"eval/{k}", _scalar(results.get(k)), step, new_style=True, double_precision=True)
-    if "w2_exact_stationary" in results:
-        writer.add_scalar("eval/w2_exact_stationary", results["w2_exact_stationary"]["mean"], step,
-                          new_style=True, double_precision=True)
+def log_w2(writer, results: dict, terms: dict, step: int) -> None:
+    """eval/<w2 key> and theory/<term> scalars in double precision, and the Custom Scalars charts that
+    overlay measured and predicted W2²."""
+    for k in (*W2_KEYS, "w2_exact_stationary"):
+        if k in W2_KEYS or k in results:
+            writer.add_scalar(f"eval/{k}", _scalar(results.get(k)), step, new_style=True, double_precision=True)
     for k, v in terms.items():
         writer.add_scalar(f"theory/{k}", v, step, new_style=True, double_precision=True)
     writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
         "measured vs predicted": ["Multiline", ["eval/w2_exact", "eval/w2_predicted"]],
         "particles vs predicted with 1/M": ["Multiline", ["eval/w2_empirical", "eval/w2_predicted_empirical"]],
     }})
-    sampler.log_extra(writer, A, Sigma, step)
+
+
+def _log_eval(writer, results, terms, spectrum, C, sampler, A, Sigma, cfg):
+    log_w2(writer, results, terms, int(cfg.train.steps))
+    sampler.log_extra(writer, A, Sigma, int(cfg.train.steps))
 
 
 def _log_figures(writer, spectrum, C, pred, step):
@@ -329,19 +352,13 @@ def _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen,
     prediction for a linear score with the same (N, σ, τ, γ), for comparison."""
     R, d, step = int(cfg.replicates), spectrum.numel(), int(cfg.train.steps)
     device = Sigma.device
-    unstable = fit["diverged_at"] >= 0
     with torch.no_grad():
         samples = sampler.sample(model, R, d, generator=gen, device=device, progress=progress,
                                  dtype=resolve_dtype(cfg.dtype))
-    unstable |= ~torch.isfinite(samples).flatten(1).all(1).cpu()
-    results["diverged_at"] = fit["diverged_at"].tolist()
-    results["diverged_replicates"] = int((fit["diverged_at"] >= 0).sum())
-    results["unstable_replicates"] = int(unstable.sum())
-    ok = ~unstable
-    if not ok.any():
-        results["status"] = "diverged"
-        warn("every replicate diverged or gave non-finite samples: no W2 to report")
+    unstable = record_divergence(results, fit) | ~_finite(samples).cpu()
+    if none_left(results, unstable, warn):
         return
+    ok = ~unstable
     w2, bias = (v.cpu() for v in gaussian_fit_w2(Sigma, samples[ok.to(device)]))
     results["w2_exact"] = None
     results["w2_empirical"] = mean_stderr(w2)
@@ -353,7 +370,7 @@ def _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen,
                             "(the sampler's law is not Gaussian); w2_empirical_debiased subtracts the first-order "
                             "1/M bias of a Gaussian law (particle_bias)")
     pred = sampler.prediction(spectrum, n=int(cfg.data.n), sigma=cfg.train.sigma, tau=cfg.train.tau,
-                              batch_size=cfg.train.batch_size, particles=None)
+                              batch_size=cfg.train.batch_size, particles=None, **sgd_budget(cfg, sampler))
     results["w2_predicted_linear"] = float(pred["total"])
     results["w2_predicted"] = results["w2_predicted_empirical"] = None
     results["status"] = "ok"

@@ -33,9 +33,8 @@ def run_texture(cfg: DictConfig, output_dir) -> dict:
 def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    from gsm.experiment import (W2_KEYS, _finite, _flatten, _scalar, interrupted, log, mean_stderr, resolve_device,
-                                resolve_dtype)
-    from gsm.io import write_json_atomic
+    from gsm.experiment import (_finite, finish, interrupted, log, log_w2, mean_stderr, none_left,
+                                record_divergence, resolve_device, resolve_dtype)
 
     t0 = time.time()
     out = Path(output_dir)
@@ -94,19 +93,8 @@ def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
         # 3. stability, exact law, particles
         a = model.coefficients()
         unstable = sampler_unstable(sampler, a).cpu()
-        if "diverged_at" in fit:
-            results["diverged_at"] = fit["diverged_at"].tolist()
-            results["diverged_replicates"] = int((fit["diverged_at"] >= 0).sum())
-            unstable |= fit["diverged_at"].cpu() >= 0
-
-        def none_left():
-            results["unstable_replicates"] = int(unstable.sum())
-            if unstable.all():
-                results["status"] = "diverged"
-                warn("every replicate diverged or gave an unstable sampler: no W2 to report")
-            return bool(unstable.all())
-
-        if none_left():
+        unstable |= record_divergence(results, fit)
+        if none_left(results, unstable, warn):
             return results
         lam_d = lam.to(device)
         c = sampler_variance(sampler, a)
@@ -115,7 +103,7 @@ def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
         samples = fourier_sample(sampler, model.a.detach(), x0, gen)
         # a finite but huge a can still overflow its law or its (float32) particles: counted unstable too
         unstable |= ~(_finite(c) & _finite(samples)).cpu()
-        if none_left():
+        if none_left(results, unstable, warn):
             return results
         ok = (~unstable).to(device)
         c, samples = c[ok], samples[ok]
@@ -137,14 +125,7 @@ def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
             warn(m)
         results["status"] = "ok"
         step = int(t.steps)
-        for k in W2_KEYS:
-            writer.add_scalar(f"eval/{k}", _scalar(results.get(k)), step, new_style=True, double_precision=True)
-        for k, v in terms.items():
-            writer.add_scalar(f"theory/{k}", v, step, new_style=True, double_precision=True)
-        writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
-            "measured vs predicted": ["Multiline", ["eval/w2_exact", "eval/w2_predicted"]],
-            "particles vs predicted with 1/M": ["Multiline", ["eval/w2_empirical", "eval/w2_predicted_empirical"]],
-        }})
+        log_w2(writer, results, terms, step)
         log_texture_images(writer, u, adsn_sample(lam, (1,), gen)[0], samples[0, :4].cpu(), step)
         writer.add_figure("spectrum/radial_target_vs_learned",
                           radial_spectrum_figure(lam, c.cpu(), emp.cpu(), pred["output_variance"]), step)
@@ -152,12 +133,7 @@ def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
         interrupted(results, e)
         raise
     finally:
-        results["seconds"] = time.time() - t0
-        if results["status"] in ("ok", "diverged"):
-            writer.add_hparams(_flatten(results["config"]),
-                               {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
-        writer.close()
-        write_json_atomic(out / "results.json", results)
+        finish(writer, results, t0, out)
     return results
 
 

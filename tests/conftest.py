@@ -13,3 +13,13 @@ def compose_cfg():
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for small batched ops: with several, each op waits for every thread, which
+    on a busy 2-core machine makes them ~10× slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,15 +14,6 @@ SMALL = ["data.dim=4", "data.n=200", "train.steps=500", "train.tau=0.01", "sampl
 BOX = {"sigma": (0.01, 10.0), "tau": (0.01, 0.01), "gamma": (0.05, 0.05)}
 
 
-@pytest.fixture
-def one_thread():
-    """Small batched ops (R = 64, d = 4): one intra-op thread (several are ~10× slower on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_minimise_grid_then_compass_search():
     f = lambda sigma, tau, gamma: math.log(sigma / 0.3) ** 2 + 2 * math.log(tau / 0.02) ** 2 + gamma
     box = {"sigma": (0.01, 10.0), "tau": (1e-3, 1.0), "gamma": (0.05, 0.05)}

@@ -324,15 +324,6 @@ def test_mc_sgd_transient_from_zeros():
 # finite budgets (issue 6, gsm-advise): the K-step τ term in closed form, and Monte-Carlo checks of
 # the two transients (SGD mean and spread after k steps with the pipeline's trainer; ULA's h_K)
 
-@pytest.fixture
-def one_thread():
-    """Small batched float64 ops: one intra-op thread (several threads are ~10× slower on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_power_sum_is_the_geometric_sum_also_for_repeated_values():
     x, y, z = torch.tensor([0.9, 0.5, 0.7], dtype=F64), torch.tensor([0.9, 0.3, 0.7], dtype=F64), 0.7
     for K in (0, 1, 2, 7):
