@@ -32,6 +32,7 @@ from gsm.validate import as_config_error, validate_config
 log = logging.getLogger("gsm")
 
 W2_KEYS = ("w2_exact", "w2_empirical", "w2_predicted", "w2_predicted_empirical")
+DIAGNOSTICS = ("d_over_n", "eps_tau")     # numbers of a prediction that are not terms of it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,7 +222,7 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
                                   sigma=cfg.train.sigma, tau=cfg.train.tau if learned else 0.0,
                                   batch_size=cfg.train.batch_size, particles=sampler.particles,
                                   symmetric=symmetric, **transient)
-        terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float))}
+        terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float)) and k not in DIAGNOSTICS}
         results["prediction_terms"] = terms
         results["w2_predicted"] = terms["total"] - terms.get("particles", 0.0)
         results["w2_predicted_empirical"] = terms["total"]

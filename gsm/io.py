@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,8 +14,8 @@ def atomic_path(path):
     """Yields a temporary path beside `path`; on normal exit it is renamed onto `path`, on an
     exception it is removed and `path` is left as it was."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # a fresh name per writer; created by the writer itself, so the umask applies (mkstemp would give 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -33,7 +33,7 @@ def run_texture(cfg: DictConfig, output_dir) -> dict:
 def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    from gsm.experiment import (_finite, finish, interrupted, log, log_w2, mean_stderr, none_left,
+    from gsm.experiment import (DIAGNOSTICS, _finite, finish, interrupted, log, log_w2, mean_stderr, none_left,
                                 record_divergence, resolve_device, resolve_dtype)
 
     t0 = time.time()
@@ -116,7 +116,7 @@ def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
         pred = fourier_prediction(lam, sampler, n=N if model.requires_training else None, sigma=t.sigma,
                                   tau=t.tau if learned else 0.0, batch_size=t.batch_size, particles=M,
                                   sgd_steps=int(t.steps), init=model.init)
-        terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float))}
+        terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float)) and k not in DIAGNOSTICS}
         results["prediction_terms"] = terms
         results["w2_predicted"] = terms["total"] - terms["particles"]
         results["w2_predicted_empirical"] = terms["total"]
