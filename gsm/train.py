@@ -72,6 +72,8 @@ def _sgd_steps(A0, y, z, u, s0, tau_b, symmetric):
         if symmetric:                                     # ½(u yᵀ + y uᵀ) = ½ [u; y]ᵀ [y; u]
             A0.baddbmm_(torch.cat([u[k], y[k]], 1).transpose(-1, -2), torch.cat([y[k], u[k]], 1),
                         alpha=-0.5 * tau_b)
+        elif y.shape[2] == 1:                             # b = 1: the outer product, elementwise (faster than a k=1 GEMM)
+            A0.addcmul_(u[k].transpose(-1, -2), y[k], value=-tau_b)
         else:
             A0.baddbmm_(u[k].transpose(-1, -2), y[k], alpha=-tau_b)
 
