@@ -133,23 +133,19 @@ def run(cfg: DictConfig, output_dir) -> dict:
 
     Raises gsm.validate.ConfigError (nothing written) for a bad config; KeyboardInterrupt (SIGINT) or
     `Terminated` (SIGTERM) after writing results.json with status `interrupted`."""
-    if "image" in cfg.data:     # stationary texture: the Fourier-diagonal pipeline (no d×d matrix)
-        from gsm.texture_pipeline import run_texture
-        return run_texture(cfg, output_dir)
     checks = validate_config(cfg)
     with terminate_raises():
+        if "image" in cfg.data:     # stationary texture: the Fourier-diagonal pipeline (no d×d matrix)
+            from gsm.texture_pipeline import run_texture
+            return run_texture(cfg, output_dir, checks)
         return _run(cfg, output_dir, checks)
 
 
-def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
-    from torch.utils.tensorboard import SummaryWriter
-
-    t0 = time.time()
+def start(cfg: DictConfig, output_dir, checks: list):
+    """The run's folder (created), its results dict (status running, the resolved config) and its
+    warn(msg), which logs msg and keeps it in results["warnings"]; the validation warnings go first."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
-    progress = bool(cfg.progress) and sys.stderr.isatty()
-    R, N = int(cfg.replicates), int(cfg.data.n)
     results = {"status": "running", "config": OmegaConf.to_container(cfg, resolve=True), "warnings": []}
 
     def warn(msg):
@@ -158,6 +154,17 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
 
     for msg in checks:     # e.g. τ beyond the SGD stability limit
         warn(msg)
+    return out, results, warn
+
+
+def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+
+    t0 = time.time()
+    out, results, warn = start(cfg, output_dir, checks)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    progress = bool(cfg.progress) and sys.stderr.isatty()
+    R, N = int(cfg.replicates), int(cfg.data.n)
     spectrum = instantiate(cfg.data.spectrum)
     target = make_gaussian(spectrum, cfg.data.basis, cfg.seed)
     d, Sigma = target.dim, target.covariance.to(device)
@@ -226,7 +233,7 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
         results["prediction_terms"] = terms
         results["w2_predicted"] = terms["total"] - terms.get("particles", 0.0)
         results["w2_predicted_empirical"] = terms["total"]
-        results["diagnostics"] = {k: pred[k] for k in ("d_over_n", "eps_tau") if k in pred}
+        results["diagnostics"] = {k: pred[k] for k in DIAGNOSTICS if k in pred}
         for w in pred.get("warnings", []):
             warn(w)
         results["status"] = "ok"

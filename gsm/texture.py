@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import jvp
 
 from gsm.metrics import bures_wasserstein2_commuting
 

@@ -4,13 +4,11 @@ as the full-matrix pipeline, but every covariance is a per-frequency vector on t
 so nothing d×d is ever formed (d = n² = 65536 for a 256×256 texture)."""
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gsm.texture import (FourierLinearScore, adsn_sample, adsn_spectrum, dsm_optimum_fourier, fourier_bures_wasserstein2,
                          fourier_prediction, fourier_sample, load_texture, multiplicity, periodogram, sampler_unstable,
@@ -19,36 +17,18 @@ from gsm.texture import (FourierLinearScore, adsn_sample, adsn_spectrum, dsm_opt
 _F64 = torch.float64
 
 
-def run_texture(cfg: DictConfig, output_dir) -> dict:
-    """Runs one texture experiment (R replicates); returns the results dict also written to results.json.
-    Validation and interruption as in `gsm.experiment.run`."""
-    from gsm.experiment import terminate_raises
-    from gsm.validate import validate_config
-
-    checks = validate_config(cfg)
-    with terminate_raises():
-        return _run_texture(cfg, output_dir, checks)
-
-
-def _run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
+def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
+    """Runs one texture experiment (R replicates) for `gsm.experiment.run`, which has validated cfg
+    (`checks`: its warnings) and handles interruption; returns the results dict also in results.json."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from gsm.experiment import (DIAGNOSTICS, _finite, finish, interrupted, log, log_w2, mean_stderr, none_left,
-                                record_divergence, resolve_device, resolve_dtype)
+    from gsm.experiment import (DIAGNOSTICS, _finite, finish, interrupted, log_w2, mean_stderr, none_left,
+                                record_divergence, resolve_device, resolve_dtype, start)
 
     t0 = time.time()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, results, warn = start(cfg, output_dir, checks)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
     R, N, t = int(cfg.replicates), int(cfg.data.n), cfg.train
-    results = {"status": "running", "config": OmegaConf.to_container(cfg, resolve=True), "warnings": []}
-
-    def warn(msg):
-        log.warning(msg)
-        results["warnings"].append(msg)
-
-    for msg in checks:     # e.g. τ beyond the SGD stability limit
-        warn(msg)
     u = load_texture(cfg.data.image, cfg.data.size, cfg.data.fit)
     n = u.shape[-1]
     lam = adsn_spectrum(u, cfg.data.floor)

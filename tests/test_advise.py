@@ -4,9 +4,8 @@ import json
 import math
 
 import pytest
-import torch
 
-from gsm.advise import Problem, advise, compose_config, main, minimise, problem_from_config
+from gsm.advise import advise, compose_config, main, minimise, problem_from_config
 from gsm.theory import langevin_prediction
 
 # d = 4, N = 200, a tight SGD budget (k = 500 steps of τ = 0.01 from A₀ = 0), K = 200 ULA steps

@@ -10,7 +10,7 @@ from gsm.diffusion import DDIM, DDPM
 from gsm.samplers import Langevin
 from gsm.texture import (FourierLinearScore, adsn_sample, adsn_spectrum, circulant_matrices, dsm_optimum_fourier,
                          fourier_bures_wasserstein2, fourier_prediction, fourier_sample, kappa, load_texture,
-                         multiplicity, periodogram, sampler_variance, sgd_variance_fourier, train_fourier_dsm)
+                         multiplicity, sampler_variance, sgd_variance_fourier, train_fourier_dsm)
 from gsm.train import train_linear_dsm
 
 F64 = torch.float64
