@@ -134,6 +134,8 @@ def run(cfg: DictConfig, output_dir) -> dict:
     Raises gsm.validate.ConfigError (nothing written) for a bad config; KeyboardInterrupt (SIGINT) or
     `Terminated` (SIGTERM) after writing results.json with status `interrupted`."""
     checks = validate_config(cfg)
+    if cfg.get("threads"):     # small batched ops on a busy machine: extra threads wait on each other
+        torch.set_num_threads(int(cfg.threads))
     with terminate_raises():
         if "image" in cfg.data:     # stationary texture: the Fourier-diagonal pipeline (no d×d matrix)
             from gsm.texture_pipeline import run_texture

@@ -6,7 +6,7 @@ and exits with status 2. Only keys present in the composed config are checked (s
 Langevin only, data.image for data=texture only, ...). What is checked:
 
 * top level: device (cpu | cuda | auto; cuda needs a GPU), dtype (float32 | float64), replicates ≥ 1,
-  seed an integer;
+  threads ≥ 0, seed an integer;
 * data: dim ≥ 1, n ≥ 1, basis, the spectrum's parameters and the spectrum itself (data.dim eigenvalues,
   finite and > 0); data=texture: size ≥ 2, fit, floor > 0, n ≥ 1, and the image loads;
 * model: _target_ set and importable; model=fourier_linear if and only if data=texture; model.init;
@@ -170,6 +170,7 @@ def validate_config(cfg: DictConfig) -> list[str]:
         raise ConfigError("device must be cpu or auto (no CUDA GPU is available), got cuda")
     _choice(cfg, "dtype", ("float32", "float64"))
     _number(cfg, "replicates", 1, integer=True)
+    _number(cfg, "threads", 0, integer=True)
     if _get(cfg, "seed") is not _ABSENT and not (_is_number(cfg.seed) and float(cfg.seed).is_integer()):
         raise ConfigError(f"seed must be an integer, got {cfg.seed}")
     texture = "image" in cfg.data

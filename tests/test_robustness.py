@@ -56,6 +56,7 @@ BAD = [  # (overrides, the key the message names, the value it shows)
     (["train.solver=adam"], "train.solver", "adam"),
     (["model=mlp", "train.solver=exact"], "train.solver", "exact"),
     (["replicates=0"], "replicates", "0"),
+    (["threads=-1"], "threads", "-1"),
     (["seed=1.5"], "seed", "1.5"),
     (["sampler.particles=1"], "sampler.particles", "1"),
     (["sampler.gamma=0"], "sampler.gamma", "0"),
@@ -101,6 +102,15 @@ def test_bad_value_is_a_one_line_error_naming_key_range_and_value(compose_cfg, o
     msg = str(info.value)
     assert "\n" not in msg
     assert re.fullmatch(rf"{re.escape(key)} must be .+, got {re.escape(value)}", msg), msg
+
+
+def test_threads_knob_sets_torch_threads(compose_cfg, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert run(compose_cfg(*TINY, "threads=1"), tmp_path)["status"] == "ok"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_message_format_of_the_issue(compose_cfg):
