@@ -37,7 +37,7 @@ import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from gsm.theory import langevin_prediction
+from gsm.theory import langevin_prediction, sgd_mean_square_stable
 
 SYMBOL = {"sigma": "σ", "tau": "τ", "gamma": "γ"}
 TERMS = ("noise", "discretization", "mixing", "generalization", "optimization", "total")
@@ -65,11 +65,9 @@ class Problem:
     def infeasible(self, sigma: float, tau: float, gamma: float) -> str | None:
         """Why the prediction does not hold at (σ, τ, γ), or None."""
         lam, b = self.eigenvalues, self.batch_size
-        m = lam + sigma ** 2
-        q = tau * sigma ** 2 * (1 + 1 / b) * m
-        if q.max() >= 2 or (tau * sigma ** 2 * m / (b * (2 - q))).sum() >= 1:
+        if not sgd_mean_square_stable(lam, sigma=sigma, tau=tau, batch_size=b):
             return "SGD is not mean-square stable (note §2.3)"
-        eps_tau = tau * float((lam * m).max()) / (2 * b)
+        eps_tau = tau * float((lam * (lam + sigma ** 2)).max()) / (2 * b)
         if eps_tau > self.max_eps_tau:
             return f"eps_tau = {eps_tau:.3g} > {self.max_eps_tau}"
         edge = max(0.0, 1 - math.sqrt(lam.numel() / self.n)) ** 2 * float(lam.min())

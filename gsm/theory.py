@@ -164,6 +164,15 @@ def sgd_variance(eigenvalues, *, sigma, tau, batch_size=1, symmetric=False):
     return S, S.clone()
 
 
+def sgd_mean_square_stable(eigenvalues, *, sigma, tau, batch_size=1) -> bool:
+    """Whether constant-step DSM-SGD is mean-square stable on online Gaussian data (note §2.3):
+    τσ²(1+1/b)m_max < 2 and σ⁴R_b = Σ_j τσ²m_j / [b(2 − τσ²(1+1/b)m_j)] < 1, m = λ + σ². λ: (d,)."""
+    b = batch_size
+    m = torch.as_tensor(eigenvalues, dtype=_F64) + sigma ** 2
+    denom = 2 - tau * sigma ** 2 * (1 + 1 / b) * m
+    return bool((denom > 0).all()) and float((tau * sigma ** 2 * m / (b * denom)).sum()) < 1
+
+
 def sgd_variance_exact(eigenvalues, *, sigma, tau, batch_size=1):
     """Exact stationary SGD variance for online Gaussian data, any b (note §2.3), (d, d):
 
@@ -175,9 +184,9 @@ def sgd_variance_exact(eigenvalues, *, sigma, tau, batch_size=1):
     lam, b = eigenvalues, batch_size
     m = lam + sigma ** 2
     denom = 2 - tau * sigma ** 2 * (1 + 1 / b) * m
-    R = (tau * sigma ** 2 * m / (b * denom)).sum()
-    if not ((denom > 0).all() and R < 1):
+    if not sgd_mean_square_stable(lam, sigma=sigma, tau=tau, batch_size=b):
         raise ValueError(f"tau must keep SGD mean-square stable (τσ²(1+1/b)m_max < 2 and σ⁴R_b < 1), got {tau}")
+    R = (tau * sigma ** 2 * m / (b * denom)).sum()
     U = sigma ** 2 * lam / m
     return tau * U[:, None] / (b * sigma ** 2 * denom[None, :] * (1 - R))
 
@@ -496,8 +505,7 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
     if n is not None and gamma >= 2 * sigma ** 2:
         warnings.append(f"gamma = {gamma} >= 2σ² = {2 * sigma ** 2}: ULA with the empirical optimum can be "
                         f"unstable for some datasets (note §3)")
-    if tau > 0 and (tau * sigma ** 2 * (1 + 1 / b) * m.max() >= 2
-                    or (tau * sigma ** 2 * m / (b * (2 - tau * sigma ** 2 * (1 + 1 / b) * m))).sum() >= 1):
+    if tau > 0 and not sgd_mean_square_stable(lam, sigma=sigma, tau=tau, batch_size=b):
         warnings.append(f"tau = {tau}: SGD is not mean-square stable (note §2.3); the τ term is meaningless")
 
     sgd_k = sgd_steps if (sgd_steps is not None and init != "optimum") else None

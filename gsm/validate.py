@@ -31,6 +31,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gsm.theory import sgd_mean_square_stable
+
 _ABSENT = object()
 
 
@@ -144,13 +146,12 @@ def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False):
             from gsm.texture import kappa
             limits.append(float((2 / (s * s * m * (1 + kappa(lam.shape[-2]) / b))).min()))
             continue
-        m = m.flatten()
-        c = s * s * (1 + 1 / b)
-        lo, hi = 0.0, 2 / (c * float(m.max()))
+        lam_l = a * a * lam.flatten()                    # the level's data α_l x has spectrum α_l²λ
+        lo, hi = 0.0, 2 / (s * s * (1 + 1 / b) * float(m.max()))
         for _ in range(100):
             tau = 0.5 * (lo + hi)
-            R = (tau * s * s * m / (b * (2 - tau * c * m))).sum()
-            lo, hi = (tau, hi) if R < 1 else (lo, tau)
+            stable = sgd_mean_square_stable(lam_l, sigma=s, tau=tau, batch_size=int(b))
+            lo, hi = (tau, hi) if stable else (lo, tau)
         limits.append(lo)
     worst = min(range(len(limits)), key=limits.__getitem__)
     return limits[worst], worst
