@@ -190,14 +190,16 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
             _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen, writer, progress, warn)
             return results
         A = model.matrices()
+        symmetric = getattr(model, "symmetric", False)
+        # Langevin: the prediction models a finite SGD budget (empty for DDPM/DDIM and the symmetric variant)
+        transient = sgd_budget(cfg, sampler) if learned and not symmetric else {}
         if learned:
             lam_min = float(spectrum.min())
             rate = min(float(s ** 2 * (a ** 2 * lam_min + s ** 2)) for a, s in zip(alphas, stds))
             results["relaxation_times"] = cfg.train.steps / L * cfg.train.tau * rate
             if results["relaxation_times"] < 5:
                 warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< 5): A is not stationary; "
-                     + ("the prediction includes the SGD transient (first order in τ)"
-                        if isinstance(sampler, Langevin) and not getattr(model, "symmetric", False) else
+                     + ("the prediction includes the SGD transient (first order in τ)" if transient else
                         "the τ prediction assumes it is; raise train.steps or train.tau"))
             if cfg.train.sampling == "epochs":
                 warn("train.sampling=epochs lowers the SGD noise by up to ~20% (theory note §8): "
@@ -225,8 +227,6 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
         results["w2_empirical"] = mean_stderr(bures_wasserstein2(Sigma64, second_moment(samples)).cpu())
         results["covariance_estimator"] = "(1/M) Σ x xᵀ over M independent particles (known zero mean)"
         # 4. theory
-        symmetric = getattr(model, "symmetric", False)
-        transient = sgd_budget(cfg, sampler) if learned and not symmetric else {}
         pred = sampler.prediction(spectrum, n=None if not model.requires_training else N,
                                   sigma=cfg.train.sigma, tau=cfg.train.tau if learned else 0.0,
                                   batch_size=cfg.train.batch_size, particles=sampler.particles,
