@@ -250,6 +250,7 @@ def train_fourier_dsm(a: torch.Tensor, xhat: torch.Tensor, *, alphas, stds, tau:
     flat = a.view(R * L, n, h)
     diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
     step = 0
+
     def log(k, u, s):   # ℓ = ½‖u‖²/s² (Parseval on the half-plane), u: (R, b, n, h), s: scalar or (R, b)
         alive = diverged_at < 0
         if callback is not None and log_every and k % log_every == 0 and alive.any():

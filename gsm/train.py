@@ -152,7 +152,7 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
 
     # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws
     z_buf = torch.empty(min(chunk, steps), R, b, d, device=dev, dtype=dt)
-    y_buf, u_buf = torch.empty_like(z_buf), torch.empty_like(z_buf)
+    y_buf, u_buf = (torch.empty_like(z_buf), torch.empty_like(z_buf)) if L == 1 else (None, None)
     while step < steps:
         c = min(chunk, steps - step)
         idx = (epochs.take(c * b) if epochs else
@@ -162,7 +162,8 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
         if lv is None:
             # One level: y = αx + sz does not depend on A, so the whole chunk's inputs are built
             # at once and each step is two fused in-place products (no temporaries of A's size):
-            # u = s²Ay − sz (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (baddbmm_, a rank-b update).
+            # u = s²Ay − sz (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for
+            # b = 1, baddbmm_ otherwise).
             rows_idx = (idx + rows[:, :1].unsqueeze(-1) * N).transpose(0, 1).reshape(-1)
             y = torch.index_select(xflat, 0, rows_idx, out=y_buf[:c].view(-1, d)).view(c, R, b, d)
             y.mul_(a0).add_(z, alpha=s0)
