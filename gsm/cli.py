@@ -10,7 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gsm.experiment import Terminated, run, summary_table
+from gsm.experiment import run, summary_table
+from gsm.interrupt import Terminated
 from gsm.validate import ConfigError
 
 

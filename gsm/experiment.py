@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gsm.data import make_gaussian
+from gsm.interrupt import SummaryWriter, Terminated, deferred, interruptible
 from gsm.io import write_json_atomic
 from gsm.metrics import bures_wasserstein2, second_moment
 from gsm.models import dsm_optimum
@@ -50,33 +48,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in ("float32", "float64"):
         raise ValueError(f"dtype must be one of float32 | float64, got {name}")
     return getattr(torch, name)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM received while a run was active (`terminate_raises`); handled like Ctrl-C (SIGINT)."""
-
-
-@contextmanager
-def terminate_raises():
-    """While active, the first SIGTERM raises `Terminated` in the main thread, so the run's cleanup
-    (TensorBoard flush, results.json with status interrupted) runs as for Ctrl-C; later ones are
-    ignored so that cleanup can finish. The previous handler is restored on exit (no-op off the
-    main thread, where handlers cannot be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = []
-
-    def handler(signum, frame):
-        if not fired:
-            fired.append(signum)
-            raise Terminated()
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
 def interrupted(results: dict, e: KeyboardInterrupt) -> None:
@@ -136,7 +107,7 @@ def run(cfg: DictConfig, output_dir) -> dict:
     checks = validate_config(cfg)
     if cfg.get("threads"):     # small batched ops on a busy machine: extra threads wait on each other
         torch.set_num_threads(int(cfg.threads))
-    with terminate_raises():
+    with interruptible():
         if "image" in cfg.data:     # stationary texture: the Fourier-diagonal pipeline (no d×d matrix)
             from gsm.texture_pipeline import run_texture
             return run_texture(cfg, output_dir, checks)
@@ -160,8 +131,6 @@ def start(cfg: DictConfig, output_dir, checks: list):
 
 
 def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
-    from torch.utils.tensorboard import SummaryWriter
-
     t0 = time.time()
     out, results, warn = start(cfg, output_dir, checks)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
@@ -250,13 +219,15 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
 
 
 def finish(writer, results: dict, t0: float, out: Path) -> None:
-    """End of every run, whatever its status: hparams (finished runs), flush TensorBoard, results.json."""
-    results["seconds"] = time.time() - t0
-    if results["status"] in ("ok", "diverged"):
-        writer.add_hparams(_flatten(results["config"]),
-                           {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
-    writer.close()
-    write_json_atomic(out / "results.json", results)
+    """End of every run, whatever its status: hparams (finished runs), flush TensorBoard, results.json.
+    A first signal arriving here is raised once results.json is written (a finished run keeps its status)."""
+    with deferred():
+        results["seconds"] = time.time() - t0
+        if results["status"] in ("ok", "diverged"):
+            writer.add_hparams(_flatten(results["config"]),
+                               {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+        writer.close()
+        write_json_atomic(out / "results.json", results)
 
 
 def sgd_budget(cfg, sampler) -> dict:

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gsm.interrupt import SummaryWriter
 from gsm.texture import (FourierLinearScore, adsn_sample, adsn_spectrum, dsm_optimum_fourier, fourier_bures_wasserstein2,
                          fourier_prediction, fourier_sample, load_texture, multiplicity, periodogram, sampler_unstable,
                          sampler_variance, train_fourier_dsm)
@@ -20,8 +21,6 @@ _F64 = torch.float64
 def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
     """Runs one texture experiment (R replicates) for `gsm.experiment.run`, which has validated cfg
     (`checks`: its warnings) and handles interruption; returns the results dict also in results.json."""
-    from torch.utils.tensorboard import SummaryWriter
-
     from gsm.experiment import (DIAGNOSTICS, _finite, finish, interrupted, log_w2, mean_stderr, none_left,
                                 record_divergence, resolve_device, resolve_dtype, start)
 

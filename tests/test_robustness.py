@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import gsm.experiment
-from gsm.experiment import Terminated, run, terminate_raises
+from gsm.experiment import run
+from gsm.interrupt import Terminated, deferred, interruptible
 from gsm.io import write_json_atomic
 from gsm.metrics import bures_wasserstein2, second_moment
 from gsm.validate import ConfigError, sgd_tau_limit, validate_config
@@ -235,14 +236,46 @@ def test_cli_diverged_run_exits_0(tmp_path):
 
 # ---------------------------------------------------------------------------------- interruption
 
-def test_terminate_raises_turns_sigterm_into_an_exception_and_restores_the_handler():
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated):
-        with terminate_raises():
-            os.kill(os.getpid(), signal.SIGTERM)
+@pytest.mark.parametrize("sig,exc", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_interruptible_turns_the_signal_into_an_exception_and_restores_the_handler(sig, exc):
+    before = signal.getsignal(sig)
+    with pytest.raises(exc):
+        with interruptible():
+            os.kill(os.getpid(), sig)
             time.sleep(1)          # the handler runs at the next bytecode; never reached
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(sig) is before
     assert issubclass(Terminated, KeyboardInterrupt)
+
+
+def test_a_signal_inside_deferred_is_raised_when_the_block_ends():
+    done = []
+    with pytest.raises(Terminated):
+        with interruptible():
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)    # the handler has run by now: it must not have raised here
+                with deferred():   # nested: raised only at the outermost exit
+                    pass
+                done.append(True)
+            done.append(False)     # never reached
+    assert done == [True]
+
+
+def test_a_second_sigterm_is_ignored_and_a_second_sigint_raises():
+    with pytest.raises(Terminated):
+        with interruptible():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    with interruptible():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except Terminated:         # cleanup: a second SIGTERM does nothing
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
 
 
 @pytest.mark.parametrize("exc,name", [(Terminated, "SIGTERM"), (KeyboardInterrupt, "SIGINT")])
