@@ -102,6 +102,27 @@ def test_sgd_float32_and_level_gather_paths():
     assert ((mean - A_star) / se).abs().max() < 4.0
 
 
+@pytest.mark.parametrize("b,sampling", [(1, "with_replacement"), (3, "with_replacement"), (8, "epochs")])
+def test_blocked_sgd_takes_the_per_step_iterates(b, sampling):
+    """The CPU's blocked DSM-SGD (K steps per triangular solve) equals the step-by-step trainer on the
+    same draws, float64: A after 300 steps (chunk borders, a short last block) and every logged loss."""
+    d, N, R = 6, 25, 5
+    x = torch.randn(R, N, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = {}
+    for blocked in (True, False):
+        A = 0.1 * torch.eye(d, dtype=torch.float64).expand(R, 1, d, d).clone()
+        losses = []
+        train_linear_dsm(A, x, alphas=ONE, stds=SIG, tau=0.03, batch_size=b, steps=300, sampling=sampling,
+                         generator=torch.Generator().manual_seed(1), log_every=7,
+                         callback=lambda k, v: losses.append((k, v)), blocked=blocked)
+        out[blocked] = A, losses
+    (A1, l1), (A0, l0) = out[True], out[False]
+    assert (A0 - 0.1 * torch.eye(d, dtype=torch.float64)).abs().max() > 0.1          # it moved
+    torch.testing.assert_close(A1, A0, rtol=1e-11, atol=1e-13)
+    assert [k for k, _ in l1] == [k for k, _ in l0] == list(range(7, 301, 7))
+    torch.testing.assert_close(torch.tensor([v for _, v in l1]), torch.tensor([v for _, v in l0]), rtol=1e-11, atol=0)
+
+
 def test_sgd_divergence_is_recorded_per_replicate():
     d, N = 2, 20
     x = torch.randn(2, N, d, generator=torch.Generator().manual_seed(0))
