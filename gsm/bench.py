@@ -22,7 +22,7 @@ from gsm.metrics import bures_wasserstein2
 from gsm.samplers import langevin_covariance, langevin_sample, linear_langevin_sample
 from gsm.train import train_linear_dsm
 
-FULL = dict(sgd_d=64, sgd_R=256, sgd_steps=512, loop_reps=2, loop_steps=300,
+FULL = dict(sgd_d=64, sgd_R=256, sgd_steps=2048, loop_reps=2, loop_steps=300,
             lang_d=256, lang_M=10_000, lang_steps=20, bw_d=1024, law_d=256, law_T=1000,
             e2e_d=32, e2e_R=64, e2e_n=(160, 320, 640, 1280, 2560, 5120), e2e_chains_runs=1,
             e2e_loop_reps=2, e2e_loop_steps=2000, repeat=5)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gsm.metrics import psd_sqrt
+from gsm.prefetch import background_draws, prefetched
 
 
 def langevin_sample(score_fn, x0: torch.Tensor, gamma: float, steps: int,
@@ -30,16 +31,24 @@ def langevin_sample(score_fn, x0: torch.Tensor, gamma: float, steps: int,
 
 
 def linear_langevin_sample(A: torch.Tensor, x0: torch.Tensor, gamma: float, steps: int,
-                           generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+                           generator: torch.Generator | None = None, progress: bool = False,
+                           background: bool | None = None) -> torch.Tensor:
     """ULA with s(x) = −A x, one fused step x ← x Pᵀ + √(2γ) ξ (P = I − γA).
-    A: (R, d, d), x0: (R, M, d) → (R, M, d)."""
+    A: (R, d, d), x0: (R, M, d) → (R, M, d). background: draw ξ_{k+1} on a second core while step k runs
+    (`gsm.prefetch`; same numbers). None: when on the CPU, large, and torch leaves a core idle."""
     Pt = (torch.eye(A.shape[-1], device=A.device, dtype=x0.dtype) - gamma * A.to(x0.dtype)).transpose(-1, -2)
-    x, nxt, noise = x0.clone(), torch.empty_like(x0), torch.empty_like(x0)
+    x, nxt = x0.clone(), torch.empty_like(x0)
+    noise = (torch.empty_like(x0), torch.empty_like(x0))
     c = math.sqrt(2 * gamma)
-    for _ in tqdm(range(steps), desc="Langevin", disable=not progress, leave=False):
-        # preallocated buffers: each step writes the noise and the next state in place, no allocation
-        torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype, out=noise)
-        torch.baddbmm(noise, x, Pt, beta=c, out=nxt)
+    if background is None:
+        background = background_draws(x0.device, x0.numel())
+
+    def draw(k):     # preallocated buffers, two so that one is drawn into while the other is used
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype, out=noise[k % 2])
+
+    draws = prefetched(draw, steps, background)
+    for xi in tqdm(draws, total=steps, desc="Langevin", disable=not progress, leave=False):
+        torch.baddbmm(xi, x, Pt, beta=c, out=nxt)        # the next state in place, no allocation
         x, nxt = nxt, x
     return x
 

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gsm.models import dsm_optimum
+from gsm.prefetch import background_draws, prefetched
 
 SAMPLING = ("with_replacement", "epochs")
 
@@ -136,7 +137,7 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
                      tau: float, batch_size: int = 1, steps: int, sampling: str = "with_replacement",
                      symmetric: bool = False, generator: torch.Generator | None = None,
                      log_every: int = 0, callback=None, chunk: int = 256, progress: bool = False,
-                     cuda_graph: bool = True, blocked: bool = True) -> dict:
+                     cuda_graph: bool = True, blocked: bool = True, background: bool | None = None) -> dict:
     """DSM-SGD on the linear score, in place on A, for R replicates at once.
 
     Args:
@@ -153,6 +154,8 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
             no per-step launch cost).
         blocked: on the CPU with one level and no symmetrisation, take BLOCK_ROWS // b steps at once
             (`_sgd_steps_blocked`: the same iterates up to rounding, ~1.6–2× faster at d = 64, b = 1).
+        background: draw chunk i + 1 on a second core while chunk i trains (`gsm.prefetch`; the same
+            numbers). None: when on the CPU, large, and torch's threads leave a core idle.
     Returns:
         {"diverged_at": (R,) long, the step after which A_r became non-finite (−1 if never)}.
         A diverged replicate's A stays non-finite (NaN propagates only within its own batch entry)
@@ -187,32 +190,39 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
             if alive.any():
                 callback(k, float(per_rep[alive].mean()))
 
-    # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws
-    z_buf = torch.empty(min(chunk, steps), R, b, d, device=dev, dtype=dt)
-    y_buf = torch.empty_like(z_buf) if L == 1 else None
-    u_buf = torch.empty_like(z_buf) if L == 1 and not blocked else None
-    while step < steps:
-        c = min(chunk, steps - step)
+    # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws;
+    # two sets when the next chunk is drawn on a second core while this one trains (`gsm.prefetch`)
+    background = background_draws(dev, R * min(chunk, steps) * b * d) if background is None else background
+    z_bufs = [torch.empty(min(chunk, steps), R, b, d, device=dev, dtype=dt) for _ in range(1 + background)]
+    y_bufs = [torch.empty_like(zb) for zb in z_bufs] if L == 1 else None
+    u_buf = torch.empty_like(z_bufs[0]) if L == 1 and not blocked else None
+
+    def draw(i):
+        """Chunk i's draws (indices, noise z, levels) and, for one level, its inputs y = αx + sz, which do not
+        depend on A; (R, c·b, d) in step order for the blocked steps, (c, R, b, d) otherwise."""
+        c, zb = min(chunk, steps - i * chunk), z_bufs[i % len(z_bufs)]
         idx = (epochs.take(c * b) if epochs else
                torch.randint(N, (R, c * b), generator=generator, device=dev)).view(R, c, b)
-        z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt, out=z_buf[:c])
-        lv = torch.randint(L, (c, R, b), generator=generator, device=dev) if L > 1 else None
+        z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt, out=zb[:c])
+        if L > 1:
+            return c, idx, z, torch.randint(L, (c, R, b), generator=generator, device=dev), None
+        rows_idx = idx + rows[:, :1].unsqueeze(-1) * N
+        yb = y_bufs[i % len(y_bufs)][:c].view(-1, d)
+        if blocked:
+            y = torch.index_select(xflat, 0, rows_idx.reshape(-1), out=yb).view(R, c * b, d)
+            z = z.permute(1, 0, 2, 3).reshape(R, c * b, d)          # a strided view for b = 1, else a copy
+        else:
+            y = torch.index_select(xflat, 0, rows_idx.transpose(0, 1).reshape(-1), out=yb).view(c, R, b, d)
+        return c, idx, z, None, y.mul_(a0).add_(z, alpha=s0)
+
+    for c, idx, z, lv, y in prefetched(draw, -(-steps // chunk), background):
         if lv is None and blocked:
-            # the same draws laid out per replicate, (R, c·b, d) in step order, for K steps at a time
-            rows_idx = (idx + rows[:, :1].unsqueeze(-1) * N).reshape(-1)
-            y = torch.index_select(xflat, 0, rows_idx, out=y_buf[:c].view(-1, d)).view(R, c * b, d)
-            zr = z.permute(1, 0, 2, 3).reshape(R, c * b, d)        # a strided view for b = 1, else a copy
-            y.mul_(a0).add_(zr, alpha=s0)
-            _sgd_steps_blocked(A[:, 0], y, zr, s0, tau / b, b, lambda j, u: log(step + j + 1, u, s0))
+            _sgd_steps_blocked(A[:, 0], y, z, s0, tau / b, b, lambda j, u: log(step + j + 1, u, s0))
             step += c
         elif lv is None:
-            # One level: y = αx + sz does not depend on A, so the whole chunk's inputs are built
-            # at once and each step is two fused in-place products (no temporaries of A's size):
-            # u = s²Ay − sz (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for
-            # b = 1, baddbmm_ otherwise).
-            rows_idx = (idx + rows[:, :1].unsqueeze(-1) * N).transpose(0, 1).reshape(-1)
-            y = torch.index_select(xflat, 0, rows_idx, out=y_buf[:c].view(-1, d)).view(c, R, b, d)
-            y.mul_(a0).add_(z, alpha=s0)
+            # each step is two fused in-place products (no temporaries of A's size): u = s²Ay − sz
+            # (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for b = 1, baddbmm_
+            # otherwise)
             if graph is not None and c == chunk:
                 graph.run(y, z)                           # a CUDA graph replay of the same steps
                 u = graph.u

@@ -123,6 +123,29 @@ def test_blocked_sgd_takes_the_per_step_iterates(b, sampling):
     torch.testing.assert_close(torch.tensor([v for _, v in l1]), torch.tensor([v for _, v in l0]), rtol=1e-11, atol=0)
 
 
+@pytest.mark.parametrize("L,blocked,sampling", [(1, True, "with_replacement"), (1, False, "epochs"),
+                                                (2, False, "with_replacement")])
+def test_draws_on_a_second_core_give_the_same_numbers(L, blocked, sampling):
+    """gsm.prefetch: chunk i + 1 drawn in a background thread while chunk i trains, and ULA's next noise
+    while a step runs, consume the generator in the same order: bit-identical results."""
+    d, N, R = 5, 20, 4
+    x = torch.randn(R, N, d, generator=torch.Generator().manual_seed(0))
+    alphas, stds = torch.tensor([1.0, 0.7], dtype=torch.float64)[:L], torch.tensor([0.7, 0.9], dtype=torch.float64)[:L]
+    out = []
+    for background in (False, True):
+        A = torch.zeros(R, L, d, d)
+        losses = []
+        train_linear_dsm(A, x, alphas=alphas, stds=stds, tau=0.03, steps=600, chunk=128, sampling=sampling,
+                         generator=torch.Generator().manual_seed(1), log_every=50, blocked=blocked,
+                         callback=lambda k, v: losses.append(v), background=background)
+        x0 = torch.randn(R, 300, d, generator=torch.Generator().manual_seed(2))
+        ula = linear_langevin_sample(A[:, 0], x0, 0.1, 30, torch.Generator().manual_seed(3), background=background)
+        out.append((A, losses, ula))
+    assert out[0][0].abs().max() > 0.1 and len(out[0][1]) == 12
+    for a, b in zip(out[0], out[1]):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
 def test_sgd_divergence_is_recorded_per_replicate():
     d, N = 2, 20
     x = torch.randn(2, N, d, generator=torch.Generator().manual_seed(0))
