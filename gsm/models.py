@@ -10,18 +10,32 @@ import torch
 from torch import nn
 
 
+def spd_inverse(M: torch.Tensor) -> torch.Tensor:
+    """M⁻¹ for symmetric positive-definite M (..., d, d), by Cholesky (`cholesky_ex`, `cholesky_inverse`).
+
+    Not torch.linalg.inv: once torch.set_num_threads(n ≥ 2) has been called (the `threads` knob, the
+    benchmark's --threads), torch's batched LU runs MKL's getrf on several matrices at once and corrupts the
+    pivots for d ≳ 100 ("Intel oneMKL ERROR ... DLASWP", pytorch/pytorch#141358, #142815). Cholesky is not
+    affected. Where the factorisation fails (M not numerically positive-definite, or not finite), LU is used."""
+    L, info = torch.linalg.cholesky_ex(M)
+    if bool((info != 0).any()):
+        return torch.linalg.inv(M)
+    return torch.cholesky_inverse(L)
+
+
 def dsm_optimum(cov: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
     """Minimiser of the DSM loss at each level l, A_l = (α_l² C + s_l² I)⁻¹.
 
     With y = α x + s z and loss ½‖s·s_A(y) + z‖², ∇L = s²(A(α²C + s²I) − I) (theory note §1),
     where C is the second moment of the data: C = Σ gives the exact score (oracle), C = Σ̂ the
-    empirical minimiser. Shapes: cov (..., d, d), alphas and stds (L,) → (..., L, d, d), float64.
+    empirical minimiser. Shapes: cov (..., d, d) symmetric PSD, alphas and stds (L,) → (..., L, d, d),
+    float64 (inverted by Cholesky, `spd_inverse`).
     """
     cov = cov.to(torch.float64)
     a2 = alphas.to(cov.device, torch.float64).pow(2).view(-1, 1, 1)
     s2 = stds.to(cov.device, torch.float64).pow(2).view(-1, 1, 1)
     eye = torch.eye(cov.shape[-1], dtype=torch.float64, device=cov.device)
-    return torch.linalg.inv(a2 * cov.unsqueeze(-3) + s2 * eye)
+    return spd_inverse(a2 * cov.unsqueeze(-3) + s2 * eye)
 
 
 class LinearScore(nn.Module):

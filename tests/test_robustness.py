@@ -114,6 +114,27 @@ def test_threads_knob_sets_torch_threads(compose_cfg, tmp_path):
         torch.set_num_threads(before)
 
 
+def test_dsm_optimum_survives_set_num_threads_with_large_batched_matrices():
+    """torch's batched LU corrupts its pivots after torch.set_num_threads(2) at d ≳ 100 (MKL DLASWP errors,
+    pytorch/pytorch#141358); the `threads` knob calls it, so the DSM optimum must not use that path."""
+    from gsm.models import dsm_optimum
+    d = 256
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(d, d, generator=g, dtype=torch.float64)
+    cov = X @ X.T / d
+    alphas, stds = torch.linspace(1.0, 0.5, 6, dtype=torch.float64), torch.linspace(0.1, 0.9, 6, dtype=torch.float64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        A = dsm_optimum(cov, alphas, stds)
+    finally:
+        torch.set_num_threads(before)
+    eye = torch.eye(d, dtype=torch.float64)
+    for l in range(6):
+        M = alphas[l] ** 2 * cov + stds[l] ** 2 * eye
+        torch.testing.assert_close(A[l] @ M, eye, rtol=0, atol=1e-9)
+
+
 def test_message_format_of_the_issue(compose_cfg):
     with pytest.raises(ConfigError, match=r"^train\.sigma must be > 0, got -0\.1$"):
         validate_config(compose_cfg("train.sigma=-0.1"))
