@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,11 +49,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in ("float32", "float64"):
         raise ValueError(f"dtype must be one of float32 | float64, got {name}")
     return getattr(torch, name)
-
-
-def interrupted(results: dict, e: KeyboardInterrupt) -> None:
-    results["status"] = "interrupted"
-    results["signal"] = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
 
 
 def mean_stderr(values: torch.Tensor) -> dict:
@@ -150,7 +146,7 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
     gen = torch.Generator(device).manual_seed(int(cfg.seed))
 
     writer = SummaryWriter(log_dir=str(out / "tb"))
-    try:
+    with recorded(writer, results, t0, out):
         # 1. data: R independent data sets of N samples
         x = target.sample((R, N), generator=gen, device=device)
         # 2. score
@@ -210,24 +206,28 @@ def _run(cfg: DictConfig, output_dir, checks: list) -> dict:
         results["status"] = "ok"
         _log_eval(writer, results, terms, spectrum, C, sampler, A, Sigma64, cfg)
         _log_figures(writer, spectrum, C, pred, cfg.train.steps)
-    except KeyboardInterrupt as e:     # SIGINT, or SIGTERM (Terminated)
-        interrupted(results, e)
-        raise
-    finally:
-        finish(writer, results, t0, out)
     return results
 
 
-def finish(writer, results: dict, t0: float, out: Path) -> None:
-    """End of every run, whatever its status: hparams (finished runs), flush TensorBoard, results.json.
-    A first signal arriving here is raised once results.json is written (a finished run keeps its status)."""
-    with deferred():
-        results["seconds"] = time.time() - t0
-        if results["status"] in ("ok", "diverged"):
-            writer.add_hparams(_flatten(results["config"]),
-                               {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
-        writer.close()
-        write_json_atomic(out / "results.json", results)
+@contextmanager
+def recorded(writer, results: dict, t0: float, out: Path):
+    """The body of a run. However it ends, hparams (finished runs) go to TensorBoard, which is flushed, and
+    results.json is written; after SIGINT or SIGTERM with status `interrupted` and the signal's name. A first
+    signal arriving during that write is raised once it is done (a finished run keeps its status)."""
+    try:
+        yield
+    except KeyboardInterrupt as e:     # SIGINT, or SIGTERM (Terminated)
+        results["status"] = "interrupted"
+        results["signal"] = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        raise
+    finally:
+        with deferred():
+            results["seconds"] = time.time() - t0
+            if results["status"] in ("ok", "diverged"):
+                writer.add_hparams(_flatten(results["config"]),
+                                   {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+            writer.close()
+            write_json_atomic(out / "results.json", results)
 
 
 def sgd_budget(cfg, sampler) -> dict:

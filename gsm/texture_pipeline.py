@@ -21,8 +21,8 @@ _F64 = torch.float64
 def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
     """Runs one texture experiment (R replicates) for `gsm.experiment.run`, which has validated cfg
     (`checks`: its warnings) and handles interruption; returns the results dict also in results.json."""
-    from gsm.experiment import (DIAGNOSTICS, _finite, finish, interrupted, log_w2, mean_stderr, none_left,
-                                record_divergence, resolve_device, resolve_dtype, start)
+    from gsm.experiment import (DIAGNOSTICS, _finite, log_w2, mean_stderr, none_left, record_divergence,
+                                recorded, resolve_device, resolve_dtype, start)
 
     t0 = time.time()
     out, results, warn = start(cfg, output_dir, checks)
@@ -47,7 +47,7 @@ def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
                           "floored_frequencies": int((w * (lam == lam.min())).sum())}
 
     writer = SummaryWriter(log_dir=str(out / "tb"))
-    try:
+    with recorded(writer, results, t0, out):
         # 1. data: R data sets of N ADSN samples, kept as their DFTs
         xhat = torch.fft.rfft2(adsn_sample(lam, (R, N), gen, device=device))
         # 2. score
@@ -108,11 +108,6 @@ def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
         log_texture_images(writer, u, adsn_sample(lam, (1,), gen)[0], samples[0, :4].cpu(), step)
         writer.add_figure("spectrum/radial_target_vs_learned",
                           radial_spectrum_figure(lam, c.cpu(), emp.cpu(), pred["output_variance"]), step)
-    except KeyboardInterrupt as e:     # SIGINT, or SIGTERM (Terminated)
-        interrupted(results, e)
-        raise
-    finally:
-        finish(writer, results, t0, out)
     return results
 
 
