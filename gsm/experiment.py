@@ -23,7 +23,7 @@ from gsm.interrupt import SummaryWriter, Terminated, deferred, interruptible
 from gsm.io import write_json_atomic
 from gsm.metrics import bures_wasserstein2, second_moment
 from gsm.models import dsm_optimum
-from gsm.nets import build_score_model, gaussian_fit, gaussian_fit_w2
+from gsm.nets import ESCAPE_TAIL, build_score_model, escaped_fraction, gaussian_fit, gaussian_fit_w2
 from gsm.samplers import Langevin
 from gsm.train import empirical_dsm_minimizer, train_linear_dsm, train_score_net
 from gsm.validate import as_config_error, validate_config
@@ -346,6 +346,13 @@ def _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen,
     results["w2_empirical_debiased"] = mean_stderr(w2 - bias)
     results["particle_bias"] = mean_stderr(bias)
     results["w2_empirical_per_replicate"] = w2.tolist()     # non-linear scores can have outlier replicates
+    escaped = escaped_fraction(Sigma, samples[ok.to(device)]).cpu()
+    results["escaped_fraction_per_replicate"] = escaped.tolist()
+    if (escaped > 0).any():
+        warn(f"{int((escaped > 0).sum())} of {len(escaped)} replicates have particles beyond the {ESCAPE_TAIL:g} "
+             f"tail of N(0, Σ) (up to {100 * float(escaped.max()):.2g} % of M): the learned score does not hold "
+             "the sampler far from the data, and a few such particles can dominate a replicate's w2_empirical "
+             "(compare escaped_fraction_per_replicate with w2_empirical_per_replicate)")
     results["w2_metric"] = ("W2² between the Gaussian fits of the two laws, |m̂|² + B²(Σ, Ĉ), with m̂ and Ĉ the mean "
                             "and centred (1/M) covariance of the M particles: a lower bound on the true W2² "
                             "(the sampler's law is not Gaussian); w2_empirical_debiased subtracts the first-order "
@@ -357,6 +364,7 @@ def _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen,
     results["status"] = "ok"
     for k in ("w2_empirical", "w2_empirical_debiased", "particle_bias", "w2_predicted_linear"):
         writer.add_scalar(f"eval/{k}", _scalar(results[k]), step, new_style=True, double_precision=True)
+    writer.add_scalar("eval/escaped_fraction_max", float(escaped.max()), step, new_style=True, double_precision=True)
     writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
         "neural score (Gaussian fit, debiased) vs linear-score prediction":
             ["Multiline", ["eval/w2_empirical_debiased", "eval/w2_predicted_linear"]]}})

@@ -206,6 +206,23 @@ def gaussian_fit(x: torch.Tensor):
     return m, xc.transpose(-1, -2) @ xc / x.shape[-2]
 
 
+ESCAPE_TAIL = 1e-9     # N(0, Σ) puts this much mass beyond the escape radius: R·M·1e-9 ≪ 1 false flags per run
+
+
+def escaped_fraction(cov: torch.Tensor, x: torch.Tensor, tail: float = ESCAPE_TAIL) -> torch.Tensor:
+    """Fraction of the particles x beyond the `tail` quantile of N(0, Σ), i.e. with P(χ²_d > xᵀΣ⁻¹x) < tail.
+
+    A sampler of the target puts a fraction `tail` there. A learned score that does not pull the chain back
+    far from the data lets particles escape along some direction; a few percent of them then dominate the
+    Gaussian-fit W2² of that replicate (its covariance), which the mean over replicates inherits.
+    cov (d, d), x (R, M, d), finite → (R,), float64."""
+    S, x = cov.to(torch.float64), x.to(torch.float64)
+    w = torch.linalg.solve_triangular(torch.linalg.cholesky(S), x.transpose(-1, -2), upper=False)
+    q = (w ** 2).sum(-2)                                                  # xᵀΣ⁻¹x, (R, M)
+    p = torch.special.gammaincc(torch.full_like(q, 0.5 * S.shape[-1]), 0.5 * q)
+    return (p < tail).to(torch.float64).mean(-1)
+
+
 def gaussian_fit_w2(cov: torch.Tensor, x: torch.Tensor):
     """W2² between N(0, Σ) and the Gaussian fit N(m̂, Ĉ) of the particles, and its 1/M bias.
 

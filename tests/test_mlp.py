@@ -8,7 +8,7 @@ from torch import nn
 from conftest import cuda
 from gsm.experiment import run
 from gsm.metrics import bures_wasserstein2
-from gsm.nets import MLPScore, build_score_model, gaussian_fit_w2
+from gsm.nets import MLPScore, build_score_model, escaped_fraction, gaussian_fit_w2
 from gsm.train import train_score_net
 
 TINY = ["replicates=2", "data.dim=2", "data.n=50", "train.steps=50", "train.batch_size=8", "sampler.steps=10",
@@ -26,6 +26,19 @@ class TinyScore(nn.Module):
     def forward(self, y, t):
         log_s = self.log_s[t].expand(y.shape[0], 1)
         return -self.net(torch.cat([y, log_s], -1)) / log_s.exp()
+
+
+class RepelScore(nn.Module):
+    """A user score that is right near the data and wrong far from it: −y inside radius r, +y beyond, so a
+    chain that wanders out keeps going (the failure behind the MLP's outlier replicates)."""
+
+    def __init__(self, dim, noise_stds, radius=2.0):
+        super().__init__()
+        self.radius = radius
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, y, t):
+        return torch.where(y.norm(dim=-1, keepdim=True) < self.radius, -y, y) * self.scale
 
 
 def test_linear_skip_alone_is_the_linear_score_and_its_dsm_gradient():
@@ -89,6 +102,30 @@ def test_gaussian_fit_w2_bias_is_the_particle_bias():
     se = float(est.std() / math.sqrt(n))
     assert abs(float(est.mean()) - exact) < 4 * se
     assert float(w2.mean()) - exact > 10 * se
+
+
+def test_escaped_fraction_counts_particles_beyond_the_target_tail():
+    """N(0, Σ) particles: none beyond the 1e-9 tail (2·10⁻⁴ expected in 2·10⁵), and 1 % beyond the 1e-2 tail
+    within 4 s.e.; a replicate with 2 % of its particles 30 standard deviations out along Σ's top axis: those."""
+    g = torch.Generator().manual_seed(0)
+    d, R, M = 3, 4, 50000
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    Sigma = Q @ torch.diag(torch.tensor([2.0, 1.0, 0.3], dtype=torch.float64)) @ Q.T
+    x = torch.randn(R, M, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(Sigma).T
+    clean = escaped_fraction(Sigma, x, tail=1e-2)
+    se = math.sqrt(1e-2 * (1 - 1e-2) / (R * M))
+    assert abs(float(clean.mean()) - 1e-2) < 4 * se
+    x[1, :1000] = 30 * math.sqrt(2.0) * Q[:, 0]                # xᵀΣ⁻¹x = 900
+    assert escaped_fraction(Sigma, x).tolist() == [0.0, 0.02, 0.0, 0.0]
+
+
+def test_particles_escaping_a_user_score_are_flagged(compose_cfg, tmp_path):
+    """A score that pushes chains out beyond radius 2: the run finishes (the particles stay finite), and
+    results.json reports the escaped fraction per replicate with a warning."""
+    res = run(compose_cfg(*TINY, "model=custom", f"model._target_={__name__}.RepelScore", "train.steps=0",
+                          "sampler.steps=300"), tmp_path)
+    assert res["status"] == "ok" and min(res["escaped_fraction_per_replicate"]) > 0.1
+    assert any("tail of N(0, Σ)" in w for w in res["warnings"])
 
 
 @pytest.mark.parametrize("overrides", [
