@@ -282,6 +282,31 @@ def test_a_signal_inside_deferred_is_raised_when_the_block_ends():
     assert done == [True]
 
 
+def test_a_signal_inside_a_tensorboard_call_is_raised_after_it(compose_cfg, tmp_path, monkeypatch):
+    """The run's writer calls are `deferred`: a SIGTERM arriving inside one (sent here by the call itself) is
+    raised once TensorBoard's code has returned, never inside it (an exception in its queue hand-off could
+    make close() wait 120 s: tests/stress_signals.py)."""
+    from torch.utils.tensorboard import SummaryWriter as TorchWriter
+    real, seen = TorchWriter.add_scalar, {}
+
+    def add_scalar(self, tag, *args, **kwargs):
+        signalled = tag == "train/dsm_loss" and "sent" not in seen
+        if signalled:
+            seen["sent"] = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)                 # the handler has run by now
+        real(self, tag, *args, **kwargs)
+        if signalled:
+            seen["returned"] = True
+
+    monkeypatch.setattr(TorchWriter, "add_scalar", add_scalar)
+    with pytest.raises(Terminated):
+        run(compose_cfg(*TINY, "train.log_every=10"), tmp_path)
+    assert seen == {"sent": True, "returned": True}
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "interrupted" and res["signal"] == "SIGTERM"
+
+
 def test_a_second_sigterm_is_ignored_and_a_second_sigint_raises():
     with pytest.raises(Terminated):
         with interruptible():
