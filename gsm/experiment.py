@@ -339,14 +339,14 @@ def _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen,
     unstable = record_divergence(results, fit) | ~_finite(samples).cpu()
     if none_left(results, unstable, warn):
         return
-    ok = ~unstable
-    w2, bias = (v.cpu() for v in gaussian_fit_w2(Sigma, samples[ok.to(device)]))
+    samples = samples[(~unstable).to(device)]
+    w2, bias = (v.cpu() for v in gaussian_fit_w2(Sigma, samples))
     results["w2_exact"] = None
     results["w2_empirical"] = mean_stderr(w2)
     results["w2_empirical_debiased"] = mean_stderr(w2 - bias)
     results["particle_bias"] = mean_stderr(bias)
     results["w2_empirical_per_replicate"] = w2.tolist()     # non-linear scores can have outlier replicates
-    escaped = escaped_fraction(Sigma, samples[ok.to(device)]).cpu()
+    escaped = escaped_fraction(Sigma, samples).cpu()
     results["escaped_fraction_per_replicate"] = escaped.tolist()
     if (escaped > 0).any():
         warn(f"{int((escaped > 0).sum())} of {len(escaped)} replicates have particles beyond the {ESCAPE_TAIL:g} "
@@ -368,4 +368,4 @@ def _evaluate_score_net(results, model, sampler, spectrum, Sigma, fit, cfg, gen,
     writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
         "neural score (Gaussian fit, debiased) vs linear-score prediction":
             ["Multiline", ["eval/w2_empirical_debiased", "eval/w2_predicted_linear"]]}})
-    _log_figures(writer, spectrum, gaussian_fit(samples[ok.to(device)])[1], pred, step)
+    _log_figures(writer, spectrum, gaussian_fit(samples)[1], pred, step)

@@ -38,13 +38,14 @@ def linear_langevin_sample(A: torch.Tensor, x0: torch.Tensor, gamma: float, step
     (`gsm.prefetch`; same numbers). None: when on the CPU, large, and torch leaves a core idle."""
     Pt = (torch.eye(A.shape[-1], device=A.device, dtype=x0.dtype) - gamma * A.to(x0.dtype)).transpose(-1, -2)
     x, nxt = x0.clone(), torch.empty_like(x0)
-    noise = (torch.empty_like(x0), torch.empty_like(x0))
     c = math.sqrt(2 * gamma)
     if background is None:
         background = background_draws(x0.device, x0.numel())
+    # preallocated noise buffers; two in the background, so that one is drawn into while the other is used
+    noise = [torch.empty_like(x0) for _ in range(1 + background)]
 
-    def draw(k):     # preallocated buffers, two so that one is drawn into while the other is used
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype, out=noise[k % 2])
+    def draw(k):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype, out=noise[k % len(noise)])
 
     draws = prefetched(draw, steps, background)
     for xi in tqdm(draws, total=steps, desc="Langevin", disable=not progress, leave=False):
