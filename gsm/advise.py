@@ -225,7 +225,7 @@ def confirm(cfg, advice: dict, out: Path, problem: Problem) -> list:
         res = run(c, out / name)
         w2 = res.get("w2_exact") or {}
         rows.append({"name": name, "sigma": opt["sigma"] * f, "measured": w2.get("mean", math.nan),
-                     "stderr": w2.get("stderr", math.nan), "replicates": w2.get("n", 0),
+                     "stderr": math.nan if w2.get("stderr") is None else w2["stderr"], "replicates": w2.get("n", 0),
                      "predicted": problem.predict(opt["sigma"] * f, opt["tau"], opt["gamma"])["total"],
                      "excluded": problem.infeasible(opt["sigma"] * f, opt["tau"], opt["gamma"]),
                      "pipeline_w2_predicted": res.get("w2_predicted"),

@@ -25,12 +25,13 @@ from gsm.train import train_linear_dsm
 FULL = dict(sgd_d=64, sgd_R=256, sgd_steps=2048, loop_reps=2, loop_steps=300,
             lang_d=256, lang_M=10_000, lang_steps=20, bw_d=1024, law_d=256, law_T=1000,
             e2e_d=32, e2e_R=64, e2e_n=(160, 320, 640, 1280, 2560, 5120), e2e_chains_runs=1,
-            e2e_loop_reps=2, e2e_loop_steps=2000, repeat=5)
+            e2e_loop_reps=2, e2e_loop_steps=2000, repeat=5, vp_d=3072, vp_K=1000, vp_exact_R=2)
 SMOKE = dict(sgd_d=8, sgd_R=4, sgd_steps=20, loop_reps=1, loop_steps=10,
              lang_d=8, lang_M=50, lang_steps=3, bw_d=16, law_d=8, law_T=20,
              e2e_d=4, e2e_R=4, e2e_n=(20, 40), e2e_chains_runs=1,
              e2e_loop_reps=1, e2e_loop_steps=20, repeat=2,
-             e2e_overrides=("train.steps=200", "sampler.steps=20", "sampler.particles=50"))
+             e2e_overrides=("train.steps=200", "sampler.steps=20", "sampler.particles=50"),
+             vp_d=16, vp_K=30, vp_exact_R=2)
 
 
 def _sync(device):
@@ -109,11 +110,24 @@ def bench_dsm_sgd(p, device="cpu"):
     xc = x[0, :, :].cpu()
     t_loop = median_time(lambda: loop_dsm_sgd(xc, sigma, tau, p["loop_steps"]), p["loop_reps"], "cpu")
     loop_rate = p["loop_steps"] / t_loop
-    bw = copy_bandwidth(A.numel() * 4, device)
-    bound_rate = R * bw / (2 * A.numel() * 4)         # A read once and written once per step
+    # A lower bound on any implementation: each sample's d noise numbers must be drawn (torch.randn is one
+    # thread), and each sample costs ≥ 4d² flops (the residual A y and the rank-1 update, 2d² each) at
+    # the fp32 GEMM rate of a large product. Drawn on a second core they may overlap: the bound is the
+    # larger of the two. (A once per step is no bound: the blocked steps touch A once per 16 samples.)
+    z = torch.empty(R * S * d, device=device)
+    t_randn = median_time(lambda: torch.randn(z.shape, generator=g, device=device, out=z), p["repeat"], device)
+    flops_rate = gemm_rate(device, torch.float32)
+    t_bound = max(t_randn, R * S * 4 * d * d / flops_rate)
     return {"gsm replicate-steps/s": gsm_rate, "loop replicate-steps/s": loop_rate,
-            "copy GB/s": bw / 1e9, "bound replicate-steps/s": bound_rate,
-            "× loop": gsm_rate / loop_rate, "fraction of memory bound": gsm_rate / bound_rate}
+            "bound replicate-steps/s": R * S / t_bound, "randn s (bound)": t_randn,
+            "fp32 GEMM GFLOP/s": flops_rate / 1e9, "× loop": gsm_rate / loop_rate,
+            "fraction of randn/flop bound": t_bound / t}
+
+
+def gemm_rate(device, dtype, n: int = 1024) -> float:
+    """Flop/s of one n×n product (the machine's best case for the threads torch uses)."""
+    X = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / median_time(lambda: X @ X, 5, device)
 
 
 def bench_langevin(p, device="cpu"):
@@ -131,10 +145,11 @@ def bench_langevin(p, device="cpu"):
     Pt = torch.eye(d, device=device) - gamma * A.transpose(-1, -2)
     t_mm = median_time(lambda: torch.bmm(x0, Pt, out=buf), 3 * p["repeat"], device)
     rate, bound = M * K / t, M / t_randn
+    # randn and the product may run on two cores at once (gsm.prefetch): the larger one bounds a step
     return {"gsm particle-steps/s": rate, "randn bound particle-steps/s": bound,
             "fraction of randn bound": rate / bound, "× hand-written step": t_hand / t,
             "matmul share of a step": t_mm / (t / K),
-            "randn + matmul bound fraction": (t_randn + t_mm) / (t / K)}
+            "fraction of max(randn, matmul) bound": max(t_randn, t_mm) / (t / K)}
 
 
 def bench_bures(p, device="cpu"):
@@ -250,8 +265,106 @@ def bench_end_to_end(p, device="cpu"):
                     f"× {steps} steps, {R} replicates, {len(chains)} values of N"}
 
 
+def bench_vp(p, device="cpu"):
+    """(6) sampler=vp at image scale (issue 15): `data=file` with d = vp_d eigenvalues (λ_i = 0.3 i^−1.3, the
+    last 16 zero), K = vp_K steps, through gsm.experiment.run (the per-eigenvalue path): model=oracle for
+    every scheme (R = 1, no particles, no figure: the exact law and the prediction), the same with M = 2000
+    particles from the law, and train.solver=exact with R = vp_exact_R, N = 5d (Wishart Σ̂ by Bartlett,
+    one eigendecomposition + one Bures eigvalsh per replicate, the 1/N term), also extrapolated to R = 16.
+    Wall seconds of the run (results.json `seconds`), imports excluded (a warm-up run first)."""
+    import numpy as np
+    from hydra import compose, initialize_config_module
+    from gsm.experiment import run
+
+    d, K = p["vp_d"], p["vp_K"]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        lam = 0.3 * np.arange(1, d + 1, dtype=np.float64) ** -1.3
+        lam[-min(16, d // 4):] = 0.0
+        np.save(f"{tmp}/lam.npy", lam)
+
+        def once(name, *over):
+            with initialize_config_module(version_base="1.3", config_module="gsm.conf"):
+                cfg = compose(config_name="config", overrides=[
+                    "sampler=vp", "data=file", f"data.path={tmp}/lam.npy", "progress=false", f"sampler.steps={K}",
+                    "sampler.eps=1e-3", *over])
+            cfg.device = device
+            return run(cfg, f"{tmp}/{name}")["seconds"]
+
+        once("warmup", "model=oracle", "replicates=1", "sampler.steps=2", "sampler.particles_from=none")
+        for sc in ("em", "ei", "ddpm", "euler", "heun", "rk4", "sde", "ode"):
+            out[f"oracle {sc} s (d={d}, K={K})"] = once(sc, "model=oracle", "replicates=1", f"sampler.scheme={sc}",
+                                                          "sampler.particles_from=none", "sampler.figure=false")
+        out["oracle rk4 + 2000 particles (law) + figure s"] = once(
+            "rk4p", "model=oracle", "replicates=1", "sampler.scheme=rk4", "sampler.particles_from=law")
+        R = p["vp_exact_R"]     # replicates cost the same: R = 16 is extrapolated from R (the run's own seconds)
+        t_exact = once("exact", "train.solver=exact", f"replicates={R}", f"data.n={5 * d}", "sampler.scheme=em",
+                       "sampler.particles_from=none", "sampler.figure=false")
+        out[f"solver=exact em s (R={R}, N=5d)"] = t_exact
+        out["solver=exact em s, extrapolated to R=16"] = t_exact * 16 / R
+    return out
+
+
+PIPELINES = {   # name: overrides; whole runs as the tests ran them (their times left the tests: issue 17)
+    "small (DDPM T=1000, oracle, d=64, R=1)": ["sampler=ddpm", "model=oracle", "data.dim=64", "replicates=1"],
+    "texture 64×64 (README)": ["data=texture", "model=fourier_linear", "replicates=4", "sampler.particles=64"],
+    "large (solver=exact, d=512, R=8, law)": ["train.solver=exact", "data.dim=512", "replicates=8",
+                                              "sampler.particles_from=law"],
+}
+SMOKE_PIPELINES = {
+    "small (DDPM T=100, oracle, d=8, R=1)": ["sampler=ddpm", "sampler.T=100", "sampler.scaled=true", "model=oracle",
+                                            "data.dim=8", "replicates=1"],
+}
+
+
+def busy_processes(n: int) -> list:
+    """n CPU-bound Python processes: the load of a shared machine (a test suite beside other jobs)."""
+    import subprocess
+    import sys
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def bench_pipelines(p, device="cpu"):
+    """(7) Whole runs (gsm.experiment.run, after a warm-up) with 1 intra-op thread and with all cores, on
+    the machine as it is and beside 2 CPU-bound processes. Seconds (results.json `seconds`), each with
+    the 1-minute load average just before it. Which threads choice wins, and how much load costs it."""
+    import os
+    from hydra import compose, initialize_config_module
+    from gsm.experiment import run
+
+    runs = SMOKE_PIPELINES if p is SMOKE else PIPELINES
+    cores = os.cpu_count() or 1
+    out, before = {}, torch.get_num_threads()
+
+    def seconds(over, threads, tmp):
+        with initialize_config_module(version_base="1.3", config_module="gsm.conf"):
+            cfg = compose(config_name="config", overrides=[*over, "progress=false", f"threads={threads}"])
+        cfg.device = device
+        return run(cfg, tmp)["seconds"]
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (name, over) in enumerate(runs.items()):
+                seconds(over, 1, f"{tmp}/warm{i}")
+                for load in (0, 2):
+                    busy = busy_processes(load)
+                    try:
+                        for threads in (1, cores):
+                            avg = os.getloadavg()[0]
+                            t = seconds(over, threads, f"{tmp}/{i}_{load}_{threads}")
+                            out[f"{name}, +{load} busy, threads={threads} s (load {avg:.1f})"] = t
+                    finally:
+                        for b in busy:
+                            b.kill()
+                            b.wait()
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
 BENCHMARKS = {"dsm_sgd": bench_dsm_sgd, "langevin": bench_langevin, "bures": bench_bures,
-              "exact_laws": bench_exact_laws, "end_to_end": bench_end_to_end}
+              "exact_laws": bench_exact_laws, "end_to_end": bench_end_to_end,
+              "pipelines": bench_pipelines, "vp": bench_vp}
 
 
 def main(argv=None):
@@ -269,12 +382,14 @@ def main(argv=None):
     if dev == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA GPU is available")
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# gsm.bench  torch {torch.__version__}  device: {name}  {'(smoke sizes)' if args.smoke else ''}")
+    import os
+    print(f"# gsm.bench  torch {torch.__version__}  device: {name}  {'(smoke sizes)' if args.smoke else ''}"
+          f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     results = {}
     for key in args.only or BENCHMARKS:
         t = time.perf_counter()
         results[key] = BENCHMARKS[key](p, dev)
-        print(f"\n## {key}  ({time.perf_counter() - t:.1f} s)")
+        print(f"\n## {key}  ({time.perf_counter() - t:.1f} s, load average now {os.getloadavg()[0]:.2f})")
         for k, v in results[key].items():
             print(f"  {k:<46} {v:.4g}" if isinstance(v, float) else f"  {k:<46} {v}")
     return results

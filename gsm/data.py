@@ -52,6 +52,39 @@ def custom_spectrum(eigenvalues, dim: int | None = None) -> torch.Tensor:
     return lam
 
 
+def file_spectrum(path) -> torch.Tensor:
+    """Eigenvalues λ_1..λ_d read from `path` (.npy: any shape, flattened; .txt: whitespace/comma separated),
+    float64 (d,), d the number of values. Zeros are allowed (rank-deficient Σ); negative round-off
+    (≥ −1e-8·max λ) is clamped to 0 with a warning; anything else is a one-line ValueError naming data.path."""
+    import warnings
+    from pathlib import Path
+
+    import numpy as np
+
+    p = Path(str(path)) if path is not None else None
+    if p is None or p.suffix not in (".npy", ".txt") or not p.is_file():
+        raise ValueError(f"data.path must be an existing .npy or .txt file of eigenvalues, got {path}")
+    try:
+        arr = np.load(p, allow_pickle=False) if p.suffix == ".npy" else \
+            np.loadtxt(p, delimiter=None if "," not in p.read_text()[:4096] else ",", ndmin=1)
+        lam = torch.as_tensor(np.asarray(arr, dtype=np.float64).reshape(-1))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"data.path must hold numbers (.npy or text), got {path}: {str(e).splitlines()[0]}") from None
+    if lam.numel() == 0 or not torch.isfinite(lam).all():
+        raise ValueError(f"data.path must hold a non-empty list of finite eigenvalues, got {path}")
+    top = float(lam.abs().max())
+    if float(lam.min()) < -1e-8 * top:
+        raise ValueError(f"data.path must hold eigenvalues >= 0 (round-off >= -1e-8·max is clamped), got min "
+                         f"{float(lam.min()):.3g} in {path}")
+    if (lam < 0).any():
+        warnings.warn(f"data.path: {int((lam < 0).sum())} negative eigenvalues (round-off, >= {float(lam.min()):.3g}) "
+                      "clamped to 0")
+        lam = lam.clamp_min(0)
+    if not (lam > 0).any():
+        raise ValueError(f"data.path must hold at least one eigenvalue > 0, got all zeros in {path}")
+    return lam
+
+
 def random_orthogonal(dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A Haar-distributed orthogonal matrix (QR of a Gaussian matrix with the sign fix), (d, d) float64."""
     g = torch.randn(dim, dim, generator=generator, dtype=torch.float64)

@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gsm.chain import noisy_linear_step
 from gsm.metrics import bures_wasserstein2
 from gsm.models import dsm_optimum
-from gsm.theory import (_check, _check_spectrum, bures_second_order_weights, kernel_m, kernel_n,
+from gsm.theory import (SGD_INIT, _check, _check_spectrum, bures_second_order_weights, kernel_m, kernel_n,
                         sgd_variance)
 
 VARIANCES = ("beta", "beta_tilde")
@@ -201,12 +202,7 @@ def linear_reverse_sample(A: torch.Tensor, x: torch.Tensor, chain: ReverseChain,
     eye = torch.eye(A.shape[-1], dtype=x.dtype, device=x.device)
     for k in range(chain.K, -1, -1):
         Ft = (float(chain.c[k]) * eye - float(chain.g[k]) * A[:, k]).transpose(-1, -2)
-        q = float(chain.q[k])
-        if q > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = torch.baddbmm(noise, x, Ft, beta=math.sqrt(q))
-        else:
-            x = x @ Ft
+        x = noisy_linear_step(x, Ft, float(chain.q[k]), generator)
     return x
 
 
@@ -248,25 +244,56 @@ def ddpm_variance(a: torch.Tensor, chain: ReverseChain, init_var=1.0) -> torch.T
     return v
 
 
-def _ddpm_map_on_matrix(J: torch.Tensor, chain: ReverseChain, init_var: float) -> torch.Tensor:
-    """h(J) for the map h: λ ↦ output variance with the plug-in score a_k = 1/(ᾱ_k λ + 1 − ᾱ_k), evaluated
-    on square matrices J (..., n, n) with the matrix operations only (all factors commute)."""
+@dataclass(frozen=True)
+class SGDBudget:
+    """A finite DSM-SGD budget: `steps` SGD steps of size τ (`tau`), batch b (`batch_size`), from
+    A₀ = a₀I (`init`: "zeros" a₀ = 0, "identity" a₀ = 1), each sample at a uniform level among the L the
+    chain reads. None of these in a prediction: SGD at stationarity."""
+
+    steps: int
+    tau: float
+    batch_size: int = 1
+    init: str = "zeros"
+
+
+def sgd_mean_score(X: torch.Tensor, ab: float, levels: int, budget: SGDBudget | None) -> torch.Tensor:
+    """E[A_k] at level ᾱ = `ab` as a matrix function of the data second moment X (..., n, n):
+
+        E[A_k] = A* + (a₀I − A*)(I − τs²M/L)^S,  M = ᾱX + s²I,  A* = M⁻¹,  s² = 1 − ᾱ,
+
+    exact for SGD with replacement on data with second moment X (the gradient is affine in A and a sample
+    hits the level with probability 1/L: the mean error contracts by I − τs²M/L a step). budget None: A*."""
+    eye = torch.eye(X.shape[-1], dtype=torch.float64)
+    M = ab * X + (1 - ab) * eye
+    A = torch.linalg.inv(M)
+    if budget is None:
+        return A
+    decay = torch.linalg.matrix_power(eye - budget.tau * (1 - ab) / levels * M, int(budget.steps))
+    return A + (SGD_INIT[budget.init] * eye - A) @ decay
+
+
+def _ddpm_map_on_matrix(J: torch.Tensor, chain: ReverseChain, init_var: float,
+                        budget: SGDBudget | None = None) -> torch.Tensor:
+    """h(J) for the map h: λ ↦ output variance with the plug-in score a_k = 1/(ᾱ_k λ + 1 − ᾱ_k) (or, with a
+    finite SGD `budget`, its mean `sgd_mean_score`), evaluated on square matrices J (..., n, n) with the
+    matrix operations only (all factors commute)."""
     eye = torch.eye(J.shape[-1], dtype=torch.float64)
     C = init_var * eye.expand_as(J)
+    L = chain.levels.numel()
     for k in range(chain.K, -1, -1):
-        ab = chain.alpha_bar[k].item()
         F = chain.c[k].item() * eye
         if chain.g[k] != 0:
-            F = F - chain.g[k].item() * torch.linalg.inv(ab * J + (1 - ab) * eye)
+            F = F - chain.g[k].item() * sgd_mean_score(J, chain.alpha_bar[k].item(), L, budget)
         C = F @ C @ F + chain.q[k].item() * eye
     return C
 
 
-def ddpm_divided_differences(lam: torch.Tensor, chain: ReverseChain, init_var: float = 1.0):
+def ddpm_divided_differences(lam: torch.Tensor, chain: ReverseChain, init_var: float = 1.0,
+                             budget: SGDBudget | None = None):
     """h(λ_i), h^[1](λ_i, λ_j) and h^[2](λ_i, λ_j, λ_i) of the DDPM map h (output variance with the
-    plug-in score as a function of the eigenvalue), by Opitz' formula: h of the upper-bidiagonal
-    J = [[λ_i, 1, 0], [0, λ_j, 1], [0, 0, λ_i]] holds h^[1] at (0, 1) and h^[2] at (0, 2); exact for
-    repeated eigenvalues too. lam (d,) → (d,), (d, d), (d, d)."""
+    plug-in score, or the mean score after a finite SGD `budget`, as a function of the eigenvalue), by
+    Opitz' formula: h of the upper-bidiagonal J = [[λ_i, 1, 0], [0, λ_j, 1], [0, 0, λ_i]] holds h^[1] at
+    (0, 1) and h^[2] at (0, 2); exact for repeated eigenvalues too. lam (d,) → (d,), (d, d), (d, d)."""
     lam = lam.to(torch.float64)
     d = lam.numel()
     J = torch.zeros(d, d, 3, 3, dtype=torch.float64)
@@ -274,7 +301,7 @@ def ddpm_divided_differences(lam: torch.Tensor, chain: ReverseChain, init_var: f
     J[..., 1, 1] = lam.view(1, d)
     J[..., 2, 2] = lam.view(d, 1)
     J[..., 0, 1] = J[..., 1, 2] = 1.0
-    H = _ddpm_map_on_matrix(J, chain, init_var)
+    H = _ddpm_map_on_matrix(J, chain, init_var, budget)
     return H[..., 0, 0].diagonal(), H[..., 0, 1], H[..., 0, 2]
 
 
@@ -302,8 +329,50 @@ def level_sgd_variance(lam: torch.Tensor, alpha_bar: torch.Tensor, batch_size: i
     return out
 
 
+def level_sgd_transient(lam: torch.Tensor, alpha_bar: torch.Tensor, levels: int, budget: SGDBudget):
+    """Mean and covariance of the SGD score after a finite budget, per grid level, in the eigenbasis
+    (population data, first order in τ as in `gsm.theory.sgd_transient_variance`, with the level draws):
+
+    at level k (m = ᾱλ + s², column factor ρ_i = 1 − τs²m_i/L, a₀ = SGD_INIT[init], μ0 = a₀ − 1/m),
+
+        E[a_k] = 1/m + μ0 ρ^S                                                       (exact),
+        Var(Δ_ri) = τ ᾱλ_r/(2bm_r)(1 − ρ_i^{2S})                                   (additive noise)
+                  + (τ²s⁴/b) μ0_r² [m_r m_i(1+2δ_ri)/L − m_r²δ_ri/L²] Σ_{l<S} ρ_r^{2l} ρ_i^{2(S−1−l)},
+        Cov(Δ_ri, Δ_ir) = (τ²s⁴/b) μ0_r μ0_i m_r m_i/L · S (ρ_rρ_i)^{S−1}   (r ≠ i; Var on the diagonal).
+
+    The second lines are the multiplicative noise of the mean offset: a step's level-k update is
+    −(τ/b) Σ_batch 1[l = k] s² μ y yᵀ, whose per-entry variance is (τ²s⁴/b)μ_r²(E[1[l=k] y_r²y_i²] − (δ_ri m_r/L)²).
+    lam (d,), alpha_bar (K+1,) → a (K+1, d), var (K+1, d, d), cross (K+1, d, d); ᾱ = 1 rows are unused."""
+    lam = lam.to(torch.float64)
+    d, S, b, tau = lam.numel(), int(budget.steps), budget.batch_size, budget.tau
+    eye = torch.eye(d, dtype=torch.float64)
+    a = torch.zeros(alpha_bar.numel(), d, dtype=torch.float64)
+    var, cross = torch.zeros(2, alpha_bar.numel(), d, d, dtype=torch.float64)
+    for k, ab in enumerate(alpha_bar.tolist()):
+        if ab >= 1:
+            continue
+        s2 = 1 - ab
+        m = ab * lam + s2
+        rho = 1 - tau * s2 * m / levels
+        mu0 = SGD_INIT[budget.init] - 1 / m
+        a[k] = 1 / m + mu0 * rho ** S
+        r2 = rho ** 2
+        diff = r2[None, :] - r2[:, None]
+        close = diff.abs() < 1e-12
+        # Σ_{l<S} x^l y^{S−1−l} = (y^S − x^S)/(y − x), = S x^{S−1} when x = y (x = ρ_r², y = ρ_i²)
+        geo = torch.where(close, S * r2[:, None] ** (S - 1),
+                          (r2[None, :] ** S - r2[:, None] ** S) / torch.where(close, torch.ones_like(diff), diff))
+        mult = tau ** 2 * s2 ** 2 / b * (mu0 ** 2 * m)[:, None] * (m[None, :] * (1 + 2 * eye) / levels
+                                                                     - m[:, None] * eye / levels ** 2)
+        var[k] = tau * (ab * lam / (2 * b * m))[:, None] * (1 - r2[None, :] ** S) + mult * geo
+        cross[k] = tau ** 2 * s2 ** 2 / (b * levels) * (mu0 * m)[:, None] * (mu0 * m)[None, :] * S \
+            * (rho[:, None] * rho[None, :]) ** (S - 1)
+        cross[k].diagonal().copy_(var[k].diagonal())
+    return a, var, cross
+
+
 def ddpm_tau_kernel(lam: torch.Tensor, chain: ReverseChain, batch_size: int = 1, init_var: float = 1.0,
-                    symmetric: bool = False) -> torch.Tensor:
+                    symmetric: bool = False, transient=None) -> torch.Tensor:
     """K_τ(λ_i, λ_j) of the diffusion chain: E[B²(Σ, C(A* + Δ))] − B²(Σ, C(A*)) ≈ τ Σ_ij K_τ, with Δ_k the
     stationary SGD fluctuations of `level_sgd_variance` at each level read by the chain (A* the exact score).
 
@@ -318,9 +387,14 @@ def ddpm_tau_kernel(lam: torch.Tensor, chain: ReverseChain, batch_size: int = 1,
         K_ij = g² ℓ_i² [ ½(1+δ_ij) W_ij ℓ_j² (V_ij c_j² f_j² + V_ji c_i² f_i²) + ρ_i V_ij c_j ],
 
     (symmetric Δ: ½ W_ij ℓ_j² V_ij (c_i f_i + c_j f_j)² in the first part), summed over the levels.
-    Returns (d, d) per unit τ."""
+    Returns (d, d) per unit τ.
+
+    transient = (a, var, cross) of `level_sgd_transient` (finite SGD budget): the chain is expanded
+    around the mean scores a instead of A*, with Var(Δ) = var and X = Cov(Δ_ij, Δ_ji) = cross, so the
+    first part is ½ W_ij ℓ_j² (V_ij c_j²f_j² + V_ji c_i²f_i² + 2X_ij c_if_ic_jf_j) (X_ii = V_ii).
+    Returns the τ term itself (d, d) then, not per unit τ."""
     lam = lam.to(torch.float64)
-    a = exact_score_eigenvalues(lam, chain.alpha_bar)          # (K+1, d)
+    a = exact_score_eigenvalues(lam, chain.alpha_bar) if transient is None else transient[0]   # (K+1, d)
     f = chain.c.view(-1, 1) - chain.g.view(-1, 1) * a          # F_k eigenvalues
     # variance at each grid level (before step k) and the propagator ℓ_k = f_0 ⋯ f_{k−1}
     K = chain.K
@@ -332,13 +406,16 @@ def ddpm_tau_kernel(lam: torch.Tensor, chain: ReverseChain, batch_size: int = 1,
     h = v
     ell = torch.cumprod(torch.cat([torch.ones(1, lam.numel(), dtype=torch.float64), f[:-1]]), 0)
     rho, W = bures_second_order_weights(lam, h)
-    V = level_sgd_variance(lam, chain.alpha_bar, batch_size, symmetric)
+    V = level_sgd_variance(lam, chain.alpha_bar, batch_size, symmetric) if transient is None else transient[1]
     eye = torch.eye(lam.numel(), dtype=torch.float64)
     out = torch.zeros(lam.numel(), lam.numel(), dtype=torch.float64)
     for k in chain.levels.tolist():
         cf = c[k] * f[k]
         li, lj = ell[k].view(-1, 1), ell[k].view(1, -1)
-        if symmetric:
+        if transient is not None:
+            first = 0.5 * W * lj ** 2 * (V[k] * cf.view(1, -1) ** 2 + V[k].T * cf.view(-1, 1) ** 2
+                                         + 2 * transient[2][k] * cf.view(-1, 1) * cf.view(1, -1))
+        elif symmetric:
             first = 0.5 * W * lj ** 2 * V[k] * (cf.view(-1, 1) + cf.view(1, -1)) ** 2
         else:
             first = 0.5 * (1 + eye) * W * lj ** 2 * (V[k] * cf.view(1, -1) ** 2 + V[k].T * cf.view(-1, 1) ** 2)
@@ -354,7 +431,7 @@ def _final_of_marginal(lam, ab0, final):
 
 
 def diffusion_prediction(lam, chain: ReverseChain, *, n=None, tau=0.0, batch_size=1, particles=None,
-                         init_var=1.0, symmetric=False, final="none") -> dict:
+                         init_var=1.0, symmetric=False, final="none", sgd_steps=None, init="zeros") -> dict:
     """E[W2²(N(0, Σ), law of the DDPM/DDIM output)] ≈ bias + (1/N) Σ K_N + τ Σ K_τ [+ (1/M) Σ K_M].
 
     * bias = Σ(√λ − √h(λ))², h the exact-score output variance (`ddpm_variance`), exact, split as
@@ -364,6 +441,11 @@ def diffusion_prediction(lam, chain: ReverseChain, *, n=None, tau=0.0, batch_siz
       the DDPM map: the plug-in scores (ᾱ_kΣ̂ + (1−ᾱ_k)I)⁻¹ make the output h(Σ̂)); first order in 1/N;
     * optimization: `ddpm_tau_kernel` (stationary SGD at every level; first order in τ, no τ/N term);
     * particles: K_M = ½(1+δ_ij) W_ij h_i h_j (M independent particles, (1/M)Σ x xᵀ).
+
+    sgd_steps = S (with tau > 0): SGD ran S steps from A₀ = a₀I (`init`), not to stationarity. As for
+    Langevin, the exact mean offset of E[A_k] (`sgd_mean_score`, a function of Σ̂, so also inside the 1/N
+    term) gives sgd_mean_offset, part of optimization, and the τ term uses the transient covariance of
+    `level_sgd_transient` around the mean scores.
     The dict has the keys of `gsm.theory.langevin_prediction` (floats, kernels (d, d), diagnostics).
     """
     lam = _check_spectrum(lam)
@@ -372,23 +454,36 @@ def diffusion_prediction(lam, chain: ReverseChain, *, n=None, tau=0.0, batch_siz
     tau = _check("tau", tau, low=0)
     b = _check("batch_size", batch_size, low=1, integer=True)
     M = _check("particles", particles, low=1, integer=True, allow_none=True)
+    sgd_steps = _check("sgd_steps", sgd_steps, low=0, integer=True, allow_none=True)
+    if init not in SGD_INIT:
+        raise ValueError(f"init must be one of {' | '.join(SGD_INIT)}, got {init}")
+    budget = SGDBudget(sgd_steps, tau, b, init) if sgd_steps is not None and tau > 0 else None
+    if budget is not None and symmetric:
+        raise ValueError("sgd_steps is supported with symmetric=False only")
     ab = chain.alpha_bar
-    h, H1, H2 = ddpm_divided_differences(lam, chain, init_var)
+    h, H1, H2 = ddpm_divided_differences(lam, chain, init_var, budget)
     rho, W = bures_second_order_weights(lam, h)
     bias_per = (lam.sqrt() - h.sqrt()) ** 2
     a = exact_score_eigenvalues(lam, ab)
+    bias_opt = float(((lam.sqrt() - ddpm_variance(a, chain, init_var).sqrt()) ** 2).sum())
     h_exact_init = ddpm_variance(a, chain, ab[-1] * lam + 1 - ab[-1])
     t_min_term = float(((lam.sqrt() - _final_of_marginal(lam, float(ab[0]), final).sqrt()) ** 2).sum())
     exact_init = float(((lam.sqrt() - h_exact_init.sqrt()) ** 2).sum())
     out = {"t_min": t_min_term, "discretization": exact_init - t_min_term,
-           "initialization": float(bias_per.sum()) - exact_init}
+           "initialization": bias_opt - exact_init}
     K_N = kernel_n(lam, H1, H2, rho, W)
     out["generalization"] = float(K_N.sum()) / n if n is not None else 0.0
-    K_tau = ddpm_tau_kernel(lam, chain, b, init_var, symmetric) if tau > 0 else torch.zeros(d, d, dtype=torch.float64)
-    out["optimization"] = tau * float(K_tau.sum())
+    out["sgd_mean_offset"] = float(bias_per.sum()) - bias_opt if budget is not None else 0.0
+    if budget is not None:
+        cells = ddpm_tau_kernel(lam, chain, b, init_var, symmetric,
+                                transient=level_sgd_transient(lam, ab, chain.levels.numel(), budget))
+        K_tau = cells / tau
+    else:
+        K_tau = ddpm_tau_kernel(lam, chain, b, init_var, symmetric) if tau > 0 else torch.zeros(d, d, dtype=torch.float64)
+    out["optimization"] = out["sgd_mean_offset"] + tau * float(K_tau.sum())
     K_M = kernel_m(h, W)
     out["particles"] = float(K_M.sum()) / M if M is not None else 0.0
-    out["total"] = float(bias_per.sum()) + out["generalization"] + out["optimization"] + out["particles"]
+    out["total"] = bias_opt + out["generalization"] + out["optimization"] + out["particles"]
     lv = ab[chain.levels].view(-1, 1)
     m = lv * lam + 1 - lv
     eps_tau = tau * float((lv * lam * m).max()) / (2 * b)
@@ -464,11 +559,11 @@ class _Diffusion:
         return ~torch.isfinite(A).flatten(1).all(1)
 
     def prediction(self, eigenvalues, *, n, sigma=None, tau=0.0, batch_size=1, particles=None,
-                   symmetric=False) -> dict:
+                   symmetric=False, sgd_steps=None, init="zeros") -> dict:
         """`diffusion_prediction` for this chain (σ is not used)."""
         return diffusion_prediction(eigenvalues, self.chain, n=n, tau=tau, batch_size=batch_size,
                                     particles=particles, init_var=self.init_var, symmetric=symmetric,
-                                    final=self.final)
+                                    final=self.final, sgd_steps=sgd_steps, init=init)
 
     def log_extra(self, writer, A, cov, step, max_points: int = 50, max_replicates: int = 16) -> None:
         """The exact W2²(law of x_{t_k}, true marginal ᾱΣ + (1−ᾱ)I) along the reverse trajectory, for the
@@ -484,8 +579,8 @@ class _Diffusion:
             traj, _ = ddpm_covariance(AA, self.chain, self.init_var, trajectory=True)
             w2 = bures_wasserstein2(marg[pts], traj[:, pts]).mean(0)
             for p, w in zip(pts.tolist(), w2.tolist()):
-                writer.add_scalar(f"diffusion/w2_trajectory_{name}", w, int(self.timesteps[p]),
-                                  new_style=True, double_precision=True)
+                # plain scalars: TensorBoard's default (fast) loader skips double-precision tensors
+                writer.add_scalar(f"diffusion/w2_trajectory_{name}", w, int(self.timesteps[p]))
 
 
 @dataclass

@@ -11,16 +11,21 @@ parameters are the override keys whose value differs between jobs, plus the keys
 Outputs, in the multirun dir (every file written atomically):
 * `report.csv`: one row per job (COLUMNS, then the swept parameters, then `term_<name>` per prediction
   term). A job without results.json has status `missing`; a job whose status is not `ok` (diverged,
-  interrupted, running) keeps its row, with the numbers it has. `z_exact` = (w2_exact − w2_predicted) /
-  stderr, `z_empirical` the same for w2_empirical against w2_predicted_empirical; `in_regime` says whether
-  the first-order theory is expected to hold (N ≥ 5d, ε_τ ≤ 0.005, ≥ 5 SGD relaxation times).
+  interrupted, failed, running) keeps its row, with the numbers it has and, when failed, `error` (type:
+  message). A job whose results.json says `running` but whose process is gone (killed by SIGKILL or the
+  OOM killer; `gsm.status.job_status`) is `lost`. The printed summary counts the jobs per status and
+  lists every job that did not finish ok with the reason. `z_exact` = (w2_exact − w2_predicted) /
+  stderr, `z_empirical` the same for w2_empirical against w2_predicted_empirical; `in_regime` is the run's
+  own verdict (results.json `regime.ok`, `gsm.regime`) and `regime_reason` its dominant reason; the
+  summary lists every finished job out of regime with that reason.
 * `report_<x>.png` per study: measured mean ± 2 s.e. (error bars) against the predicted totals and
   each prediction term (lines), x = the swept parameter (log axes when every value is positive).
   With several swept parameters, x is the numeric one with the most values, and there is one figure
   per combination of the others: `report_<x>__<key>=<value>.png`.
-* `tb_report/`: a TensorBoard run with the figures (`report/<study>`) and the CSV numbers as double
-  precision scalars `<study>/<column>`, step = the swept value when all values are positive integers,
-  else its rank (the value itself is then the scalar `<study>/<x>`). Replaced as a whole on each run.
+* `tb_report/`: a TensorBoard run with the figures (`report/<study>`) and the CSV numbers as scalars
+  `<study>/<column>` (float32, which TensorBoard's default loader shows; report.csv has them in full),
+  step = the swept value when all values are positive integers, else its rank (the value itself is
+  then the scalar `<study>/<x>`). Replaced as a whole on each run.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gsm.io import savefig_atomic, write_text_atomic
+from gsm.status import job_status
 
 MEASURED = ("w2_exact", "w2_empirical", "w2_empirical_debiased")       # {mean, stderr, n} in results.json
 PREDICTED = ("w2_predicted", "w2_predicted_empirical", "w2_predicted_linear")
@@ -47,8 +53,8 @@ TERM_COLORS = {"noise": "tab:green", "t_min": "tab:green", "discretization": "ta
                "initialization": "tab:cyan", "optimization": "tab:pink", "generalization": "tab:orange",
                "particles": "tab:olive", "sgd_mean_offset": "tab:brown"}
 COLUMNS = ["job", "status", *[f"{k}_{s}" for k in MEASURED for s in ("mean", "stderr")], *PREDICTED,
-           "z_exact", "z_empirical", "d_over_n", "eps_tau", "relaxation_times", "in_regime",
-           "unstable_replicates", "seconds"]
+           "z_exact", "z_empirical", "d_over_n", "eps_tau", "relaxation_times", "in_regime", "regime_reason",
+           "unstable_replicates", "seconds", "error"]
 STYLE = {"w2_exact": ("k", "o"), "w2_empirical": ("tab:blue", "s"), "w2_empirical_debiased": ("tab:purple", "D"),
          "w2_predicted": ("k", "-"), "w2_predicted_empirical": ("tab:blue", "--"),
          "w2_predicted_linear": ("tab:purple", "-.")}
@@ -85,7 +91,7 @@ def load_jobs(sweep_dir) -> tuple[list[dict], list[str]]:
         if (d / "results.json").exists():
             try:
                 res = json.loads((d / "results.json").read_text())
-                status = str(res.get("status", "unknown"))
+                status = job_status(d, res)     # a `running` job whose process is gone: lost
             except (OSError, ValueError):
                 status = "unreadable"
         jobs.append({"job": int(d.name), "dir": d, "overrides": _overrides(d), "results": res, "status": status})
@@ -103,7 +109,7 @@ def load_jobs(sweep_dir) -> tuple[list[dict], list[str]]:
 def job_row(job: dict, swept: list[str]) -> dict:
     """One CSV row (a dict over COLUMNS + swept + term_<name>); missing numbers are empty."""
     r = job["results"] or {}
-    row = {"job": job["job"], "status": job["status"]}
+    row = {"job": job["job"], "status": job["status"], "error": _error_text(r)}
     row.update({k: job["overrides"].get(k, "") for k in swept})
     for k in MEASURED:
         m = r.get(k) if isinstance(r.get(k), dict) else {}
@@ -116,7 +122,11 @@ def job_row(job: dict, swept: list[str]) -> dict:
     diag = r.get("diagnostics") or {}
     row["d_over_n"], row["eps_tau"] = diag.get("d_over_n"), diag.get("eps_tau")
     row["relaxation_times"] = r.get("relaxation_times")
-    if row["status"] == "ok" and row["w2_predicted"] is not None:     # (no prediction for a neural score)
+    regime = r.get("regime")
+    if row["status"] == "ok" and regime:                  # the run's own verdict (gsm.regime)
+        row["in_regime"] = bool(regime["ok"])
+        row["regime_reason"] = regime["reasons"][0] if regime["reasons"] else ""
+    elif row["status"] == "ok" and row["w2_predicted"] is not None:     # runs written before the verdict existed
         row["in_regime"] = ((row["d_over_n"] is None or row["d_over_n"] <= 0.2)
                             and (row["eps_tau"] is None or row["eps_tau"] <= 0.005)
                             and (row["relaxation_times"] is None or row["relaxation_times"] >= 5))
@@ -125,6 +135,12 @@ def job_row(job: dict, swept: list[str]) -> dict:
         if k not in NOT_TERMS:
             row[f"term_{k}"] = v
     return row
+
+
+def _error_text(results: dict) -> str:
+    """'<type>: <message>' of a failed run, else ''."""
+    err = results.get("error") if isinstance(results.get("error"), dict) else None
+    return f"{err.get('type')}: {err.get('message')}" if err else ""
 
 
 def write_csv(path, rows: list[dict], swept: list[str]) -> list[str]:
@@ -229,7 +245,7 @@ def plot_study(x_key: str, fixed: dict, rows: list[dict], title: str = ""):
 
 
 def write_tensorboard(sweep_dir: Path, figures: dict, study_list) -> Path:
-    """<dir>/tb_report: figures as images, the numbers as double-precision scalars (see module doc).
+    """<dir>/tb_report: figures as images, the numbers as plain (float32) scalars (see module doc).
     Written in a temporary folder, then moved over the previous tb_report."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -246,10 +262,10 @@ def write_tensorboard(sweep_dir: Path, figures: dict, study_list) -> Path:
             for rank, (x, r) in enumerate(zip(xs, rows)):
                 step = int(x) if integer else rank
                 if not integer and x is not None:
-                    w.add_scalar(f"{name}/{x_key}", x, step, new_style=True, double_precision=True)
+                    w.add_scalar(f"{name}/{x_key}", x, step)
                 for k, v in r.items():
                     if k not in ("job", "status", "in_regime") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                        w.add_scalar(f"{name}/{k}", float(v), step, new_style=True, double_precision=True)
+                        w.add_scalar(f"{name}/{k}", float(v), step)
         w.close()
         if final.exists():
             shutil.rmtree(final)
@@ -264,9 +280,19 @@ def _fmt(v, spec=".4g"):
     return "" if v is None or v == "" else format(v, spec) if isinstance(v, float) else str(v)
 
 
+_STATUS_LINE = {"diverged": "finished, diverged: job", "failed": "FAILED job", "lost": "LOST job",
+                "interrupted": "interrupted job", "running": "running job", "missing": "missing job"}
+_WHY = {"diverged": "every replicate diverged or was unstable (no W2)",
+        "lost": "its process died without writing results.json (killed, out of memory, node lost)",
+        "interrupted": "SIGINT or SIGTERM", "running": "still running (its process is alive)",
+        "missing": "no results.json (not started, or its folder was not writable)",
+        "unreadable": "results.json does not parse"}
+
+
 def report(sweep_dir, tensorboard: bool = True) -> dict:
     """Reads the sweep, writes report.csv, one PNG per study and tb_report/; prints a summary table.
-    Returns {"rows", "swept", "failed" (rows whose status is not ok), "csv", "figures" (paths)}."""
+    Returns {"rows", "swept", "failed" (rows whose status is not ok), "by_status" ({status: rows}), "csv",
+    "figures" (paths)}."""
     import matplotlib.pyplot as plt
 
     sweep_dir = Path(sweep_dir)
@@ -286,6 +312,12 @@ def report(sweep_dir, tensorboard: bool = True) -> dict:
         figures[name], paths = fig, paths + [path]
     if tensorboard and study_list:
         write_tensorboard(sweep_dir, figures, study_list)
+    if {"sampler.scheme", "sampler.nfe"} <= set(swept):     # +experiment=pg_table: the P–G table
+        from gsm.pg_report import write_pg_table
+        paths += write_pg_table(sweep_dir)
+    if {"sampler.scheduler", "sampler.nfe", "score"} <= set(swept):     # +experiment=schedulers
+        from gsm.schedulers_report import write_schedulers_report
+        paths += write_schedulers_report(sweep_dir, rows)
     for fig in figures.values():
         plt.close(fig)
 
@@ -298,11 +330,20 @@ def report(sweep_dir, tensorboard: bool = True) -> dict:
     for line in table:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
     failed = [r for r in rows if r["status"] != "ok"]
-    for r in failed:
-        print(f"failed job {r['job']} ({', '.join(f'{k}={r[k]}' for k in swept)}): {r['status']}")
+    by_status = {}
+    for r in rows:
+        by_status.setdefault(r["status"], []).append(r)
+    print(", ".join(f"{len(rs)} {st}" for st, rs in by_status.items()))
+    for r in failed:       # what did not finish first, each with why
+        print(f"{_STATUS_LINE.get(r['status'], r['status'] + ' job')} {r['job']}"
+              f" ({', '.join(f'{k}={r[k]}' for k in swept)}): {r['error'] or _WHY.get(r['status'], r['status'])}")
+    for r in rows:         # finished, but out of the theory's regime: the dominant reason
+        if r.get("in_regime") is False and r.get("regime_reason"):
+            print(f"out of regime: job {r['job']}: {r['regime_reason']}")
     print(f"wrote {csv_path}" + "".join(f"\nwrote {p}" for p in paths)
           + (f"\nwrote {sweep_dir / 'tb_report'}" if tensorboard and study_list else ""))
-    return {"rows": rows, "swept": swept, "failed": failed, "csv": csv_path, "figures": paths}
+    return {"rows": rows, "swept": swept, "failed": failed, "by_status": by_status, "csv": csv_path,
+            "figures": paths}
 
 
 def main(argv=None) -> int:

@@ -174,7 +174,10 @@ class Langevin:
         return langevin_covariance(A[:, 0], self.gamma, None)
 
     def unstable(self, A: torch.Tensor) -> torch.Tensor:
-        return langevin_unstable(A[:, 0], self.gamma)
+        """Replicates without a K-step law: non-finite A. A finite A gives a finite law after K steps even
+        where ULA has no stationary law (|1 − γμ| ≥ 1, e.g. an untrained A = 0): that law is a result
+        (`langevin_unstable` is the K → ∞ question; the pipeline drops laws that overflow). (R,) bool."""
+        return ~torch.isfinite(A).flatten(1).all(1)
 
     def prediction(self, eigenvalues, *, n, sigma, tau, batch_size, particles, symmetric=False,
                    sgd_steps=None, init="zeros") -> dict:

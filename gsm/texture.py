@@ -55,12 +55,13 @@ def load_texture(image: str, size: int, fit: str = "crop") -> torch.Tensor:
         from skimage import color, io, transform, util
     except ImportError as e:  # pragma: no cover
         raise ImportError("data=texture needs scikit-image: pip install 'gsm[texture]'") from e
-    if image in BUNDLED:
-        img = getattr(skimage.data, image)()
-    elif Path(str(image)).suffix.lower() == ".png" and Path(str(image)).is_file():
-        img = io.imread(str(image))
-    else:
+    if image not in BUNDLED and not (Path(str(image)).suffix.lower() == ".png" and Path(str(image)).is_file()):
         raise ValueError(f"data.image must be one of {' | '.join(BUNDLED)} or an existing .png file, got {image}")
+    try:      # an undecodable or unreadable file: PIL, imageio and the OS raise their own error types
+        img = getattr(skimage.data, image)() if image in BUNDLED else io.imread(str(image))
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"data.image must be a readable image ({type(e).__name__}: {reason}), got {image}") from None
     if img.ndim == 3:
         img = color.rgb2gray(img[..., :3]) if img.shape[-1] >= 3 else img[..., 0]
     img = util.img_as_float64(img)
@@ -318,17 +319,26 @@ def sampler_variance(sampler, a: torch.Tensor) -> torch.Tensor:
         from gsm.diffusion import ddpm_variance
         v = ddpm_variance(_grid(sampler, flat), sampler.chain, sampler.init_var)
     else:
-        from gsm.theory import langevin_variance
-        v = langevin_variance(flat[..., 0, :], sampler.gamma, sampler.steps, sampler.init_var)
+        v = _langevin_k_step_variance(flat[..., 0, :], sampler.gamma, sampler.steps, sampler.init_var)
     return v.view(*shape[:-3], *shape[-2:])
 
 
+def _langevin_k_step_variance(a, gamma, steps, init_var):
+    """c_K = r^K c₀ + 2γ Σ_{k<K} r^k, r = (1 − γa)², as r^K c₀ + 2γ (r^K − 1)/(r − 1): finite for every
+    finite a, also at r = 1 (a = 0, an untrained score: c_K = c₀ + 2γK) where c_∞ of the closed form is not."""
+    K = int(steps)
+    rm1 = gamma * a * (gamma * a - 2)                          # r − 1, without cancellation
+    rK = (1 + rm1) ** K
+    ratio = torch.expm1(K * torch.log1p(rm1)) / rm1           # (r^K − 1)/(r − 1)
+    ratio = torch.where(rm1 == 0, torch.full_like(rm1, float(K)), ratio)
+    return rK * init_var + 2 * gamma * ratio
+
+
 def sampler_unstable(sampler, a: torch.Tensor) -> torch.Tensor:
-    """Non-finite a, or (Langevin) |1 − γa(ω)| ≥ 1 at some ω. a (R, L, n, h) → (R,) bool."""
+    """Replicates without a finite K-step law: non-finite a, or a law that overflows. A finite a with
+    |1 − γa(ω)| ≥ 1 (e.g. untrained, a = 0) still has a finite K-step law: a result. a (R, L, n, h) → (R,) bool."""
     bad = ~torch.isfinite(a).flatten(1).all(1)
-    if _is_chain(sampler):
-        return bad | ~torch.isfinite(sampler_variance(sampler, torch.nan_to_num(a))).flatten(1).all(1)
-    return bad | ((1 - sampler.gamma * a.to(_F64)).abs() >= 1).flatten(1).any(1)
+    return bad | ~torch.isfinite(sampler_variance(sampler, torch.nan_to_num(a))).flatten(1).all(1)
 
 
 def fourier_sample(sampler, a: torch.Tensor, x0: torch.Tensor, generator=None) -> torch.Tensor:

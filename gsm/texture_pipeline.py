@@ -10,7 +10,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gsm.figures import log_figure, log_image
 from gsm.interrupt import SummaryWriter
+from gsm.regime import RELAXATION_TIMES_MIN, linear_regime, relaxation_times
 from gsm.texture import (FourierLinearScore, adsn_sample, adsn_spectrum, dsm_optimum_fourier, fourier_bures_wasserstein2,
                          fourier_prediction, fourier_sample, load_texture, multiplicity, periodogram, sampler_unstable,
                          sampler_variance, train_fourier_dsm)
@@ -51,7 +53,7 @@ def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
         # 1. data: R data sets of N ADSN samples, kept as their DFTs
         xhat = torch.fft.rfft2(adsn_sample(lam, (R, N), gen, device=device))
         # 2. score
-        fit = {}
+        fit, times = {}, None
         if not model.requires_training:
             model.set_coefficients(dsm_optimum_fourier(lam.to(device), alphas, stds))
         elif t.solver == "exact":
@@ -60,9 +62,10 @@ def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
             fit = train_fourier_dsm(model.a.data, xhat, alphas=alphas, stds=stds, tau=t.tau, batch_size=t.batch_size,
                                     steps=t.steps, generator=gen, log_every=t.log_every,
                                     callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
-            rate = min(float(s ** 2 * (al ** 2 * lam.min() + s ** 2)) for al, s in zip(alphas, stds))
-            results["relaxation_times"] = t.steps / L * t.tau * rate
-            if results["relaxation_times"] < 5:
+            times = relaxation_times(int(t.steps), t.tau, alphas, stds, float(lam.min()))
+            results["relaxation_times"] = float(times.min())
+            results["relaxation_times_per_level"] = times.tolist()
+            if results["relaxation_times"] < RELAXATION_TIMES_MIN:
                 warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< 5): a is not stationary; the "
                      "prediction's 'transient' term accounts for it at first order only")
             if t.sampling != "with_replacement":
@@ -102,25 +105,31 @@ def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
         results["diagnostics"] = {"eps_tau": pred["eps_tau"]}
         for m in pred["warnings"]:
             warn(m)
+        # each frequency is a scalar model (periodogram of N samples): its 1/N check is N ≥ 5, i.e. d = 1
+        results["regime"] = linear_regime(
+            terms=terms, d=1, n=N if model.requires_training else None, eps_tau=pred["eps_tau"], times=times,
+            steps=int(t.steps), tau=t.tau if learned else 0.0, unstable=results["unstable_replicates"],
+            replicates=R, sampling="with_replacement")
         results["status"] = "ok"
         step = int(t.steps)
         log_w2(writer, results, terms, step)
         log_texture_images(writer, u, adsn_sample(lam, (1,), gen)[0], samples[0, :4].cpu(), step)
-        writer.add_figure("spectrum/radial_target_vs_learned",
-                          radial_spectrum_figure(lam, c.cpu(), emp.cpu(), pred["output_variance"]), step)
+        log_figure(writer, "spectrum/radial_target_vs_learned",
+                   radial_spectrum_figure(lam, c.cpu(), emp.cpu(), pred["output_variance"]), step)
     return results
 
 
 def log_texture_images(writer, source: torch.Tensor, adsn: torch.Tensor, learned: torch.Tensor, step: int) -> None:
     """texture/source, texture/adsn_sample and texture/learned_samples (up to 4 side by side), all mapped to
-    [0, 1] by the same affine map (mean ± 3 std of the source), so contrasts compare."""
+    [0, 1] by the same affine map (mean ± 3 std of the source), so contrasts compare. Also PNGs in
+    <run>/figures/."""
     s = 3 * float(source.std())
     img = lambda x: ((x.to(_F64) + s) / (2 * s)).clamp(0, 1)
-    writer.add_image("texture/source", img(source), step, dataformats="HW")
-    writer.add_image("texture/adsn_sample", img(adsn), step, dataformats="HW")
+    log_image(writer, "texture/source", img(source), step)
+    log_image(writer, "texture/adsn_sample", img(adsn), step)
     gap = torch.ones(learned.shape[-2], 2, dtype=_F64)
     row = torch.cat([torch.cat([img(x), gap], -1) for x in learned], -1)[:, :-2]
-    writer.add_image("texture/learned_samples", row, step, dataformats="HW")
+    log_image(writer, "texture/learned_samples", row, step)
 
 
 def radial_average(spec: torch.Tensor):

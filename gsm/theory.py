@@ -1,4 +1,4 @@
-"""Analytic prediction of E[W2²] for the Langevin pipeline (theory note /work/shared/theory/gaussian-errors.md).
+"""Analytic prediction of E[W2²] for the Langevin pipeline (the theory note: docs/theory.md; "note §n" is its §n).
 
 Pipeline: N samples x ~ N(0, Σ) → linear score s(y) = −A y fitted by SGD (step τ, batch b) on the
 DSM loss ℓ = ½‖σ s(y) + z‖², y = x + σz (convention (L)) → ULA x ← x + γ s(x) + √(2γ) ξ → W2² to
@@ -58,21 +58,35 @@ def langevin_variance(a: torch.Tensor, gamma: float, steps: int | None = None,
     c_K = c_∞ + (1−γa)^{2K}(c₀ − c_∞). Elementwise on a tensor of any shape.
     """
     a = torch.as_tensor(a, dtype=_F64)
-    c_inf = 1.0 / (a * (1.0 - 0.5 * gamma * a))
     if steps is None:
-        return c_inf
-    return c_inf + (1.0 - gamma * a) ** (2 * int(steps)) * (init_var - c_inf)
+        return 1.0 / (a * (1.0 - 0.5 * gamma * a))
+    # c_K = q^K c₀ + 2γ Σ_{k<K} q^k, q = (1−γa)²: the closed form above where q ≠ 1, 2γK at q = 1 (a = 0,
+    # an untrained score, whose c_∞ does not exist)
+    q, K = (1.0 - gamma * a) ** 2, int(steps)
+    one = (q - 1).abs() < 1e-12
+    geo = torch.where(one, torch.full_like(q, float(K)), (1 - q ** K) / torch.where(one, torch.ones_like(q), 1 - q))
+    return q ** K * init_var + 2 * gamma * geo
 
 
 def _langevin_variance_matrix(A, gamma, steps, init_var):
     """Matrix version of `langevin_variance` for a symmetric A commuting with Σ̂ (only +, ×, inverse,
-    so it also evaluates the map on the bidiagonal matrices of Opitz' formula)."""
-    eye = torch.eye(A.shape[-1], dtype=A.dtype)
-    C = torch.linalg.inv(A - 0.5 * gamma * A @ A)
+    so it also evaluates the map on the bidiagonal matrices of Opitz' formula). After K steps,
+    c_K = Q^K c₀ + 2γ Σ_{k<K} Q^k with Q = (I − γA)², summed by binary doubling (+ and × only): finite
+    for every A, also a singular one (an untrained score, A = 0: c₀ + 2γK) where c_∞ does not exist."""
     if steps is None:
-        return C
-    PK = torch.linalg.matrix_power(eye - gamma * A, 2 * int(steps))
-    return C + PK @ (init_var * eye - C)
+        return torch.linalg.inv(A - 0.5 * gamma * A @ A)
+    eye = torch.eye(A.shape[-1], dtype=A.dtype)
+    P = eye - gamma * A
+    Qp, Sp = P @ P, eye.expand_as(A).clone()          # Q^(2^j), Σ_{k<2^j} Q^k
+    S, QK = torch.zeros_like(Sp), eye.expand_as(A).clone()
+    K = int(steps)
+    while K:
+        if K & 1:
+            S, QK = S + QK @ Sp, QK @ Qp
+        K >>= 1
+        if K:
+            Sp, Qp = Sp + Qp @ Sp, Qp @ Qp
+    return init_var * QK + 2 * gamma * S
 
 
 SGD_INIT = {"zeros": 0.0, "identity": 1.0}     # A₀ = a₀ I (model.init); "optimum": A₀ = A*
@@ -543,7 +557,7 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
         # mean offset (exact, commuting): B²(c_k) − B²(c_opt)
         opt += float(((lam.sqrt() - c.sqrt()) ** 2).sum() - bias_per.sum())
     out["sgd_mean_offset"] = opt
-    if tau > 0:
+    if tau > 0 and sgd_steps != 0:      # no SGD step taken: A = A₀ exactly, no fluctuation
         if sgd_steps is not None:
             var, cross = sgd_transient_variance(lam, sigma=sigma, tau=tau, batch_size=b, sgd_steps=sgd_steps,
                                                 init=init)
@@ -584,20 +598,28 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
 
 def plot_kernels(prediction: dict):
     """Heatmaps of K_N and K_τ over the spectrum and the bias per eigenvalue (a matplotlib Figure).
-    Eigen-indices are sorted by decreasing λ."""
+    Eigen-indices i, j = 1 … d are sorted by decreasing λ."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    from gsm.figures import log_ticks
 
     lam = prediction["eigenvalues"]
     order = torch.argsort(lam, descending=True)
+    d = lam.numel()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, key, title in ((axes[0], "kernel_n", "K_N(λ_i, λ_j)  (1/N term)"),
                            (axes[1], "kernel_tau", "K_τ(λ_i, λ_j)  (τ term)")):
         K = prediction[key][order][:, order]
-        im = ax.imshow(K.numpy(), cmap="viridis", interpolation="nearest")
-        ax.set(title=title, xlabel="j (λ decreasing)", ylabel="i (λ decreasing)")
+        im = ax.imshow(K.numpy(), cmap="viridis", interpolation="nearest", extent=(0.5, d + 0.5, d + 0.5, 0.5))
+        ax.set(title=title, xlabel="j (λ_j sorted decreasingly)", ylabel="i (λ_i sorted decreasingly)")
+        for axis in (ax.xaxis, ax.yaxis):     # indices from 1, as in spectrum/target_vs_learned
+            axis.set_major_locator(FixedLocator(range(1, d + 1)) if d <= 10 else MaxNLocator(6, integer=True))
         fig.colorbar(im, ax=ax, fraction=0.046)
     ax = axes[2]
     ax.loglog(lam[order].numpy(), prediction["bias_per_eigenvalue"][order].numpy().clip(1e-300), "o-", ms=3)
     ax.set(title="bias (√λ_i − √c_i)²  [(a)+(d)]", xlabel="λ_i", ylabel="W2² contribution")
+    log_ticks(ax, "x")
+    log_ticks(ax, "y")
     fig.tight_layout()
     return fig

@@ -6,7 +6,7 @@ and exits with status 2. Only keys present in the composed config are checked (s
 Langevin only, data.image for data=texture only, ...). What is checked:
 
 * top level: device (cpu | cuda | auto; cuda needs a GPU), dtype (float32 | float64), replicates ≥ 1,
-  threads ≥ 0, seed an integer;
+  threads auto or ≥ 0, seed an integer;
 * data: dim ≥ 1, n ≥ 1, basis, the spectrum's parameters and the spectrum itself (data.dim eigenvalues,
   finite and > 0); data=texture: size ≥ 2, fit, floor > 0, n ≥ 1, and the image loads;
 * model: _target_ set and importable; model=fourier_linear if and only if data=texture; model.init;
@@ -171,7 +171,8 @@ def validate_config(cfg: DictConfig) -> list[str]:
         raise ConfigError("device must be cpu or auto (no CUDA GPU is available), got cuda")
     _choice(cfg, "dtype", ("float32", "float64"))
     _number(cfg, "replicates", 1, integer=True)
-    _number(cfg, "threads", 0, integer=True)
+    if _get(cfg, "threads") != "auto":
+        _number(cfg, "threads", 0, integer=True)
     if _get(cfg, "seed") is not _ABSENT and not (_is_number(cfg.seed) and float(cfg.seed).is_integer()):
         raise ConfigError(f"seed must be an integer, got {cfg.seed}")
     texture = "image" in cfg.data
@@ -230,7 +231,7 @@ def validate_config(cfg: DictConfig) -> list[str]:
         gamma = _number(cfg, "sampler.gamma", 0, low_open=True)
         _number(cfg, "sampler.steps", 0, integer=True)
         _choice(cfg, "sampler.particles_from", ("chains", "law"))
-    elif _get(cfg, "sampler.T") is not _ABSENT:
+    elif _get(cfg, "sampler.T") is not _ABSENT and _get(cfg, "sampler.scheme") is _ABSENT:   # DDPM/DDIM (sampler=vp: its constructor checks)
         T = _number(cfg, "sampler.T", 1, integer=True)
         t_min = _number(cfg, "sampler.t_min", 0, T - 1, integer=True)
         b0 = _number(cfg, "sampler.beta_start", 0, 1, low_open=True, high_open=True)
@@ -247,14 +248,15 @@ def validate_config(cfg: DictConfig) -> list[str]:
     # the target spectrum, then stability (linear models)
     if texture:
         from gsm.texture import adsn_spectrum, load_texture
-        try:
+        with as_config_error("data.image"):     # any error reading it names data.image (or its own key)
             lam = adsn_spectrum(load_texture(cfg.data.image, cfg.data.size, cfg.data.fit), cfg.data.floor)
-        except ValueError as e:
-            raise ConfigError(_first_line(e)) from None
     else:
         lam = _instantiate(cfg.data.spectrum, "data.spectrum")
         lam = torch.as_tensor(lam, dtype=torch.float64) if not torch.is_tensor(lam) else lam.to(torch.float64)
-        if lam.ndim != 1 or lam.numel() != d or not torch.isfinite(lam).all() or not (lam > 0).all():
+        from_file = _get(cfg, "data.path") is not _ABSENT     # data=file: d from the file, zeros allowed
+        if from_file and lam.ndim == 1 and (lam >= 0).all():
+            d = lam.numel()
+        if lam.ndim != 1 or lam.numel() != d or not torch.isfinite(lam).all() or not (lam > 0).all() and not from_file:
             shown = lam.tolist() if lam.numel() <= 8 else f"{lam.numel()} values in [{lam.min()}, {lam.max()}]"
             raise ConfigError(f"data.spectrum must give data.dim = {d} eigenvalues, finite and > 0, got {shown}")
     if not linear:

@@ -15,7 +15,7 @@ def test_smoke_suite_prints_every_ratio(capsys):
     """`python -m gsm.bench --smoke`: every benchmark runs and reports its ratios (values not checked)."""
     res = main(["--smoke"])
     out = capsys.readouterr().out
-    for key, ratio in [("dsm_sgd", "× loop"), ("dsm_sgd", "fraction of memory bound"),
+    for key, ratio in [("dsm_sgd", "× loop"), ("dsm_sgd", "fraction of randn/flop bound"),
                        ("langevin", "fraction of randn bound"), ("bures", "× POT"), ("bures", "rel. diff vs POT"),
                        ("exact_laws", "DDPM exact law s"), ("end_to_end", "× loop (law)")]:
         assert math.isfinite(res[key][ratio]) and res[key][ratio] > 0, (key, ratio)

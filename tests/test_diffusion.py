@@ -365,7 +365,7 @@ def test_pipeline_logs_the_reverse_trajectory(compose_cfg, tmp_path):
     tbparse = pytest.importorskip("tbparse")
     run_pipeline(compose_cfg(*TINY, "sampler=ddpm", "sampler.steps=10"), tmp_path)
     reader = tbparse.SummaryReader(str(tmp_path / "tb"))
-    df = reader.tensors if len(reader.tensors) else reader.scalars
+    df = reader.scalars      # plain scalar summaries (what TensorBoard's default loader serves)
     for name in ("learned", "oracle"):
         rows = df[df.tag == f"diffusion/w2_trajectory_{name}"]
         assert sorted(rows.step) == list(range(0, 101, 10))
@@ -403,17 +403,9 @@ def test_sgd_trained_ddpm_matches_prediction(compose_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_ddpm_d64_oracle_is_fast(compose_cfg, tmp_path):
-    """T = 1000 steps, oracle score, d = 64, exact law + 2000 particles: ≤ 30 s (2 cores)."""
-    import time
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        t = time.time()
-        res = run_pipeline(compose_cfg("sampler=ddpm", "model=oracle", "data=powerlaw", "data.dim=64",
-                                       "replicates=1", "progress=false"), tmp_path)
-        seconds = time.time() - t
-    finally:
-        torch.set_num_threads(threads)
-    assert seconds < 30       # ≈ 5 s on an idle 2-core machine
+def test_full_ddpm_d64_oracle_matches_prediction(compose_cfg, tmp_path, one_thread):
+    """T = 1000 steps, oracle score, d = 64, exact law + 2000 particles: the exact law's W2² is the
+    prediction (no SGD, no finite N). Its time is in `python -m gsm.bench --only pipelines`."""
+    res = run_pipeline(compose_cfg("sampler=ddpm", "sampler.steps=null", "model=oracle", "data=powerlaw",
+                                   "data.dim=64", "replicates=1", "progress=false"), tmp_path)
     assert res["w2_exact"]["mean"] == pytest.approx(res["w2_predicted"], rel=1e-8)

@@ -125,7 +125,22 @@ def test_particles_escaping_a_user_score_are_flagged(compose_cfg, tmp_path):
     res = run(compose_cfg(*TINY, "model=custom", f"model._target_={__name__}.RepelScore", "train.steps=0",
                           "sampler.steps=300"), tmp_path)
     assert res["status"] == "ok" and min(res["escaped_fraction_per_replicate"]) > 0.1
-    assert any("tail of N(0, Σ)" in w for w in res["warnings"])
+    assert any("tail of the exact-score sampler's law" in w for w in res["warnings"])
+    assert res["regime"]["ok"] is False and "beyond the 1e-09 tail" in res["regime"]["reasons"][0]
+
+
+def test_the_exact_score_langevin_law_is_the_escape_reference():
+    """ULA at σ = 0.5 with the exact score samples N(0, C*), C* = m²/(m − γ/2) wider than Σ (m = λ + σ²): its
+    own particles lie beyond Σ's 1e-9 tail at a rate P(Σ_i (c_i/λ_i) χ²_1 > q) ≫ 1e-9, so N(0, Σ) cannot be
+    the reference; beyond C*'s own tail there are none (2·10⁵ particles, 2·10⁻⁴ expected)."""
+    from gsm.samplers import Langevin
+    g = torch.Generator().manual_seed(0)
+    lam = torch.tensor([1.0, 0.5, 0.25, 0.125, 0.1, 0.1, 0.1, 0.1], dtype=torch.float64)
+    Sigma = torch.diag(lam)
+    C = Langevin(gamma=0.05, particles=2).covariance_stationary(torch.diag(1 / (lam + 0.25)).view(1, 1, 8, 8))[0]
+    x = torch.randn(4, 50000, 8, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(C).T
+    assert float(escaped_fraction(C, x).max()) == 0.0
+    assert float(escaped_fraction(Sigma, x).mean()) > 1e-4
 
 
 @pytest.mark.parametrize("overrides", [

@@ -177,7 +177,7 @@ def test_model_constructor_checks_are_one_line_config_errors(compose_cfg, tmp_pa
 ], ids=lambda o: ",".join(o))
 def test_cli_bad_value_exits_2_with_one_line_and_no_traceback(tmp_path, overrides):
     out = tmp_path / "run"
-    proc = subprocess.run(gsm_cmd(*overrides, out=out), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(gsm_cmd(*overrides, out=out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -240,7 +240,7 @@ def test_some_replicates_diverge(compose_cfg, tmp_path):
 def test_overflowing_particles_count_as_unstable(compose_cfg, tmp_path):
     """A finite but huge learned A (τ far beyond the limit, DDPM reads it at every level) overflows the
     float32 particles: those replicates are unstable, the run ends with status diverged, no crash."""
-    res = run(compose_cfg(*TINY, *DDPM, "train.tau=3"), tmp_path)
+    res = run(compose_cfg(*TINY, *DDPM, "train=default", "train.tau=3"), tmp_path)     # b = 1
     assert res["status"] in ("ok", "diverged") and res["unstable_replicates"] > 0
     assert json.loads((tmp_path / "results.json").read_text())["status"] == res["status"]
 
@@ -248,7 +248,7 @@ def test_overflowing_particles_count_as_unstable(compose_cfg, tmp_path):
 @pytest.mark.slow
 def test_cli_diverged_run_exits_0(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run(gsm_cmd(*TINY, "train.tau=1000", out=out), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(gsm_cmd(*TINY, "train.tau=1000", out=out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "status: diverged" in proc.stdout
     assert json.loads((out / "results.json").read_text())["status"] == "diverged"
@@ -257,8 +257,21 @@ def test_cli_diverged_run_exits_0(tmp_path):
 
 # ---------------------------------------------------------------------------------- interruption
 
+@pytest.fixture
+def default_signals():
+    """The dispositions these tests assume: SIGINT raises KeyboardInterrupt and SIGTERM kills, as in an
+    interactive shell. A background job of a non-interactive shell starts with SIGINT ignored, which gsm
+    deliberately respects (`interruptible` leaves it alone); restored afterwards."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
 @pytest.mark.parametrize("sig,exc", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
-def test_interruptible_turns_the_signal_into_an_exception_and_restores_the_handler(sig, exc):
+def test_interruptible_turns_the_signal_into_an_exception_and_restores_the_handler(sig, exc, default_signals):
     before = signal.getsignal(sig)
     with pytest.raises(exc):
         with interruptible():
@@ -268,7 +281,7 @@ def test_interruptible_turns_the_signal_into_an_exception_and_restores_the_handl
     assert issubclass(Terminated, KeyboardInterrupt)
 
 
-def test_a_signal_inside_deferred_is_raised_when_the_block_ends():
+def test_a_signal_inside_deferred_is_raised_when_the_block_ends(default_signals):
     done = []
     with pytest.raises(Terminated):
         with interruptible():
@@ -282,7 +295,7 @@ def test_a_signal_inside_deferred_is_raised_when_the_block_ends():
     assert done == [True]
 
 
-def test_a_signal_inside_a_tensorboard_call_is_raised_after_it(compose_cfg, tmp_path, monkeypatch):
+def test_a_signal_inside_a_tensorboard_call_is_raised_after_it(compose_cfg, tmp_path, monkeypatch, default_signals):
     """The run's writer calls are `deferred`: a SIGTERM arriving inside one (sent here by the call itself) is
     raised once TensorBoard's code has returned, never inside it (an exception in its queue hand-off could
     make close() wait 120 s: tests/stress_signals.py)."""
@@ -307,7 +320,7 @@ def test_a_signal_inside_a_tensorboard_call_is_raised_after_it(compose_cfg, tmp_
     assert res["status"] == "interrupted" and res["signal"] == "SIGTERM"
 
 
-def test_a_second_sigterm_is_ignored_and_a_second_sigint_raises():
+def test_a_second_sigterm_is_ignored_and_a_second_sigint_raises(default_signals):
     with pytest.raises(Terminated):
         with interruptible():
             os.kill(os.getpid(), signal.SIGTERM)
@@ -355,13 +368,13 @@ def test_cli_signal_writes_interrupted_results_and_exits_nonzero(tmp_path, sig, 
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 600
         while not list((out / "tb").glob("events.out.tfevents.*")) and time.time() < deadline:
             time.sleep(0.1)
         time.sleep(2.0)                        # well into training (10⁷ steps) / sampling (10⁸ ULA steps)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

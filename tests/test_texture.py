@@ -311,20 +311,16 @@ def test_texture_needs_the_fourier_model(compose_cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides,limit", [
-    (["replicates=4", "sampler.particles=64"], 30),                                   # 64×64: ≈ 6 s idle
-    (["data.size=256", "data.n=16", "replicates=2", "sampler.particles=16", "train.tau=2e-4"], 300),   # ≈ 60 s
+@pytest.mark.parametrize("overrides", [
+    ["replicates=4", "sampler.particles=64"],
+    ["data.size=256", "data.n=16", "replicates=2", "sampler.particles=16", "train.tau=2e-4"],
 ], ids=["64x64", "256x256"])
-def test_readme_texture_runs_end_to_end_in_time(compose_cfg, tmp_path, overrides, limit):
-    """The README's texture commands (brick, DSM-SGD, Langevin, exact evaluation, images) within the
-    issue's wall-time limits on 2 cores (measured ≈ 5× below them on an idle machine)."""
-    import time
+def test_readme_texture_runs_end_to_end(compose_cfg, tmp_path, overrides):
+    """The README's texture commands (brick, DSM-SGD, Langevin, exact evaluation, images) run to status ok
+    with every replicate stable. Their times are in `python -m gsm.bench --only pipelines`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    t = time.time()
     res = run_cfg(compose_cfg("data=texture", "model=fourier_linear", "progress=false", *overrides), tmp_path)
-    seconds = time.time() - t
     assert res["status"] == "ok" and res["unstable_replicates"] == 0, res["warnings"]
-    assert seconds < limit, seconds
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     acc.Reload()
     assert {"texture/source", "texture/adsn_sample", "texture/learned_samples"} <= set(acc.Tags()["images"])

@@ -1,0 +1,64 @@
+"""A run's figures and images: to TensorBoard (images tab) and as PNG files in the run directory,
+`<run>/figures/<tag with / → _>.png`, next to results.json; plus readable ticks on log axes."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import ticker
+
+from gsm.io import atomic_path
+
+
+def figure_path(writer, tag: str) -> Path:
+    """<run>/figures/<tag>.png ('/' → '_'). The run dir is the parent of the writer's log_dir (<run>/tb),
+    so the pipelines need not pass it along."""
+    folder = Path(writer.log_dir).parent / "figures"
+    folder.mkdir(exist_ok=True)
+    return folder / (tag.replace("/", "_") + ".png")
+
+
+def log_figure(writer, tag: str, fig, step: int) -> None:
+    """The matplotlib figure as image `tag` in TensorBoard and as its PNG file; closes it. Drawn once
+    (drawing is most of the cost): the PNG's pixels are what TensorBoard gets, as add_figure would."""
+    from PIL import Image
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    with atomic_path(figure_path(writer, tag)) as tmp:
+        tmp.write_bytes(png.getvalue())
+    writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
+
+
+def log_image(writer, tag: str, image, step: int) -> None:
+    """A grey-level image (H, W) with values in [0, 1], in TensorBoard and as its PNG file."""
+    writer.add_image(tag, image, step, dataformats="HW")
+    with atomic_path(figure_path(writer, tag)) as tmp:
+        plt.imsave(tmp, image.float().numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png")
+
+
+def log_ticks(ax, which: str = "y") -> None:
+    """Labels of a log axis that do not overlap: one per decade over ≥ 2 decades, else 1-2-5 (or, below
+    half a decade, evenly spaced) values in plain notation; no minor-tick labels. Call after plotting."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    decades = math.log10(hi) - math.log10(lo) if 0 < lo < hi < math.inf else math.inf   # hi/lo can overflow
+    axis.set_minor_formatter(ticker.NullFormatter())
+    if decades >= 2:
+        return
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)) if decades >= 0.5 else ticker.MaxNLocator(5))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def index_ticks(ax, d: int) -> None:
+    """A log-scaled x axis of indices 1, 2, …, d: a tick at each index up to d = 8, else at the powers
+    of 2, labelled as integers."""
+    ax.set_xscale("log", base=2)
+    if d <= 8:
+        ax.set_xticks(range(1, d + 1))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())

@@ -1,0 +1,116 @@
+"""One regime verdict per run: is the run inside the first-order regime of the theory (docs/theory.md,
+"Regime of validity"), and if not, what dominates and how to get back in.
+
+Each first-order assumption that fails gives one reason line, with the part of the prediction it puts at
+stake (an estimate of the size of the prediction's error it can cause), so the reasons are sorted by it
+and the first one is the dominant one:
+
+* SGD not stationary: fewer than 5 relaxation times 1/(τ s_l²(α_l²λ_min + s_l²)/L) at the slowest level
+  l. The prediction then models the finite budget (exact mean offset, first-order transient), so the
+  whole `sgd_mean_offset` rests on that model;
+* ε_τ = τ max α²λ(α²λ + s²)/(2b) > 0.005: the first-order τ term is off by ≈ c·ε_τ, c ≤ 8.5 (theory §5.5);
+* N < 5d: the 1/N term is off by ≈ κ_N·d/N, |κ_N| ≤ 0.3;
+* SGD or sampler unstable in some replicates (left out of the means: E[W2²] is conditional);
+* neural scores: particles escaped beyond the 1e-9 tail of N(0, Σ);
+* train.sampling=epochs: the τ term assumes sampling with replacement (up to 20 % lower noise).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+RELAXATION_TIMES_MIN = 5.0      # e^{-5} < 1 % of the initial SGD mean offset is left
+EPS_TAU_MAX = 0.005             # first-order τ term within 5 % for every spectrum tested (§5.5)
+N_OVER_D_MIN = 5                # first-order 1/N term within 5 % (§5.5)
+
+
+def relaxation_times(steps: int, tau: float, alphas: torch.Tensor, stds: torch.Tensor, lam_min: float,
+                     levels: int | None = None) -> torch.Tensor:
+    """Per level l, how many relaxation times SGD ran: (S/L)·τ s_l²(α_l²λ_min + s_l²) (each sample hits a
+    level with probability 1/L; the slowest direction relaxes at rate τ s²m_min per sample). (L,) float64."""
+    a2 = alphas.to(torch.float64).pow(2)
+    s2 = stds.to(torch.float64).pow(2)
+    L = levels or alphas.numel()
+    return steps / L * tau * s2 * (a2 * lam_min + s2)
+
+
+def steps_for_relaxation(steps: int, times: torch.Tensor, target: float = RELAXATION_TIMES_MIN) -> int:
+    """SGD steps (same τ, b, levels) for `target` relaxation times at the slowest level."""
+    rate = float(times.min()) / max(steps, 1)
+    return math.ceil(target / rate) if rate > 0 else 0
+
+
+@dataclass
+class Regime:
+    """The verdict: `reasons` sorted by what they put at stake (largest first)."""
+
+    reasons: list = field(default_factory=list)     # (stake, line)
+
+    def add(self, stake: float, line: str) -> None:
+        self.reasons.append((abs(float(stake)), line))
+
+    def as_dict(self, scope: str) -> dict:
+        lines = [line for _, line in sorted(self.reasons, key=lambda r: -r[0])]
+        return {"ok": not lines, "reasons": lines, "scope": scope}
+
+
+def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, times: torch.Tensor | None,
+                  steps: int, tau: float, unstable: int, replicates: int, sampling: str) -> dict:
+    """The verdict for a linear score. terms: the prediction's terms; times: `relaxation_times` per level
+    (None when nothing was trained by SGD)."""
+    v = Regime()
+    total = abs(terms.get("total", 0.0)) or 1.0
+    offset = terms.get("sgd_mean_offset", terms.get("transient", 0.0))     # the Fourier pipeline's name for it
+    if times is not None and steps == 0:
+        v.add(max(abs(offset), 1e-300), "train.steps=0: the untrained score A₀ (a baseline: its law is exact, "
+              "but it is not the trained score the theory's terms describe)")
+    elif times is not None and float(times.min()) < RELAXATION_TIMES_MIN:
+        need = steps_for_relaxation(steps, times)
+        v.add(max(abs(offset), 1e-300), f"SGD is not stationary: {float(times.min()):.3g} relaxation times at the "
+              f"slowest level (< {RELAXATION_TIMES_MIN:g}); the SGD mean offset is {offset:.3g} of the predicted "
+              f"{terms.get('total', 0.0):.3g} and is modelled by the finite-budget transient; train.steps ≥ {need} "
+              f"reaches {RELAXATION_TIMES_MIN:g} (or fewer levels, a larger train.tau)")
+    if eps_tau is not None and tau > 0 and eps_tau > EPS_TAU_MAX:
+        tau_term = terms.get("optimization", 0.0) - terms.get("sgd_mean_offset", 0.0)   # the fluctuation part
+        v.add(8.5 * eps_tau * tau_term, f"eps_tau = {eps_tau:.3g} > {EPS_TAU_MAX}: the first-order τ term "
+              f"({tau_term:.3g}) may be off by ~{100 * min(8.5 * eps_tau, 1):.0f} %; lower train.tau to "
+              f"{tau * EPS_TAU_MAX / eps_tau:.3g} or raise train.batch_size")
+    if n is not None and n < N_OVER_D_MIN * d:
+        gen = terms.get("generalization", 0.0)
+        v.add(0.3 * d / n * gen, f"N = {n} < {N_OVER_D_MIN}d = {N_OVER_D_MIN * d}: the 1/N term ({gen:.3g}) "
+              f"may be off by more than ~5 %; raise data.n")
+    if unstable:
+        v.add(total, f"{unstable} of {replicates} replicates diverged or gave an unstable sampler and are left "
+              "out of the means (the measured W2² is conditional on stability)")
+    if sampling != "with_replacement" and tau > 0:
+        tau_term = terms.get("optimization", 0.0) - terms.get("sgd_mean_offset", 0.0)
+        v.add(0.2 * tau_term, "train.sampling=epochs lowers the SGD noise by up to ~20 %: the τ term assumes "
+              "sampling with replacement")
+    return v.as_dict("the first-order prediction (w2_predicted) of this linear score")
+
+
+def neural_regime(*, escaped: torch.Tensor, unstable: int, replicates: int, tail: float) -> dict:
+    """The verdict for a non-linear score: its law has no prediction (w2_predicted_linear is the linear
+    theory's, for comparison); it fails when particles escaped or replicates diverged."""
+    v = Regime()
+    bad = int((escaped > 0).sum())
+    if bad:
+        v.add(float(escaped.max()), f"{bad} of {len(escaped)} replicates have particles beyond the {tail:g} tail "
+              f"of N(0, Σ) (up to {100 * float(escaped.max()):.2g} % of M): the learned score does not confine "
+              "the sampler; train longer (train.steps) or use model.skip=true")
+    if unstable:
+        v.add(1.0, f"{unstable} of {replicates} replicates diverged and are left out of the means")
+    return v.as_dict("the particles of a non-linear score (no prediction: w2_predicted_linear is the linear "
+                     "theory's, for comparison)")
+
+
+def verdict_lines(regime: dict | None) -> list[str]:
+    """The console's first lines: the verdict, then one line per reason (dominant first)."""
+    if not regime:
+        return []
+    if regime["ok"]:
+        return [f"regime: ok (no assumption fails; checked: {regime['scope']})"]
+    return [f"regime: OUT OF REGIME — dominant: {regime['reasons'][0]}",
+            *(f"  also: {r}" for r in regime["reasons"][1:])]
