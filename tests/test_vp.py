@@ -212,19 +212,26 @@ def test_jet_divided_differences_match_opitz(scheme):
     assert (H2 - H2r).abs().max() <= 1e-6 * scale2
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_tau_kernel_one_stage_matches_ddpm_kernel(symmetric):
-    """For one-stage steps M = cI − gA the generic kernel is gsm.diffusion.ddpm_tau_kernel (independent code)."""
-    from gsm.diffusion import ReverseChain, ddpm_tau_kernel, level_sgd_variance
-    from gsm.theory import bures_second_order_weights
-    s = VP(scheme="ei", steps=30, eps=1e-2)
+def one_stage_reverse_chain(s):
+    """The VP sampler's one-stage chain (steps M = cI − gA) as a gsm.diffusion.ReverseChain on the same
+    ᾱ grid, read off its steps at a = 0 (c) and a = 1 (c − g)."""
+    from gsm.diffusion import ReverseChain
     K = s.K
     one, zero = torch.ones(1, dtype=F64), torch.zeros(1, dtype=F64)
     c = torch.stack([s.chain.step_fns[k](lambda l: zero, DIAG)[0] for k in range(K)])
     g = c - torch.stack([s.chain.step_fns[k](lambda l: one, DIAG)[0] for k in range(K)])
     ab = torch.cat([torch.tensor([math.exp(-s.schedule.B(s.eps))], dtype=F64), torch.exp(-s.schedule.B(s.times.flip(0)))])
-    rc = ReverseChain(ab, torch.cat([one, c.flip(0)]), torch.cat([zero, g.flip(0)]), torch.cat([zero, s.chain.q.flip(0)]),
-                      torch.arange(1, K + 1))
+    return ReverseChain(ab, torch.cat([one, c.flip(0)]), torch.cat([zero, g.flip(0)]), torch.cat([zero, s.chain.q.flip(0)]),
+                        torch.arange(1, K + 1))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_tau_kernel_one_stage_matches_ddpm_kernel(symmetric):
+    """For one-stage steps M = cI − gA the generic kernel is gsm.diffusion.ddpm_tau_kernel (independent code)."""
+    from gsm.diffusion import ddpm_tau_kernel, level_sgd_variance
+    from gsm.theory import bures_second_order_weights
+    s = VP(scheme="ei", steps=30, eps=1e-2)
+    rc = one_stage_reverse_chain(s)
     ref = ddpm_tau_kernel(LAM, rc, 1, 1.0, symmetric).sum()
     al, _ = s.noise_levels()
     rho, W = bures_second_order_weights(LAM, spectral_output_variance(s, LAM))
@@ -328,15 +335,9 @@ def test_data_file_bad_path_and_singular_score_errors(compose_cfg, tmp_path):
 def test_finite_budget_one_stage_matches_diffusion_prediction(init):
     """A finite SGD budget (mean offset, transient τ term with Cov(Δ_ij, Δ_ji), mean score inside the 1/N term):
     for a one-stage scheme vp_prediction equals gsm.diffusion.diffusion_prediction on the same chain."""
-    from gsm.diffusion import ReverseChain, diffusion_prediction
+    from gsm.diffusion import diffusion_prediction
     s = VP(scheme="ei", steps=12, eps=5e-2)
-    K = s.K
-    one, zero = torch.ones(1, dtype=F64), torch.zeros(1, dtype=F64)
-    c = torch.stack([s.chain.step_fns[k](lambda l: zero, DIAG)[0] for k in range(K)])
-    g = c - torch.stack([s.chain.step_fns[k](lambda l: one, DIAG)[0] for k in range(K)])
-    ab = torch.cat([torch.tensor([math.exp(-s.schedule.B(s.eps))], dtype=F64), torch.exp(-s.schedule.B(s.times.flip(0)))])
-    rc = ReverseChain(ab, torch.cat([one, c.flip(0)]), torch.cat([zero, g.flip(0)]), torch.cat([zero, s.chain.q.flip(0)]),
-                      torch.arange(1, K + 1))
+    rc = one_stage_reverse_chain(s)
     kw = dict(n=500, tau=0.05, batch_size=4, sgd_steps=3000, init=init)
     ref, got = diffusion_prediction(LAM, rc, **kw), vp_prediction(LAM, s, **kw)
     for k in ("generalization", "sgd_mean_offset", "optimization", "total"):
