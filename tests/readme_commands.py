@@ -30,9 +30,9 @@ LONG = {
     "gsm +experiment=linear_vs_mlp": "a 6-job sweep with MLP jobs: minutes on 2 cores",
     "gsm data=texture model=fourier_linear data.size=256 data.n=16 replicates=2 sampler.particles=16 train.tau=2e-4":
         "a 256×256 texture (d = 65 536): minutes on a loaded 2-core machine",
-    "gsm data=texture model=fourier_linear data.image=gravel sampler=ddpm train.tau=0.2 train.batch_size=4 "
-    "train.steps=10000": "a 64×64 DDPM texture trained at 11 levels: minutes on 2 cores",
+    "gsm -m +experiment=vs_n": "a 7-job sweep (≈ 50 s); the presets and gsm-report are tested by tests/test_studies.py",
 }
+CI_REPLICATES = "replicates=16"     # what CI adds to every other command (the README says so)
 # extra overrides CI adds (replicates only: the README says so beside the command)
 CI_OVERRIDES = {
     "gsm model=mlp": ["replicates=8"],
@@ -66,6 +66,14 @@ def readme_commands(pages=None) -> list[str]:
                             and not any(re.search(p, part) for p in SKIP_PATTERNS):
                         cmds.append(re.sub(r"\s+", " ", part))
     return list(dict.fromkeys(cmds))
+
+
+def ci_overrides(cmd: str) -> list[str]:
+    """The overrides CI adds to `cmd`: its own (CI_OVERRIDES), else fewer replicates unless it sets them."""
+    if cmd in CI_OVERRIDES:
+        return CI_OVERRIDES[cmd]
+    # textures already default to R = 4 (conf/data/texture.yaml)
+    return [] if "replicates=" in cmd or "data=texture" in cmd else [CI_REPLICATES]
 
 
 def _numbers(res: dict):
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
             if cmd in LONG and not every:
                 print(f"skipped (LONG: {LONG[cmd]}): {cmd}")
                 continue
-            extra = [] if every else CI_OVERRIDES.get(cmd, [])
+            extra = [] if every else ci_overrides(cmd)
             ok, line, seconds = run_command(cmd, Path(tmp) / str(i), extra)
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {seconds:6.1f} s  {cmd} {' '.join(extra)}\n           {line}", flush=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from readme_commands import CI_OVERRIDES, CI_PAGES, LONG, readme_commands, run_command  # noqa: E402
+from readme_commands import CI_OVERRIDES, CI_PAGES, LONG, ci_overrides, readme_commands, run_command  # noqa: E402
 
 COMMANDS = readme_commands()
 
@@ -22,5 +22,5 @@ def test_the_docs_show_the_commands_this_test_knows():
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", [c for c in readme_commands(CI_PAGES) if c not in LONG])
 def test_readme_command(cmd, tmp_path):
-    ok, line, _ = run_command(cmd, tmp_path, CI_OVERRIDES.get(cmd, []))
+    ok, line, _ = run_command(cmd, tmp_path, ci_overrides(cmd))
     assert ok, line
