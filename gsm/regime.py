@@ -63,6 +63,7 @@ def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, 
     v = Regime()
     total = abs(terms.get("total", 0.0)) or 1.0
     offset = terms.get("sgd_mean_offset", terms.get("transient", 0.0))     # the Fourier pipeline's name for it
+    tau_term = terms.get("optimization", 0.0) - terms.get("sgd_mean_offset", 0.0)   # its fluctuation part
     if times is not None and steps == 0:
         v.add(max(abs(offset), 1e-300), "train.steps=0: the untrained score A₀ (a baseline: its law is exact, "
               "but it is not the trained score the theory's terms describe)")
@@ -73,7 +74,6 @@ def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, 
               f"{terms.get('total', 0.0):.3g} and is modelled by the finite-budget transient; train.steps ≥ {need} "
               f"reaches {RELAXATION_TIMES_MIN:g} (or fewer levels, a larger train.tau)")
     if eps_tau is not None and tau > 0 and eps_tau > EPS_TAU_MAX:
-        tau_term = terms.get("optimization", 0.0) - terms.get("sgd_mean_offset", 0.0)   # the fluctuation part
         v.add(8.5 * eps_tau * tau_term, f"eps_tau = {eps_tau:.3g} > {EPS_TAU_MAX}: the first-order τ term "
               f"({tau_term:.3g}) may be off by ~{100 * min(8.5 * eps_tau, 1):.0f} %; lower train.tau to "
               f"{tau * EPS_TAU_MAX / eps_tau:.3g} or raise train.batch_size")
@@ -85,7 +85,6 @@ def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, 
         v.add(total, f"{unstable} of {replicates} replicates diverged or gave an unstable sampler and are left "
               "out of the means (the measured W2² is conditional on stability)")
     if sampling != "with_replacement" and tau > 0:
-        tau_term = terms.get("optimization", 0.0) - terms.get("sgd_mean_offset", 0.0)
         v.add(0.2 * tau_term, "train.sampling=epochs lowers the SGD noise by up to ~20 %: the τ term assumes "
               "sampling with replacement")
     return v.as_dict("the first-order prediction (w2_predicted) of this linear score")
