@@ -1,3 +1,3 @@
-from gsm.cli import main
+from gsm.cli.main import main
 
 main()

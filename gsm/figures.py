@@ -9,8 +9,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
+import torch
 
 from gsm.io import atomic_path
+
+_F64 = torch.float64
 
 
 def figure_path(writer, tag: str) -> Path:
@@ -62,3 +65,38 @@ def index_ticks(ax, d: int) -> None:
         ax.set_xticks(range(1, d + 1))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+# ----------------------------------------------------------------------------------------------
+# figure
+
+def plot_kernels(prediction: dict):
+    """Heatmaps of K_N and K_τ over the spectrum and the bias per eigenvalue (a matplotlib Figure).
+    Eigen-indices i, j = 1 … d are sorted by decreasing λ."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    from gsm.figures import log_ticks
+
+    lam = prediction["eigenvalues"]
+    order = torch.argsort(lam, descending=True)
+    d = lam.numel()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, title in ((axes[0], "kernel_n", "K_N(λ_i, λ_j)  (1/N term)"),
+                           (axes[1], "kernel_tau", "K_τ(λ_i, λ_j)  (τ term)")):
+        K = prediction[key][order][:, order]
+        im = ax.imshow(K.numpy(), cmap="viridis", interpolation="nearest", extent=(0.5, d + 0.5, d + 0.5, 0.5))
+        ax.set(title=title, xlabel="j (λ_j sorted decreasingly)", ylabel="i (λ_i sorted decreasingly)")
+        for axis in (ax.xaxis, ax.yaxis):     # indices from 1, as in spectrum/target_vs_learned
+            axis.set_major_locator(FixedLocator(range(1, d + 1)) if d <= 10 else MaxNLocator(6, integer=True))
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    ax = axes[2]
+    ax.loglog(lam[order].numpy(), prediction["bias_per_eigenvalue"][order].numpy().clip(1e-300), "o-", ms=3)
+    ax.set(title="bias (√λ_i − √c_i)²  [(a)+(d)]", xlabel="λ_i", ylabel="W2² contribution")
+    log_ticks(ax, "x")
+    log_ticks(ax, "y")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ figures

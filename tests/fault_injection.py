@@ -102,8 +102,8 @@ def expected(fault, res) -> set:
 
 
 def check(sweep_dir: Path, jobs: int, faults: dict, code: int, injected: dict) -> list[str]:
-    from gsm.report import report
-    from gsm.status import job_status
+    from gsm.cli.report import report
+    from gsm.pipeline.status import job_status
     problems = []
     statuses = {}
     for job in range(jobs):

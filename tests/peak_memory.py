@@ -12,8 +12,8 @@ import threading
 import torch
 from hydra import compose, initialize_config_module
 
-from gsm.experiment import run
-from gsm.memory import estimate
+from gsm.pipeline.run import run
+from gsm.pipeline.memory import estimate
 
 
 def resident_bytes(field: str = "VmRSS") -> int:

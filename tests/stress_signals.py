@@ -3,7 +3,7 @@
 Starts `gsm` on a long tiny training run TRIES times, sends SIGTERM or SIGINT at a random moment of the
 training (which logs every 10 steps, so the signal often lands inside a TensorBoard call), and counts the
 runs that did not exit within 20 s. A hang gets SIGABRT, so that faulthandler prints every thread's stack.
-Before `gsm.interrupt.deferred`, 1 try in 15 hung in `SummaryWriter.close()`.
+Before `gsm.pipeline.interrupt.deferred`, 1 try in 15 hung in `SummaryWriter.close()`.
 """
 import os
 import random

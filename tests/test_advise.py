@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from gsm.advise import advise, compose_config, main, minimise, problem_from_config
-from gsm.theory import langevin_prediction
+from gsm.cli.advise import advise, compose_config, main, minimise, problem_from_config
+from gsm.theory.langevin import langevin_prediction
 
 # d = 4, N = 200, a tight SGD budget (k = 500 steps of τ = 0.01 from A₀ = 0), K = 200 ULA steps
 SMALL = ["data.dim=4", "data.n=200", "train.steps=500", "train.tau=0.01", "sampler.steps=200"]

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from gsm.bench import main, scipy_bures2
-from gsm.metrics import bures_wasserstein2, second_moment
-from gsm.samplers import Langevin, gaussian_sample, langevin_covariance
-from gsm.train import train_linear_dsm
+from gsm.cli.bench import main, scipy_bures2
+from gsm.theory.bures import bures_wasserstein2, second_moment
+from gsm.samplers.langevin import Langevin, gaussian_sample, langevin_covariance
+from gsm.training.dsm import train_linear_dsm
 
 
 @pytest.mark.slow

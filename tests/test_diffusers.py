@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from gsm.diffusion import alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance, linear_beta_schedule
-from gsm.metrics import bures_wasserstein2, second_moment
+from gsm.samplers.reverse_chain import (alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance,
+                                        linear_beta_schedule)
+from gsm.theory.bures import bures_wasserstein2, second_moment
 
 F64 = torch.float64
 TESTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
@@ -31,7 +32,7 @@ def perturbed_scores(s, Sigma, seed, scale=0.3):
 
 
 def test_missing_extra_names_it(monkeypatch):
-    from gsm.diffusers_sampler import import_diffusers
+    from gsm.samplers.diffusers_scheduler import import_diffusers
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"gsm\[diffusers\]"):
         import_diffusers()
@@ -50,7 +51,7 @@ def test_missing_extra_names_it(monkeypatch):
 @pytest.mark.slow
 def test_bad_input(kw, match):
     pytest.importorskip("diffusers")
-    from gsm.diffusers_sampler import Diffusers
+    from gsm.samplers.diffusers_scheduler import Diffusers
     with pytest.raises(ValueError, match=match):
         Diffusers(**kw)
 
@@ -64,7 +65,7 @@ def test_bad_input(kw, match):
 def test_exact_law_matches_particles(name, extra, one_thread):
     """Non-commuting scores; exact law against M particles drawn with the scheduler's own noise, each entry
     within 4.5 s.e. (√((C_iiC_jj + C_ij²)/M); max over 6 entries)."""
-    from gsm.diffusers_sampler import Diffusers
+    from gsm.samplers.diffusers_scheduler import Diffusers
     d, M = 3, 100_000
     s = Diffusers(scheduler=name, steps=8, particles=M, **extra)
     Sigma = (lambda U: (U * torch.tensor([0.2, 1.0, 3.0], dtype=F64)) @ U.T)(random_basis(d, 0))
@@ -108,7 +109,7 @@ def test_ddpm_ddim_equal_gsm(name, steps, extra, chain_fn, one_thread):
     """The law through diffusers' DDPMScheduler / DDIMScheduler equals gsm's ddpm_covariance on the same
     grid to 1e-10, for non-commuting scores (the respaced β_k = 1 − ᾱ_k/ᾱ_{k−1}, β̃ variance, no noise on
     the step to t = 0 ↔ diffusers' fixed_small, set_alpha_to_one)."""
-    from gsm.diffusers_sampler import Diffusers
+    from gsm.samplers.diffusers_scheduler import Diffusers
     d = 3
     s = Diffusers(scheduler=name, steps=steps, **extra)
     Sigma = (lambda U: (U * torch.tensor([0.2, 1.0, 3.0], dtype=F64)) @ U.T)(random_basis(d, 3))
@@ -121,8 +122,8 @@ def test_ddpm_ddim_equal_gsm(name, steps, extra, chain_fn, one_thread):
 def test_trailing_equals_gsm_samplers(one_thread):
     """With timestep_spacing=trailing, diffusers' DDPM/DDIM laws equal gsm's DDPM(variance=beta_tilde) and
     DDIM samplers (steps=K, t_min=0) on the oracle score to 1e-10."""
-    from gsm.diffusers_sampler import Diffusers
-    from gsm.diffusion import DDIM, DDPM
+    from gsm.samplers.diffusers_scheduler import Diffusers
+    from gsm.samplers.ddpm import DDIM, DDPM
     Sigma = torch.diag(torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64))
     for name, ours in (("DDPMScheduler", DDPM(steps=50, variance="beta_tilde")), ("DDIMScheduler", DDIM(steps=50))):
         s = Diffusers(scheduler=name, steps=50, config={"timestep_spacing": "trailing"})
@@ -137,9 +138,9 @@ def test_trailing_equals_gsm_samplers(one_thread):
 def test_acceptance_dpmsolver_oracle(tmp_path, compose_cfg, one_thread):
     """`gsm sampler=diffusers sampler.scheduler=DPMSolverMultistepScheduler sampler.steps=20 model=oracle`:
     w2_exact = B²(Σ, C) with C from a plain diffusers loop on the d basis vectors, written here, to 1e-8."""
-    from gsm.data import make_gaussian
-    from gsm.diffusers_sampler import make_scheduler
-    from gsm.experiment import run
+    from gsm.data.gaussian import make_gaussian
+    from gsm.samplers.diffusers_scheduler import make_scheduler
+    from gsm.pipeline.run import run
     from hydra.utils import instantiate
     cfg = compose_cfg("sampler=diffusers", "sampler.scheduler=DPMSolverMultistepScheduler", "sampler.steps=20",
                       "model=oracle", "data.dim=8", "replicates=2", "progress=false")
@@ -165,9 +166,9 @@ def test_edm_equals_heun_karras(one_thread):
     Algorithm 1 with σ_min, σ_max = the schedule's σ(t=0), σ(t=T−1), ρ = 7, K steps (ε̂ = σ(Σ+σ²I)⁻¹x in VE
     form; diffusers holds the Karras sigmas in float32): the output maps agree to 1e-5 relative, and
     both start from N(0, σ_max² I) (timestep_spacing linspace), so the laws agree too."""
-    from gsm.diffusers_sampler import Diffusers
-    from gsm.edm import EDM
-    from gsm.linear_law import linear_maps
+    from gsm.samplers.diffusers_scheduler import Diffusers
+    from gsm.samplers.edm import EDM
+    from gsm.samplers.linear_chain import linear_maps
     d, K = 4, 12
     Sigma = (lambda U: (U * torch.tensor([0.05, 0.3, 1.0, 4.0], dtype=F64)) @ U.T)(random_basis(d, 5))
     h = Diffusers(scheduler="HeunDiscreteScheduler", steps=K, config={"use_karras_sigmas": True})
@@ -189,9 +190,9 @@ def test_edm_equals_heun_karras(one_thread):
 def test_tau_kernel_matches_monte_carlo(name, one_thread):
     """τ ΣK_τ against E[B²(Σ, C(A* + Δ))] − B²(Σ, C(A*)) over R antithetic pairs ±Δ of Gaussian perturbations
     with the per-level SGD variances (entries independent), at small τ: within 3 s.e. and 5%."""
-    from gsm.diffusers_sampler import Diffusers
-    from gsm.linear_law import linear_sampler_prediction
-    from gsm.theory import sgd_variance
+    from gsm.samplers.diffusers_scheduler import Diffusers
+    from gsm.theory.linear_chain import linear_sampler_prediction
+    from gsm.theory.sgd import sgd_variance
     lam = torch.tensor([0.5, 1.0, 1.5], dtype=F64)
     s = Diffusers(scheduler=name, steps=6)
     al, st = s.noise_levels()
@@ -211,7 +212,7 @@ def test_tau_kernel_matches_monte_carlo(name, one_thread):
 @pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "DDPMScheduler"])
 def test_plugin_score_within_3se(name, tmp_path, compose_cfg, one_thread):
     """train.solver=exact (plug-in scores at every queried level): w2_exact within 3 s.e. of bias + 1/N."""
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     cfg = compose_cfg("sampler=diffusers", f"sampler.scheduler={name}", "sampler.steps=10", "train.solver=exact",
                       "data.dim=6", "data.n=120", "replicates=300", "sampler.particles=200", "progress=false")
     res = run(cfg, tmp_path)
@@ -235,7 +236,7 @@ def test_sgd_trained_matches_prediction(sampler, tmp_path, compose_cfg, one_thre
     the slowest level (s² ≈ 0.1): the SGD mean offset (and for DPMSolver the τ part) is ≥ 5 s.e. (−0.0023 and
     +0.0024 ± 0.0002 for DPMSolver, −0.0087 and +0.0005 ± 0.0008 for EulerAncestral).
     EDM (VP levels, σ ∈ [0.5, 5]): ≥ 5 relaxation times, the τ part dominates."""
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     cfg = compose_cfg(*sampler, "sampler.particles=10", "data=custom", "data.dim=4",
                       "data.spectrum.eigenvalues=[0.8,0.9,1.1,1.25]", "data.n=20000", "replicates=256",
                       "train.tau=0.1", "train.batch_size=32", "progress=false")
@@ -250,7 +251,7 @@ def test_sgd_trained_matches_prediction(sampler, tmp_path, compose_cfg, one_thre
 
 def test_schedulers_report_ranking_with_ties(tmp_path):
     """The study's ranking table: Kendall τ over untied pairs (equal laws, e.g. DDIM = Euler, are ties)."""
-    from gsm.schedulers_report import kendall_tau, markdown, _table
+    from gsm.cli.schedulers_report import kendall_tau, markdown, _table
     assert kendall_tau({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 1.0, "b": 2.5, "c": 2.0}) == pytest.approx(1 / 3)
     assert kendall_tau({"a": 1.0, "b": 1.0, "c": 3.0}, {"a": 2.0, "b": 1.0, "c": 3.0}) == 1.0   # (a, b) tied
     rows = [{"status": "ok", "score": sc, "sampler.nfe": "10", "sampler.scheduler": name, "w2_exact_mean": v,
@@ -267,8 +268,9 @@ def test_stepwise_recursion_equals_full_push(name, extra, one_thread):
     """History-free stochastic schedulers: the per-step recursion C ← F C Fᵀ + G Gᵀ (law, 1/N and τ terms with
     a finite budget) equals pushing every noise source through the whole loop (EulerAncestral casts the sample
     to float32 inside step: 1e-5 relative)."""
-    from gsm.diffusers_sampler import Diffusers
-    from gsm.linear_law import exact_law, linear_sampler_prediction
+    from gsm.samplers.diffusers_scheduler import Diffusers
+    from gsm.samplers.linear_chain import exact_law
+    from gsm.theory.linear_chain import linear_sampler_prediction
     s = Diffusers(scheduler=name, steps=12, **extra)
     assert s.stepwise is not None
     lam = torch.tensor([0.3, 0.7, 1.0, 2.0], dtype=F64)

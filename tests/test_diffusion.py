@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
-from gsm.diffusion import (DDIM, DDPM, FINALS, alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance,
-                           ddpm_divided_differences, ddpm_tau_kernel, ddpm_variance, exact_score_eigenvalues,
-                           exact_score_matrices, linear_beta_schedule, linear_reverse_sample, reverse_sample,
-                           level_sgd_variance, timestep_grid)
-from gsm.metrics import bures_wasserstein2, second_moment
+from gsm.samplers.ddpm import DDIM, DDPM
+from gsm.samplers.reverse_chain import (FINALS, alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance,
+                                        ddpm_variance, exact_score_eigenvalues, exact_score_matrices,
+                                        linear_beta_schedule, linear_reverse_sample, reverse_sample,
+                                        timestep_grid)
+from gsm.theory.diffusion import ddpm_divided_differences, ddpm_tau_kernel
+from gsm.theory.sgd import level_sgd_variance
+from gsm.theory.bures import bures_wasserstein2, second_moment
 
 F64 = torch.float64
 LAM32 = 1 / torch.arange(1, 33, dtype=F64)
@@ -304,7 +307,7 @@ def test_tau_kernel_matches_autograd_hessian(symmetric):
     pred = float(ddpm_tau_kernel(lam, chain, batch_size=2, symmetric=symmetric).sum())
     assert abs(total - pred) < 1e-6 * abs(pred)
     # and the project's forward-mode contraction helper (2×2 blocks) agrees
-    from gsm.theory import second_order_contraction
+    from gsm.theory.langevin import second_order_contraction
     cells = second_order_contraction(lambda A: ddpm_covariance(A, chain), exact_score_eigenvalues(lam, ab), lam,
                                      V, V if symmetric else None)
     assert abs(float(cells.sum()) - pred) < 1e-9 * abs(pred)
@@ -315,7 +318,7 @@ def test_sgd_variance_with_levels():
     """The stationary Var(Δ_l) under DSM-SGD with L levels sampled uniformly is the single-level one,
     τ U_r/(2b s²) (first order in τ): Monte Carlo over replicates, started at the optimum, online-like
     data (N ≫ d). Tolerance: 4 s.e. of the measured mean variance plus the O(τ) bias (§2.3, ~5%)."""
-    from gsm.train import empirical_dsm_minimizer, train_linear_dsm
+    from gsm.training.dsm import empirical_dsm_minimizer, train_linear_dsm
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(5)
     R, N, d, b, tau = 400, 20000, 2, 4, 0.02
@@ -357,7 +360,7 @@ def test_pipeline_runs_diffusion(compose_cfg, tmp_path, overrides):
 
 
 def run_pipeline(cfg, path):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     return run(cfg, path)
 
 

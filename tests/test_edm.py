@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from gsm.edm import EDM, karras_sigmas
-from gsm.linear_law import (divided_differences, exact_law, level_scores, output_variance, plugin_scores,
-                            tau_cells)
-from gsm.metrics import bures_wasserstein2, second_moment
-from gsm.theory import second_order_contraction, sgd_variance
+from gsm.samplers.edm import EDM, karras_sigmas
+from gsm.theory.linear_chain import divided_differences, level_scores, plugin_scores, tau_cells
+from gsm.samplers.linear_chain import exact_law, output_variance
+from gsm.theory.bures import second_moment
+from gsm.theory.langevin import second_order_contraction
+from gsm.theory.sgd import sgd_variance
 
 F64 = torch.float64
 LAM4 = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64)
@@ -107,7 +108,7 @@ def test_divided_differences_match_finite_differences():
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_tau_kernel_matches_autograd(symmetric):
-    """The lifted (t ↦ nilpotent) τ kernel = `gsm.theory.second_order_contraction` (forward-mode autograd
+    """The lifted (t ↦ nilpotent) τ kernel = `gsm.theory.langevin.second_order_contraction` (forward-mode autograd
     through the direct covariance recursion), per level variances of sgd_variance(λ, σ_l)."""
     s = EDM(steps=5, churn=2, s_tmin=0.1, s_tmax=20)
     al, st = s.noise_levels()
@@ -138,7 +139,7 @@ def test_tau_cells_with_cross_covariance_match_autograd():
 
 
 def test_chain_law_equals_push_law():
-    """EDM.covariance (gsm.chain.LinearChain, noise and Heun steps) = the push-based law of gsm.linear_law."""
+    """EDM.covariance (gsm.samplers.linear_chain.LinearChain, noise and Heun steps) = the push-based law of gsm.linear_law."""
     s = EDM(steps=7, churn=3, s_tmin=0.1, s_tmax=20)
     gen = torch.Generator().manual_seed(4)
     A = torch.randn(2, s.levels.numel(), 3, 3, generator=gen, dtype=F64)
@@ -163,7 +164,7 @@ def test_bad_input(bad, match):
 
 @pytest.mark.slow
 def test_pipeline_oracle_equals_algorithm(tmp_path, compose_cfg, one_thread):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     cfg = compose_cfg("sampler=edm", "sampler.steps=12", "model=oracle", "data=custom",
                       "data.spectrum.eigenvalues=[0.25,0.5,1.0,2.0]", "data.dim=4", "replicates=2",
                       "sampler.particles=500", "progress=false")
@@ -176,7 +177,7 @@ def test_pipeline_oracle_equals_algorithm(tmp_path, compose_cfg, one_thread):
 @pytest.mark.slow
 def test_plugin_score_within_3se(tmp_path, compose_cfg, one_thread):
     """train.solver=exact (plug-in (Σ̂ + σ_l²I)⁻¹ at each σ_l): w2_exact within 3 s.e. of bias + 1/N term."""
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     cfg = compose_cfg("sampler=edm", "sampler.steps=10", "train.solver=exact", "data.dim=6", "data.n=120",
                       "replicates=400", "sampler.particles=200", "progress=false")
     res = run(cfg, tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsm.theory import langevin_prediction
+from gsm.theory.langevin import langevin_prediction
 
 DOC = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
 
@@ -65,7 +65,7 @@ def test_sampler_and_data_examples_run_through_gsm(tmp_path):
     """The documented commands, combined in one multirun (sampler=my_chain.LinearChain on data=exponential):
     model=oracle gives the exact law of the chain with the exact score, so w2_exact is Σ(√λ − √c_K)² with c_K
     the K-step variance; train.solver=exact (N samples, empirical DSM optimum) gives w2_predicted equal to
-    gsm.theory.langevin_prediction of the same chain (ULA) — the example's generic recipe (Opitz divided
+    gsm.theory.langevin.langevin_prediction of the same chain (ULA) — the example's generic recipe (Opitz divided
     differences of the chain's own map) against the closed forms of gsm.theory."""
     write_examples(tmp_path)
     sampler_cmd = bash_after("Run it from the folder that holds `my_chain.py`:")
@@ -83,7 +83,7 @@ def test_sampler_and_data_examples_run_through_gsm(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     oracle, fitted = (json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in (0, 1))
-    assert oracle["config"]["model"]["_target_"] == "gsm.models.OracleScore"
+    assert oracle["config"]["model"]["_target_"] == "gsm.scores.linear.OracleScore"
     for res in (oracle, fitted):
         assert res["status"] == "ok" and res["unstable_replicates"] == 0
         assert res["config"]["sampler"]["_target_"] == "my_chain.LinearChain"
@@ -105,7 +105,7 @@ def test_sampler_and_data_examples_run_through_gsm(tmp_path):
 @pytest.mark.parametrize("sgd_steps", [None, 4000])
 def test_sampler_example_prediction_matches_gsm_theory_with_sgd(tmp_path, sgd_steps):
     """The example's τ term (autograd through its own law, `second_order_contraction`) and its 1/N term
-    equal gsm.theory.langevin_prediction's closed forms for the same chain, at SGD stationarity and after
+    equal gsm.theory.langevin.langevin_prediction's closed forms for the same chain, at SGD stationarity and after
     a finite budget (mean offset and transient variance), at the regression point of docs/theory.md §7."""
     write_examples(tmp_path)
     chain = import_example(tmp_path, "my_chain").LinearChain(gamma=0.05, steps=60, particles=1000)

@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from gsm.data import Gaussian, powerlaw_spectrum, random_orthogonal
-from gsm.metrics import second_moment
-from gsm.models import LinearScore, dsm_optimum
-from gsm.samplers import langevin_covariance, langevin_unstable, linear_langevin_sample, langevin_sample
-from gsm.train import dsm_loss, empirical_dsm_minimizer, train_linear_dsm
+from gsm.data.gaussian import Gaussian, powerlaw_spectrum, random_orthogonal
+from gsm.theory.bures import second_moment
+from gsm.scores.linear import LinearScore, dsm_optimum
+from gsm.samplers.langevin import (langevin_covariance, langevin_unstable, linear_langevin_sample,
+                                   langevin_sample)
+from gsm.training.dsm import dsm_loss, empirical_dsm_minimizer, train_linear_dsm
 
 ONE, SIG = torch.ones(1, dtype=torch.float64), torch.full((1,), 0.7, dtype=torch.float64)
 
@@ -157,7 +158,7 @@ def test_sgd_divergence_is_recorded_per_replicate():
 
 
 def test_epoch_sampling_visits_every_point_once_per_epoch():
-    from gsm.train import _EpochStream
+    from gsm.training.dsm import _EpochStream
     s = _EpochStream(3, 10, torch.Generator().manual_seed(0), "cpu")
     idx = torch.cat([s.take(7), s.take(13)], dim=1)             # two epochs across chunk borders
     for r in range(3):

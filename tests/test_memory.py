@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gsm.experiment import run
-from gsm.memory import check_memory, estimate
-from gsm.validate import ConfigError
+from gsm.pipeline.run import run
+from gsm.pipeline.memory import check_memory, estimate
+from gsm.pipeline.validate import ConfigError
 
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
         "sampler.particles=50", "progress=false"]

@@ -4,7 +4,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from gsm.metrics import bures_wasserstein2, bures_wasserstein2_commuting, second_moment
+from gsm.theory.bures import bures_wasserstein2, bures_wasserstein2_commuting, second_moment
 
 ot = pytest.importorskip("ot")
 

@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from conftest import cuda
-from gsm.experiment import run
-from gsm.metrics import bures_wasserstein2
-from gsm.nets import MLPScore, build_score_model, escaped_fraction, gaussian_fit_w2
-from gsm.train import train_score_net
+from gsm.pipeline.run import run
+from gsm.theory.bures import bures_wasserstein2
+from gsm.scores.nets import MLPScore, build_score_model
+from gsm.theory.bures import escaped_fraction, gaussian_fit_w2
+from gsm.training.dsm import train_score_net
 
 TINY = ["replicates=2", "data.dim=2", "data.n=50", "train.steps=50", "train.batch_size=8", "sampler.steps=10",
         "sampler.particles=100", "progress=false"]
@@ -133,7 +134,7 @@ def test_the_exact_score_langevin_law_is_the_escape_reference():
     """ULA at σ = 0.5 with the exact score samples N(0, C*), C* = m²/(m − γ/2) wider than Σ (m = λ + σ²): its
     own particles lie beyond Σ's 1e-9 tail at a rate P(Σ_i (c_i/λ_i) χ²_1 > q) ≫ 1e-9, so N(0, Σ) cannot be
     the reference; beyond C*'s own tail there are none (2·10⁵ particles, 2·10⁻⁴ expected)."""
-    from gsm.samplers import Langevin
+    from gsm.samplers.langevin import Langevin
     g = torch.Generator().manual_seed(0)
     lam = torch.tensor([1.0, 0.5, 0.25, 0.125, 0.1, 0.1, 0.1, 0.1], dtype=torch.float64)
     Sigma = torch.diag(lam)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from gsm.experiment import run
+from gsm.pipeline.run import run
 
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
         "sampler.particles=50", "progress=false"]

@@ -5,7 +5,8 @@ import subprocess
 import pytest
 import torch
 
-from gsm.regime import linear_regime, neural_regime, relaxation_times, steps_for_relaxation, verdict_lines
+from gsm.theory.regime import (linear_regime, neural_regime, relaxation_times, steps_for_relaxation,
+                               verdict_lines)
 
 F64 = torch.float64
 

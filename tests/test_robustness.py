@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import gsm.experiment
-from gsm.experiment import run
-from gsm.interrupt import Terminated, deferred, interruptible
+import gsm.pipeline.run
+from gsm.pipeline.run import run
+from gsm.pipeline.interrupt import Terminated, deferred, interruptible
 from gsm.io import write_json_atomic
-from gsm.metrics import bures_wasserstein2, second_moment
-from gsm.validate import ConfigError, sgd_tau_limit, validate_config
+from gsm.theory.bures import bures_wasserstein2, second_moment
+from gsm.pipeline.validate import ConfigError, sgd_tau_limit, validate_config
 
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
         "sampler.particles=50", "progress=false"]
@@ -83,8 +83,8 @@ BAD = [  # (overrides, the key the message names, the value it shows)
     (["dtype=int"], "dtype", "int"),
     (["model=custom"], "model._target_", "???"),
     (["model._target_=no.such.Score"], "model._target_", "no.such.Score"),
-    (["model=fourier_linear"], "model._target_", "gsm.texture.FourierLinearScore"),
-    (["data=texture"], "model", "model._target_=gsm.models.LinearScore"),
+    (["model=fourier_linear"], "model._target_", "gsm.scores.fourier.FourierLinearScore"),
+    (["data=texture"], "model", "model._target_=gsm.scores.linear.LinearScore"),
     ([*TEXTURE, "data.floor=0"], "data.floor", "0"),
     ([*TEXTURE, "data.size=1"], "data.size", "1"),
     ([*TEXTURE, "data.image=/no/such/file.png"], "data.image", "/no/such/file.png"),
@@ -117,7 +117,7 @@ def test_threads_knob_sets_torch_threads(compose_cfg, tmp_path):
 def test_dsm_optimum_survives_set_num_threads_with_large_batched_matrices():
     """torch's batched LU corrupts its pivots after torch.set_num_threads(2) at d ≳ 100 (MKL DLASWP errors,
     pytorch/pytorch#141358); the `threads` knob calls it, so the DSM optimum must not use that path."""
-    from gsm.models import dsm_optimum
+    from gsm.scores.linear import dsm_optimum
     d = 256
     g = torch.Generator().manual_seed(0)
     X = torch.randn(d, d, generator=g, dtype=torch.float64)
@@ -189,8 +189,8 @@ def test_cli_bad_value_exits_2_with_one_line_and_no_traceback(tmp_path, override
 # ------------------------------------------------------------------------------------- stability
 
 def test_tau_limit_is_the_mean_square_stability_boundary_of_the_theory():
-    """sgd_tau_limit (one level) is where gsm.theory.sgd_variance_exact (note §2.3) stops existing."""
-    from gsm.theory import sgd_variance_exact
+    """sgd_tau_limit (one level) is where gsm.theory.sgd.sgd_variance_exact (note §2.3) stops existing."""
+    from gsm.theory.sgd import sgd_variance_exact
     lam = 1 / torch.arange(1, 9, dtype=torch.float64)
     for sigma, b in ((0.5, 1), (0.3, 4), (1.0, 64)):
         limit, _ = sgd_tau_limit(lam, torch.ones(1, dtype=torch.float64), torch.tensor([sigma], dtype=torch.float64), b)
@@ -339,13 +339,13 @@ def test_a_second_sigterm_is_ignored_and_a_second_sigint_raises(default_signals)
 
 @pytest.mark.parametrize("exc,name", [(Terminated, "SIGTERM"), (KeyboardInterrupt, "SIGINT")])
 def test_interrupted_run_writes_results_and_tensorboard(compose_cfg, tmp_path, monkeypatch, exc, name):
-    real = gsm.experiment.train_linear_dsm
+    real = gsm.pipeline.run.train_linear_dsm
 
     def interrupted_training(*args, callback=None, **kw):
         real(*args, callback=callback, **{**kw, "steps": 100, "log_every": 10})
         raise exc()
 
-    monkeypatch.setattr(gsm.experiment, "train_linear_dsm", interrupted_training)
+    monkeypatch.setattr(gsm.pipeline.run, "train_linear_dsm", interrupted_training)
     with pytest.raises(exc):
         run(compose_cfg(*TINY), tmp_path)
     res = json.loads((tmp_path / "results.json").read_text())
@@ -487,8 +487,8 @@ def test_evaluation_is_float64():
     w = bures_wasserstein2(S, C.float())
     assert w.dtype == torch.float64
     assert torch.equal(w, bures_wasserstein2(S.double(), C.float().double()))
-    from gsm.diffusion import DDPM
-    from gsm.samplers import Langevin
+    from gsm.samplers.ddpm import DDPM
+    from gsm.samplers.langevin import Langevin
     A = torch.eye(3).expand(2, 1, 3, 3).float()
     assert Langevin(steps=10).covariance(A).dtype == torch.float64
     ddpm = DDPM(T=20, steps=4)

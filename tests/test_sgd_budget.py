@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from gsm.diffusion import SGDBudget, diffusion_prediction, ddpm_chain, level_sgd_transient, sgd_mean_score
-from gsm.experiment import run
+from gsm.theory.sgd import SGDBudget, level_sgd_transient, sgd_mean_score
+from gsm.theory.diffusion import diffusion_prediction
+from gsm.samplers.reverse_chain import ddpm_chain
+from gsm.pipeline.run import run
 
 F64 = torch.float64
 

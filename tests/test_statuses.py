@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import gsm.experiment
-from gsm.experiment import run
-from gsm.report import report
-from gsm.status import HEARTBEAT, job_status, process_record
-from gsm.validate import ConfigError, validate_config
+import gsm.pipeline.run
+from gsm.pipeline.run import run
+from gsm.cli.report import report
+from gsm.pipeline.status import HEARTBEAT, job_status, process_record
+from gsm.pipeline.validate import ConfigError, validate_config
 
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
         "sampler.particles=50", "progress=false"]
@@ -46,7 +46,7 @@ def test_an_exception_in_the_run_ends_failed_with_its_type_and_first_line(compos
     def out_of_memory(*args, **kwargs):
         raise MemoryError("simulated allocation failure\nsecond line")
 
-    monkeypatch.setattr(gsm.experiment, "train_linear_dsm", out_of_memory)
+    monkeypatch.setattr(gsm.pipeline.run, "train_linear_dsm", out_of_memory)
     with pytest.raises(MemoryError):
         run(compose_cfg(*TINY), tmp_path)
     res = strict_json(tmp_path / "results.json")
@@ -59,7 +59,7 @@ def test_an_exception_before_the_run_body_also_ends_failed(compose_cfg, tmp_path
     def no_writer(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(gsm.experiment, "SummaryWriter", no_writer)
+    monkeypatch.setattr(gsm.pipeline.run, "SummaryWriter", no_writer)
     with pytest.raises(OSError):
         run(compose_cfg(*TINY), tmp_path)
     res = strict_json(tmp_path / "results.json")
@@ -67,7 +67,7 @@ def test_an_exception_before_the_run_body_also_ends_failed(compose_cfg, tmp_path
 
 
 def test_while_running_results_json_names_the_process_and_a_heartbeat_is_kept(compose_cfg, tmp_path, monkeypatch):
-    real, seen = gsm.experiment.train_linear_dsm, {}
+    real, seen = gsm.pipeline.run.train_linear_dsm, {}
 
     def spy(*args, **kwargs):
         seen["results"] = strict_json(tmp_path / "results.json")
@@ -75,7 +75,7 @@ def test_while_running_results_json_names_the_process_and_a_heartbeat_is_kept(co
         seen["status"] = job_status(tmp_path, seen["results"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gsm.experiment, "train_linear_dsm", spy)
+    monkeypatch.setattr(gsm.pipeline.run, "train_linear_dsm", spy)
     res = run(compose_cfg(*TINY), tmp_path)
     assert seen["results"]["status"] == "running" and seen["status"] == "running" and seen["heartbeat"]
     assert seen["results"]["process"]["pid"] == os.getpid()
@@ -137,7 +137,7 @@ def test_results_json_is_strict_json_with_null_and_a_reason_for_the_stderr_of_on
 
 
 def test_a_non_finite_number_is_written_as_null_with_its_path(tmp_path):
-    from gsm.status import write_results
+    from gsm.pipeline.status import write_results
     write_results(tmp_path / "results.json", {"status": "ok", "prediction_terms": {"a": float("nan"), "b": 1.0},
                                               "w2": {"stderr": float("inf"), "stderr_reason": "given"}})
     saved = strict_json(tmp_path / "results.json")
@@ -175,8 +175,8 @@ def test_train_steps_0_is_a_baseline_for_every_pipeline(compose_cfg, tmp_path, o
 
 def test_texture_langevin_law_of_a_zero_score_is_c0_plus_2_gamma_k(compose_cfg, tmp_path):
     """Per frequency, a = 0 gives c_K = c₀ + 2γK (the closed form c_∞ + r^K(c₀ − c_∞) is 0/0 there)."""
-    from gsm.samplers import Langevin
-    from gsm.texture import sampler_unstable, sampler_variance
+    from gsm.samplers.langevin import Langevin
+    from gsm.samplers.fourier import sampler_unstable, sampler_variance
     s = Langevin(gamma=0.05, steps=500, init_var=1.0)
     a = torch.zeros(2, 1, 4, 3, dtype=torch.float64)
     a[1, 0, 0, 0] = 0.3                                       # |1 − γa| < 1: c_K by the recursion
@@ -279,8 +279,8 @@ def test_a_sigterm_as_the_running_record_is_written_ends_interrupted_not_running
                                                                                default_sigterm):
     """The fault injection signals a job as soon as it reads `running`: a signal arriving before the
     heartbeat is in place must still end in a final record (before the fix: left `running`, shown lost)."""
-    from gsm.interrupt import Terminated
-    real = gsm.experiment.process_record
+    from gsm.pipeline.interrupt import Terminated
+    real = gsm.pipeline.run.process_record
 
     def record_then_signal():
         rec = real()
@@ -288,7 +288,7 @@ def test_a_sigterm_as_the_running_record_is_written_ends_interrupted_not_running
         time.sleep(0.2)           # the handler has run by now; the run must not stop inside the write
         return rec
 
-    monkeypatch.setattr(gsm.experiment, "process_record", record_then_signal)
+    monkeypatch.setattr(gsm.pipeline.run, "process_record", record_then_signal)
     with pytest.raises(Terminated):
         run(compose_cfg(*TINY), tmp_path)
     res = strict_json(tmp_path / "results.json")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gsm.report import main as report_main
+from gsm.cli.report import main as report_main
 
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
         "sampler.particles=50", "progress=false"]

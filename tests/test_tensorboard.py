@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsm.report import NOT_TERMS
+from gsm.cli.report import NOT_TERMS
 
 SMALL = ["replicates=4", "train.steps=2000", "threads=1", "progress=false", "data.dim=4", "sampler.steps=100",
          "sampler.particles=100"]
@@ -199,7 +199,7 @@ def test_default_tensorboard_serves_the_report_of_a_sweep(tmp_path):
 # ------------------------------------------------------------------------------------ figures as PNGs
 
 def test_a_run_writes_its_figures_as_pngs(compose_cfg, tmp_path, one_thread):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     res = run(compose_cfg("replicates=2", "data.dim=3", "train.steps=200", "sampler.steps=20",
                           "sampler.particles=20", "progress=false"), tmp_path)
     assert res["status"] == "ok"
@@ -207,7 +207,7 @@ def test_a_run_writes_its_figures_as_pngs(compose_cfg, tmp_path, one_thread):
 
 
 def test_a_texture_run_writes_its_figures_as_pngs(compose_cfg, tmp_path, one_thread):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     res = run(compose_cfg("data=texture", "model=fourier_linear", "data.size=16", "data.n=8", "replicates=2",
                           "train.steps=100", "sampler.steps=20", "sampler.particles=4", "progress=false"), tmp_path)
     assert res["status"] == "ok"

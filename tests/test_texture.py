@@ -6,12 +6,14 @@ import math
 import pytest
 import torch
 
-from gsm.diffusion import DDIM, DDPM
-from gsm.samplers import Langevin
-from gsm.texture import (FourierLinearScore, adsn_sample, adsn_spectrum, circulant_matrices, dsm_optimum_fourier,
-                         fourier_bures_wasserstein2, fourier_prediction, fourier_sample, kappa, load_texture,
-                         multiplicity, sampler_variance, sgd_variance_fourier, train_fourier_dsm)
-from gsm.train import train_linear_dsm
+from gsm.samplers.ddpm import DDIM, DDPM
+from gsm.samplers.langevin import Langevin
+from gsm.scores.fourier import FourierLinearScore, circulant_matrices, dsm_optimum_fourier
+from gsm.data.texture import adsn_sample, adsn_spectrum, kappa, load_texture, multiplicity
+from gsm.theory.fourier import fourier_bures_wasserstein2, fourier_prediction, sgd_variance_fourier
+from gsm.samplers.fourier import fourier_sample, sampler_variance
+from gsm.training.fourier import train_fourier_dsm
+from gsm.training.dsm import train_linear_dsm
 
 F64 = torch.float64
 
@@ -148,7 +150,7 @@ def test_fourier_sampler_equals_full_matrix_sampler(sampler):
 
 
 def test_fourier_bures_is_the_full_bures():
-    from gsm.metrics import bures_wasserstein2
+    from gsm.theory.bures import bures_wasserstein2
     n = 4
     lam, c = torus_spectrum(n), torus_spectrum(n, scale=1.0, floor=0.3)
     assert float(fourier_bures_wasserstein2(lam, c)) == pytest.approx(
@@ -160,8 +162,8 @@ def test_fourier_bures_is_the_full_bures():
 def test_fourier_kernels_are_kappa_halves_of_the_full_diagonal_kernels():
     """K^F(ω) = (κ(ω)/2) K(λ_ω, λ_ω) for the 1/N, τ and 1/M kernels (Langevin: gsm.theory; DDPM:
     gsm.diffusion), and the bias term is the same commuting formula."""
-    from gsm.diffusion import diffusion_prediction
-    from gsm.theory import langevin_prediction
+    from gsm.theory.diffusion import diffusion_prediction
+    from gsm.theory.langevin import langevin_prediction
     n = 4
     lam = torus_spectrum(n)
     k, flat = kappa(n), lam.flatten()
@@ -287,7 +289,7 @@ def test_texture_pipeline_runs(compose_cfg, tmp_path, overrides):
 
 
 def run_cfg(cfg, path):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     return run(cfg, path)
 
 

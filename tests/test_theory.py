@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import gsm.theory as T
-from gsm.metrics import bures_wasserstein2
+from gsm.theory.langevin import _langevin_variance_matrix, _ula_covariance
+from gsm.theory.bures import bures_wasserstein2
 
 F64 = torch.float64
 LAM = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64)     # the note's §7 example
@@ -76,7 +77,7 @@ def test_second_order_tau_matches_note_table():
 
 def test_divided_differences_closed_form():
     sigma, gamma = 0.5, 0.05
-    h = lambda X: T._langevin_variance_matrix(T.dsm_score_matrix(X, sigma), gamma, None, 1.0)
+    h = lambda X: _langevin_variance_matrix(T.dsm_score_matrix(X, sigma), gamma, None, 1.0)
     lam = torch.tensor([0.3, 0.3, 1.0, 2.5], dtype=F64)     # a repeated eigenvalue on purpose
     H1, H2 = T.divided_differences(h, lam)
     q = lam + sigma ** 2 - gamma / 2
@@ -89,7 +90,7 @@ def test_tau_closed_form_equals_autograd_hessian(symmetric):
     a = 1 / (LAM + 0.25)
     var, cross = T.sgd_variance(LAM, sigma=0.5, tau=1.0, symmetric=symmetric)
     closed = T.tau_term_from_var(LAM, var, score=a, gamma=0.05, cross=cross).sum()
-    auto = T.second_order_contraction(lambda A: T._ula_covariance(A, 0.05), a, LAM, var, cross).sum()
+    auto = T.second_order_contraction(lambda A: _ula_covariance(A, 0.05), a, LAM, var, cross).sum()
     assert rel(float(auto), float(closed)) < 1e-10
 
 
@@ -100,7 +101,7 @@ def test_tau_closed_form_general_covariance_and_base():
     cross = (cross + cross.T) / 4
     a = 1.3 / (LAM + 0.25)                                   # a base that is not the DSM optimum
     closed = T.tau_term_from_var(LAM, var, score=a, gamma=0.3, cross=cross).sum()
-    auto = T.second_order_contraction(lambda A: T._ula_covariance(A, 0.3), a, LAM, var, cross).sum()
+    auto = T.second_order_contraction(lambda A: _ula_covariance(A, 0.3), a, LAM, var, cross).sum()
     assert rel(float(auto), float(closed)) < 1e-10
 
 
@@ -242,7 +243,7 @@ def _mc_tau(lam, sigma, gamma, tau, R, steps, symmetric, seed):
     c = T.langevin_variance(a, gamma)
     rho, _ = T.bures_second_order_weights(lam, c)
     e, Dii = c * (1 - gamma * a), 2 * a - gamma * a ** 2
-    C = torch.vmap(lambda A: T._ula_covariance(A, gamma))(torch.diag(a) + Delta)
+    C = torch.vmap(lambda A: _ula_covariance(A, gamma))(torch.diag(a) + Delta)
     excess = bures_wasserstein2(torch.diag(lam), C) - (p["noise"] + p["discretization"])
     linear = (rho * (-2 * torch.diagonal(Delta, dim1=1, dim2=2) * e / Dii)).sum(-1)   # Σ ρ_i C¹_ii
     v = excess - linear
@@ -311,7 +312,7 @@ def test_mc_sgd_transient_from_zeros():
     c = T.langevin_variance(a, gamma)
     rho, _ = T.bures_second_order_weights(lam, c)
     e, Dii = c * (1 - gamma * a), 2 * a - gamma * a ** 2
-    C = torch.vmap(lambda X: T._ula_covariance(X, gamma))(A)
+    C = torch.vmap(lambda X: _ula_covariance(X, gamma))(A)
     base = float(((lam.sqrt() - c.sqrt()) ** 2).sum())
     linear = (rho * (-2 * torch.diagonal(A - torch.diag(a), dim1=1, dim2=2) * e / Dii)).sum(-1)
     v = bures_wasserstein2(torch.diag(lam), C) - base - linear
@@ -343,7 +344,7 @@ def test_finite_steps_tau_closed_form_equals_autograd(K, c0, gamma):
     cross = (cross + cross.T) / 4
     a = 1.3 / (LAM + 0.25)
     closed = T.tau_term_from_var(LAM, var, score=a, gamma=gamma, cross=cross, steps=K, init_var=c0)
-    auto = T.second_order_contraction(lambda A: T._ula_covariance(A, gamma, K, c0), a, LAM, var, cross)
+    auto = T.second_order_contraction(lambda A: _ula_covariance(A, gamma, K, c0), a, LAM, var, cross)
     assert abs(float(closed.sum() - auto.sum())) <= 1e-12 * max(1.0, float(auto.abs().sum()))
     # the cell (i, i) is Δ_ii's contribution in both
     assert torch.allclose(torch.diagonal(closed), torch.diagonal(auto), rtol=1e-10, atol=1e-15)
@@ -367,14 +368,14 @@ def test_sgd_mean_transient_is_the_exact_recursion():
 
 @pytest.mark.parametrize("init", ["zeros", "identity"])
 def test_mc_sgd_transient_mean_and_variance_with_the_trainer(init, one_thread):
-    """gsm.train.train_linear_dsm (the pipeline's SGD, b = 1) run k = 1500 steps from A₀ = a₀I on R = 2000
+    """gsm.training.dsm.train_linear_dsm (the pipeline's SGD, b = 1) run k = 1500 steps from A₀ = a₀I on R = 2000
     data sets of N = 500 points (Σ = diag λ, so entries are in Σ's eigenbasis), ≈ 1.1 relaxation times
     of the slowest mode. Mean: A_k − E[A_k | data] with the exact E[A_k | data] of each data set has zero
     mean (every entry within 4 s.e.), while the offset E[A_k] − A* is ≫ s.e. Spread: Σ_ri Var(A_k,ri) and
     Σ_{r≠i} Cov(A_k,ri, A_k,ir) across replicates equal `sgd_transient_variance` within 4 s.e. (measured,
     zeros: 0.010076 ± 0.000081 vs 0.010049; without the mean offset's multiplicative noise the formula
     gives 0.008850, 15 s.e. off)."""
-    from gsm.train import empirical_second_moment, train_linear_dsm
+    from gsm.training.dsm import empirical_second_moment, train_linear_dsm
     sigma, tau, k, R, N, d = 0.7, 0.002, 1500, 2000, 500, 4
     m = LAM + sigma ** 2
     g = torch.Generator().manual_seed(11)
@@ -399,10 +400,10 @@ def test_mc_sgd_transient_mean_and_variance_with_the_trainer(init, one_thread):
 
 
 def test_mc_langevin_h_K_vs_particles(one_thread):
-    """ULA particles (gsm.samplers.linear_langevin_sample, M = 20000, K = 60 steps from N(0, 0.1·I)) under
+    """ULA particles (gsm.samplers.langevin.linear_langevin_sample, M = 20000, K = 60 steps from N(0, 0.1·I)) under
     the SGD-transient mean score: per-eigendirection variance = h_K = g + (1 − γa)^{2K}(c₀ − g) within
     4 s.e. (s.e. = h_K √(2/M)); the stationary g is more than 10 s.e. off."""
-    from gsm.samplers import linear_langevin_sample
+    from gsm.samplers.langevin import linear_langevin_sample
     sigma, tau, k, gamma, K, c0, M = 0.5, 0.01, 300, 0.05, 60, 0.1, 20000
     a = torch.diagonal(T.dsm_score_matrix(torch.diag(LAM), sigma, tau, k))
     g = torch.Generator().manual_seed(12)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from gsm.chain import DIAG, FULL, chain_tau_kernel, opitz_divided_differences
-from gsm.vp import (SCHEMES, VP, VPSchedule, exact_scores, output_divided_differences, spectral_output_variance,
-                    vp_prediction)
+from gsm.samplers.linear_chain import DIAG, FULL
+from gsm.theory.linear_chain import chain_tau_kernel, opitz_divided_differences
+from gsm.samplers.vp_schemes import SCHEMES, VPSchedule, exact_scores
+from gsm.samplers.vp import VP
+from gsm.theory.vp import output_divided_differences, spectral_output_variance, vp_prediction
 
 F64 = torch.float64
 LAM = torch.tensor([0.02, 0.1, 0.4, 1.0, 2.5], dtype=F64)
@@ -213,9 +215,9 @@ def test_jet_divided_differences_match_opitz(scheme):
 
 
 def one_stage_reverse_chain(s):
-    """The VP sampler's one-stage chain (steps M = cI − gA) as a gsm.diffusion.ReverseChain on the same
+    """The VP sampler's one-stage chain (steps M = cI − gA) as a gsm.samplers.reverse_chain.ReverseChain on the same
     ᾱ grid, read off its steps at a = 0 (c) and a = 1 (c − g)."""
-    from gsm.diffusion import ReverseChain
+    from gsm.samplers.reverse_chain import ReverseChain
     K = s.K
     one, zero = torch.ones(1, dtype=F64), torch.zeros(1, dtype=F64)
     c = torch.stack([s.chain.step_fns[k](lambda l: zero, DIAG)[0] for k in range(K)])
@@ -227,9 +229,10 @@ def one_stage_reverse_chain(s):
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_tau_kernel_one_stage_matches_ddpm_kernel(symmetric):
-    """For one-stage steps M = cI − gA the generic kernel is gsm.diffusion.ddpm_tau_kernel (independent code)."""
-    from gsm.diffusion import ddpm_tau_kernel, level_sgd_variance
-    from gsm.theory import bures_second_order_weights
+    """For one-stage steps M = cI − gA the generic kernel is gsm.theory.diffusion.ddpm_tau_kernel (independent code)."""
+    from gsm.theory.diffusion import ddpm_tau_kernel
+    from gsm.theory.sgd import level_sgd_variance
+    from gsm.theory.langevin import bures_second_order_weights
     s = VP(scheme="ei", steps=30, eps=1e-2)
     rc = one_stage_reverse_chain(s)
     ref = ddpm_tau_kernel(LAM, rc, 1, 1.0, symmetric).sum()
@@ -244,9 +247,9 @@ def test_tau_kernel_one_stage_matches_ddpm_kernel(symmetric):
 def test_tau_kernel_multistage_matches_monte_carlo(scheme):
     """Second-order expansion vs the exact law under random per-level perturbations Δ_l (variance τV_l),
     antithetic pairs ±Δ (odd orders cancel); within 3 measured s.e. plus 2% for the O(τ²) remainder."""
-    from gsm.diffusion import level_sgd_variance
-    from gsm.metrics import bures_wasserstein2
-    from gsm.theory import bures_second_order_weights
+    from gsm.theory.sgd import level_sgd_variance
+    from gsm.theory.bures import bures_wasserstein2
+    from gsm.theory.langevin import bures_second_order_weights
     lam = LAM[1:]
     d = lam.numel()
     s = VP(scheme=scheme, steps=8, eps=5e-2)
@@ -273,7 +276,7 @@ BASE = [*FILE[:-1], "data.dim=5"]
 
 
 def test_pipeline_oracle_records_nfe_and_exact_bias(compose_cfg, tmp_path):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     res = run(compose_cfg(*BASE, "model=oracle", "replicates=2", "sampler.scheme=rk4", "sampler.nfe=100",
                           "sampler.steps=null"), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -284,7 +287,7 @@ def test_pipeline_oracle_records_nfe_and_exact_bias(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("scheme,init", [("em", "normal"), ("heun", "prior")])
 def test_pipeline_full_path_equals_spectral_path_for_the_oracle(compose_cfg, tmp_path, scheme, init):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     over = [*BASE, "model=oracle", "replicates=2", f"sampler.scheme={scheme}", "sampler.steps=30", f"sampler.init={init}"]
     a = run(compose_cfg(*over), tmp_path / "a")
     b = run(compose_cfg(*over, "sampler.spectral=false"), tmp_path / "b")
@@ -296,7 +299,7 @@ def test_pipeline_full_path_equals_spectral_path_for_the_oracle(compose_cfg, tmp
                                                   ("heun", "normal", False)])
 def test_learned_exact_solver_matches_prediction(compose_cfg, tmp_path, scheme, init, spectral):
     """train.solver=exact, N = 40d: measured W2² within 3 s.e. of bias + (1/N)ΣK_N (+2% model error)."""
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     R = 300 if spectral else 150
     res = run(compose_cfg(*BASE, "train.solver=exact", "data.n=200", f"replicates={R}", f"sampler.scheme={scheme}",
                           "sampler.steps=30", f"sampler.init={init}", f"sampler.spectral={str(spectral).lower()}"),
@@ -306,11 +309,11 @@ def test_learned_exact_solver_matches_prediction(compose_cfg, tmp_path, scheme, 
 
 
 def test_data_file_spectrum(compose_cfg, tmp_path):
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     lam = np.array([2.0, 1.0, 0.5, 0.0, -1e-12])
     np.save(tmp_path / "lam.npy", lam)
     (tmp_path / "lam.txt").write_text("2.0 1.0\n0.5 0.0\n")
-    from gsm.data import file_spectrum
+    from gsm.data.gaussian import file_spectrum
     with pytest.warns(UserWarning, match="clamped to 0"):
         assert file_spectrum(tmp_path / "lam.npy")[-1] == 0
     res = run(compose_cfg(*FILE, f"data.path={tmp_path / 'lam.npy'}", "model=oracle",
@@ -321,8 +324,8 @@ def test_data_file_spectrum(compose_cfg, tmp_path):
 
 
 def test_data_file_bad_path_and_singular_score_errors(compose_cfg, tmp_path):
-    from gsm.experiment import run
-    from gsm.validate import ConfigError
+    from gsm.pipeline.run import run
+    from gsm.pipeline.validate import ConfigError
     with pytest.raises(ConfigError, match="^data.path must be an existing .npy or .txt file"):
         run(compose_cfg(*FILE, "data.path=/nonexistent.npy", "model=oracle"), tmp_path)
     np.save(tmp_path / "lam.npy", np.array([1.0, 0.0]))
@@ -334,8 +337,8 @@ def test_data_file_bad_path_and_singular_score_errors(compose_cfg, tmp_path):
 @pytest.mark.parametrize("init", ["zeros", "identity"])
 def test_finite_budget_one_stage_matches_diffusion_prediction(init):
     """A finite SGD budget (mean offset, transient τ term with Cov(Δ_ij, Δ_ji), mean score inside the 1/N term):
-    for a one-stage scheme vp_prediction equals gsm.diffusion.diffusion_prediction on the same chain."""
-    from gsm.diffusion import diffusion_prediction
+    for a one-stage scheme vp_prediction equals gsm.theory.diffusion.diffusion_prediction on the same chain."""
+    from gsm.theory.diffusion import diffusion_prediction
     s = VP(scheme="ei", steps=12, eps=5e-2)
     rc = one_stage_reverse_chain(s)
     kw = dict(n=500, tau=0.05, batch_size=4, sgd_steps=3000, init=init)
@@ -350,7 +353,7 @@ def test_sgd_pipeline_matches_prediction(compose_cfg, tmp_path, scheme, steps):
     """DSM-SGD at every level a multi-stage scheme reads (heun: 5 levels, rk4: 9), τ = 0.1, b = 32, N = 2·10⁴:
     w2_exact within 3 s.e. (+3 %) of bias + τ term (stationary: heun, ~30 relaxation times) or of the
     finite-budget prediction (rk4: 300 SGD steps, ~2 relaxation times: mean offset + transient)."""
-    from gsm.experiment import run
+    from gsm.pipeline.run import run
     res = run(compose_cfg("threads=1", "progress=false", "sampler=vp", f"sampler.scheme={scheme}", "sampler.steps=4",
                           "sampler.eps=0.2", "data=custom", "data.dim=4", "data.spectrum.eigenvalues=[0.8,0.9,1.1,1.25]",
                           "data.n=20000", "train.tau=0.1", "train.batch_size=32", f"train.steps={steps}",
@@ -364,7 +367,7 @@ def test_pg_table_sweep_and_report(tmp_path):
     """+experiment=pg_table through the CLI (2 jobs), then gsm-report writes the P–G table (md, csv, tex)."""
     import subprocess
     import sys
-    from gsm.report import main as report_main
+    from gsm.cli.report import main as report_main
     proc = subprocess.run([sys.executable, "-m", "gsm", "-m", "+experiment=pg_table", "data.dim=4", "replicates=2",
                            "sampler.scheme=em,rk4", "sampler.nfe=50", "sampler.eps=1e-3", "sampler.init=normal",
                            "sampler.particles=50", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True,

@@ -1,0 +1,129 @@
+"""The `gsm` command: a Hydra app over `gsm.pipeline.run.run`. Configs: conf/ (shipped as gsm.conf).
+
+Exit status: 0 when the run finished (status ok or diverged: a sweep goes on), 2 for a bad config
+(one line `gsm: error: <key> must be <range>, got <value>` on stderr, nothing run), 1 when the run
+failed (results.json has status failed and the error; one line `gsm: error: the run failed with
+<type>: <message> ...`; in a multirun the other jobs still run and the sweep exits 1 at the end),
+130 after SIGINT and 143 after SIGTERM (results.json has status interrupted). No traceback in these
+cases. Ctrl-C at any moment, start-up included (importing torch takes seconds), exits 130.
+
+Nothing heavy is imported at module level, so that `main` is running before torch and Hydra load.
+"""
+import os
+import signal
+import sys
+from contextlib import contextmanager
+
+
+def _exit(code: int, message: str):
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(code)      # SystemExit passes through Hydra's job runner (it catches Exception only)
+
+
+def _task(cfg) -> float:
+    """One Hydra job. A joblib job runs in a process of its own (`_isolated`); any other in this one."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and "joblib" in str(hc.launcher.get("_target_", "")):
+        return _isolated(cfg, hc.runtime.output_dir)
+    return run_job(cfg, hc.runtime.output_dir, multirun)
+
+
+def run_job(cfg, out: str, multirun: bool) -> float:
+    """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective."""
+    from gsm.pipeline.run import run, summary_table
+    from gsm.pipeline.interrupt import Terminated
+    from gsm.pipeline.status import RunFailed, error_record
+    from gsm.pipeline.validate import ConfigError
+
+    try:
+        results = run(cfg, out)
+    except ConfigError as e:
+        _exit(2, f"gsm: error: {e}")
+    except KeyboardInterrupt as e:     # SIGINT, or SIGTERM while the run was active (Terminated)
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
+        _exit(code, f"gsm: interrupted by {name}; partial results in {out}/results.json")
+    except Exception as e:             # results.json says failed
+        err = error_record(e)
+        message = (f"gsm: error: the run failed with {err['type']}: {err['message']} "
+                   f"(results.json, status failed, in {out})")
+        if not multirun:
+            _exit(1, message)
+        # a multirun goes on: Hydra's sweeper raises the first failure after the batch (exit 1)
+        print(message, file=sys.stderr, flush=True)
+        raise RunFailed(message) from None
+    print(summary_table(results))
+    return _objective(results)
+
+
+def _objective(results: dict) -> float:
+    """The sweepers' objective: the exact W2² (linear scores), else the particle one (neural scores)."""
+    w2 = results.get("w2_exact") or results.get("w2_empirical") or {}
+    mean = w2.get("mean")
+    return float("nan") if mean is None else mean
+
+
+def _isolated(cfg, out: str) -> float:
+    """A joblib job run as `python -m gsm.job` in a child process. A job killed by SIGKILL or the OOM
+    killer then takes down only that child (its results.json says running, gsm-report shows it lost),
+    not the launcher's worker, whose death aborts the whole sweep (loky's TerminatedWorkerError). Every
+    ending that is not ok or diverged raises RunFailed: the sweep goes on and exits 1 at the end."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from gsm.pipeline.status import RunFailed
+
+    path = Path(out) / ".gsm_job.yaml"
+    OmegaConf.save(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), path)
+    try:
+        code = subprocess.call([sys.executable, "-m", "gsm.job", str(path), str(out)])
+    finally:
+        path.unlink(missing_ok=True)
+    if code == 0:
+        return _objective(json.loads((Path(out) / "results.json").read_text()))
+    why = {1: "failed (results.json, status failed)", 2: "had a bad config (nothing run)",
+           130: "was interrupted by SIGINT", 143: "was interrupted by SIGTERM"}.get(code)
+    if why is None:
+        why = (f"was killed by {signal.Signals(-code).name} (results.json says running; gsm-report shows it lost)"
+               if code < 0 else f"exited with status {code}")
+    raise RunFailed(f"gsm: error: the job in {out} {why}")
+
+
+def main():
+    """The console script (and `python -m gsm`): the Hydra app, built here so that a Ctrl-C while torch
+    and Hydra load, or after the run, also ends with one line and exit status 130."""
+    # user classes (model._target_=my_pkg.MyScore) import from the working directory, as under `python -m`
+    if not {"", os.getcwd()} & set(sys.path):
+        sys.path.insert(0, os.getcwd())
+    try:
+        with _sigint_held():
+            import hydra
+
+        app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
+        return app()
+    except KeyboardInterrupt:
+        _exit(130, "gsm: interrupted by SIGINT")
+
+
+@contextmanager
+def _sigint_held():
+    """A SIGINT during the block is raised (KeyboardInterrupt) when it ends. Raised inside an import, a
+    library's `except:` can swallow it (the run then goes on) or leave a module half-imported (the run
+    then fails). A SIGINT that is ignored (a background job) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt()

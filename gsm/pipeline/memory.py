@@ -1,0 +1,159 @@
+"""A run's peak memory, estimated from its config before anything is allocated (README, "Robustness").
+
+`check_memory(cfg)` (called by `gsm.pipeline.run.run` right after validation) compares the estimate with
+the cap: `max_memory_gb` when set, else the memory available now (host RAM: MemAvailable; CUDA: the
+device's free memory). Above it, a one-line ConfigError (exit status 2) gives the estimate, the cap and
+the knobs that drive the largest terms, before any work.
+
+The estimate counts the arrays of each stage (bytes; R = replicates, N = data.n, d = data.dim, b =
+train.batch_size, c = min(256, train.steps) SGD steps drawn per chunk, M = sampler.particles, L =
+noise levels, e = bytes of the training dtype, 8 for float64): the data (float64), the score matrices,
+the SGD chunk's draws, the sampler's law and particles and the evaluation's copies. What lives through
+the run (data, score) adds to the largest stage. Coefficients count the live copies in the code
+(measured: tests/test_memory.py checks measured ≤ estimate ≤ 2 × measured on a few configs).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+GB = 1e9
+CHUNK = 256               # steps drawn at once by the trainers (gsm.train, gsm.texture)
+BASE = 64e6               # small arrays, allocator slack
+
+
+def _term(name: str, nbytes: float, knobs: str) -> dict:
+    return {"name": name, "bytes": float(nbytes), "knobs": knobs}
+
+
+def data_dim(cfg) -> int:
+    """d: data.dim, or the length of the spectrum (data=file)."""
+    if cfg.data.get("dim") is not None:
+        return int(cfg.data.dim)
+    from hydra.utils import instantiate
+    return len(instantiate(cfg.data.spectrum))
+
+
+def full_matrix_terms(cfg, d: int, levels: int, background: bool) -> tuple[list, list]:
+    """(persistent terms, stages) of the d-dimensional pipeline; a stage is a list of terms alive together."""
+    R, N = int(cfg.replicates), int(cfg.data.n)
+    e = 8 if cfg.dtype == "float64" else 4
+    b, steps = int(cfg.train.batch_size), int(cfg.train.steps)
+    M = int(cfg.sampler.particles)
+    target = str(cfg.model.get("_target_", ""))
+    linear = target.endswith(("LinearScore", "OracleScore"))
+    learned = cfg.train.solver == "sgd" and not target.endswith("OracleScore")
+    keep = [_term("data (float64)", R * N * d * 8, "replicates, data.n, data.dim"),
+            _term("data in the training dtype", R * N * d * e if learned and e < 8 else 0, "replicates, data.n, data.dim"),
+            _term("score matrices", R * levels * d * d * (e if learned else 8) if linear else 0,
+                  "replicates, data.dim, sampler levels")]
+    c = min(CHUNK, steps)
+    draws = 2 * (1 + background) + 2 if levels == 1 else (1 + background) + 3
+    stages = [[_term("drawing the data", 2 * R * N * d * 8, "replicates, data.n, data.dim")]]
+    if learned and linear:
+        stages.append([_term("SGD chunk draws", c * R * b * (draws * d * e + 8), "replicates, train.batch_size, data.dim")])
+    if learned and not linear:      # a network's DSM-SGD batch, one step at a time
+        width = int(cfg.model.get("width", 4 * d))
+        stages.append([_term("SGD batch", R * b * e * (4 * d + 4 * width), "replicates, train.batch_size, model.width")])
+    if linear:
+        stages.append([_term("the sampler's exact law (d×d per replicate)", R * d * d * 8 * 12, "replicates, data.dim")])
+        # the prediction (gsm.theory): ~180 d×d float64 arrays at once, whatever R (measured at d = 1000)
+        stages.append([_term("the prediction (d×d)", 180 * d * d * 8, "data.dim")])
+    chains = R * M * d * e * (4 + background) + R * M * d * 9      # chains; float64 copy + mask for W2
+    if not linear:      # a network's activations on the M particles: width units per hidden layer
+        width, depth = int(cfg.model.get("width", 4 * d)), int(cfg.model.get("depth", 2))
+        chains += R * M * e * width * (depth + 1)
+    from_law = cfg.sampler.get("particles_from") == "law" and linear
+    # beside the particles: the law, the particles' second moment and the Bures eigh; DDPM/DDIM also
+    # log W2² along the reverse trajectory (≤ 51 levels)
+    evaluation = R * d * d * 8 * (10 + (10 * min(levels, 51) if levels > 1 else 0))
+    stages.append([_term("particles", R * M * d * 8 * 4 if from_law else chains, "replicates, sampler.particles, data.dim"),
+                   _term("evaluation (d×d per replicate" + (" and level)" if levels > 1 else ")"), evaluation,
+                         "replicates, data.dim" + (", sampler.steps" if levels > 1 else ""))])
+    return keep, stages
+
+
+def texture_terms(cfg, size: int, levels: int) -> tuple[list, list]:
+    """(persistent terms, stages) of the Fourier-diagonal texture pipeline (d = size²)."""
+    R, N, n = int(cfg.replicates), int(cfg.data.n), int(size)
+    e = 8 if cfg.dtype == "float64" else 4
+    h = n * (n // 2 + 1)
+    b, steps, M = int(cfg.train.batch_size), int(cfg.train.steps), int(cfg.sampler.particles)
+    keep = [_term("data spectra (complex128)", R * N * h * 16, "replicates, data.n, data.size")]
+    c = min(CHUNK, steps)
+    stages = [[_term("drawing the data", R * N * n * n * 8 * 2, "replicates, data.n, data.size")],
+              [_term("SGD chunk draws", c * R * b * (n * n * e + 5 * h * 2 * e + 8), "replicates, train.batch_size, data.size")],
+              [_term("sampler particles", R * M * (n * n * e * 3 + h * 2 * e * 3 + h * 8) + R * levels * h * 8 * 4,
+                     "replicates, sampler.particles, data.size")]]
+    return keep, stages
+
+
+def _vp_spectral(cfg) -> bool:
+    from gsm.pipeline.vp import spectral_path
+    return spectral_path(cfg)
+
+
+def _vp_terms(cfg, levels):
+    from gsm.pipeline.vp import spectral_memory_terms
+    return spectral_memory_terms(cfg, levels)
+
+
+def estimate(cfg) -> dict:
+    """{"bytes": the peak estimate, "terms": [{name, bytes, knobs}] largest first}."""
+    from hydra.utils import instantiate
+
+    from gsm.training.prefetch import background_draws
+    sampler = instantiate(cfg.sampler)
+    levels = int(sampler.noise_levels(float(cfg.train.sigma))[0].numel())
+    device = "cuda" if cfg.device == "cuda" else "cpu"
+    if "path" in cfg.data:      # data=file: d is the file's length; sampler=vp: maybe its per-eigenvalue path
+        from gsm.pipeline.vp import memory_config
+        cfg = memory_config(cfg)
+    if "image" in cfg.data:
+        keep, stages = texture_terms(cfg, int(cfg.data.size), levels)
+    elif cfg.sampler.get("_target_") == "gsm.samplers.vp.VP" and _vp_spectral(cfg):
+        keep, stages = _vp_terms(cfg, levels)
+    else:
+        R, b, d = int(cfg.replicates), int(cfg.train.batch_size), data_dim(cfg)
+        bg = background_draws(device, R * min(CHUNK, int(cfg.train.steps)) * b * d)
+        keep, stages = full_matrix_terms(cfg, d, levels, bg)
+    top = max(sum(t["bytes"] for t in stage) for stage in stages)
+    total = BASE + sum(t["bytes"] for t in keep) + top
+    return {"bytes": total, "terms": sorted(keep + [t for stage in stages for t in stage], key=lambda t: -t["bytes"])}
+
+
+def available_bytes(device: str):
+    """(bytes, where): free memory of the CUDA device, or the host's MemAvailable (None if unknown)."""
+    if device == "cuda":
+        import torch
+        if torch.cuda.is_available():
+            return float(torch.cuda.mem_get_info()[0]), "free on the CUDA device"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024, "available host RAM"
+    except OSError:
+        pass
+    return None, "unknown"
+
+
+def check_memory(cfg) -> dict:
+    """Raises ConfigError when the estimate exceeds the cap (module doc); returns the estimate with
+    `cap_bytes` and `cap` (where the cap comes from)."""
+    from gsm.pipeline.validate import ConfigError
+    est = estimate(cfg)
+    knob = cfg.get("max_memory_gb")
+    if knob is not None:
+        if not (isinstance(knob, (int, float)) and not isinstance(knob, bool) and math.isfinite(knob) and knob > 0):
+            raise ConfigError(f"max_memory_gb must be a number > 0 or null, got {knob}")
+        cap, where = float(knob) * GB, "max_memory_gb"
+    else:
+        cap, where = available_bytes("cuda" if cfg.device in ("cuda", "auto") else "cpu")
+    est.update(cap_bytes=cap, cap=where)
+    if cap is not None and est["bytes"] > cap:
+        big = [t for t in est["terms"] if t["bytes"] >= 0.25 * est["terms"][0]["bytes"]]
+        drivers = "; ".join(f"{t['name']} {t['bytes'] / GB:.3g} GB ({t['knobs']})" for t in big)
+        raise ConfigError(f"the run needs an estimated {est['bytes'] / GB:.3g} GB of memory, more than the "
+                          f"{cap / GB:.3g} GB {where}: lower the knobs of its largest arrays — {drivers} — "
+                          "or raise the cap with max_memory_gb=<GB>")
+    return est

@@ -1,0 +1,194 @@
+"""EDM sampler (Karras et al. 2022, Algorithms 1 and 2) with a linear score, its exact law and prediction.
+
+VE form (theory note §10): y = x + σz; a score s(y) = −A_σ y gives the denoiser D(y; σ) = y + σ²s(y) =
+(I − σ²A_σ) y and the ODE slope d = (y − D(y; σ))/σ = σA_σ y. Noise levels, i = 0..K−1,
+
+    σ_i = (σ_max^{1/ρ} + i/(K−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ,   σ_K = 0,
+
+start x_0 ~ N(0, σ_0² I). Step i (Algorithm 2; churn = 0 is Algorithm 1): γ_i = min(churn/K, √2 − 1) if
+s_tmin ≤ σ_i ≤ s_tmax else 0, σ̂_i = σ_i(1 + γ_i), x̂ = x + s_noise √(σ̂_i² − σ_i²) ξ; Euler
+x' = x̂ + h d(x̂; σ̂_i), h = σ_{i+1} − σ̂_i; Heun x ← x̂ + h(d(x̂; σ̂_i) + d(x'; σ_{i+1}))/2 unless σ_{i+1} = 0
+(the Euler last step). For linear scores step i is x ← M_i x + L_i ξ_i with (`edm_step_matrices`)
+
+    E = I + hσ̂_i Â,   M_i = E (last step) or I + (h/2)(σ̂_i Â + σ_{i+1} A_{i+1} E),   L_i = ℓ_i M_i,
+    ℓ_i = s_noise √(σ̂_i² − σ_i²),
+
+so the law is C ← M_i (C + ℓ_i² I) M_iᵀ from C = σ_0² I: `gsm.samplers.linear_chain.LinearChain` with, per step i, a noise
+step (M = I, q = ℓ_i²) and the Heun step (`explicit_rk_step`, stages σ̂_iÂ and σ_{i+1}A_{i+1}, q = 0). The score is learned at the levels the steps
+read (σ̂_i and σ_{i+1} > 0) by DSM on y = x + σz: α = 1, s = σ (`noise_levels`). NFE = 2K − 1 (no churn).
+`score_levels: vp` trains instead at the equivalent VP level y/√(1+σ²): α = 1/√(1+σ²), s = σ/√(1+σ²)
+(Karras' c_in preconditioning), whose score A_vp gives A = α²A_vp; the same plug-in and exact scores, but
+DSM-SGD with one step τ is stable at every level (in VE form the curvature σ²(λ+σ²) spans 1e-5..4e7).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gsm.samplers.linear_chain import LinearChain, explicit_rk_step
+from gsm.theory.linear_chain import linear_sampler_prediction
+
+F64 = torch.float64
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """σ_0 > … > σ_{K−1} = σ_min of Karras et al. (eq. 5), then σ_K = 0: (K+1,) float64."""
+    i = torch.arange(steps, dtype=F64)
+    s = (sigma_max ** (1 / rho) + i / (steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([s, torch.zeros(1, dtype=F64)])
+
+
+def churn_sigmas(sigmas: torch.Tensor, churn: float, s_tmin: float, s_tmax: float) -> torch.Tensor:
+    """σ̂_i = σ_i(1 + γ_i), γ_i = min(churn/K, √2 − 1) if s_tmin ≤ σ_i ≤ s_tmax else 0: (K+1,) → (K,)."""
+    K = sigmas.numel() - 1
+    s = sigmas[:-1]
+    gamma = ((s >= s_tmin) & (s <= s_tmax)).to(F64) * min(churn / K, math.sqrt(2) - 1)
+    return s * (1 + gamma)
+
+
+def edm_step_matrices(A_hat: torch.Tensor, A_next, sigma: float, sigma_hat: float, sigma_next: float,
+                      s_noise: float = 1.0):
+    """(M_i, L_i) of step i, x ← M_i x + L_i ξ (module doc). A_hat: the score at σ̂_i, A_next: at σ_{i+1}
+    (None when σ_{i+1} = 0, the Euler step), both (..., n, n) (any square matrices: the products are
+    taken in the algorithm's order). Returns (..., n, n) each."""
+    eye = torch.eye(A_hat.shape[-1], dtype=A_hat.dtype, device=A_hat.device)
+    h = sigma_next - sigma_hat
+    E = eye + h * sigma_hat * A_hat
+    M = E if A_next is None else eye + 0.5 * h * (sigma_hat * A_hat + sigma_next * A_next @ E)
+    return M, s_noise * math.sqrt(max(sigma_hat ** 2 - sigma ** 2, 0.0)) * M
+
+
+@dataclass
+class EDM:
+    """Karras et al.'s Heun sampler (Algorithm 1; stochastic churn of Algorithm 2), the sampler interface
+    of gsm.experiment."""
+
+    steps: int = 18
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+    particles: int = 2000
+    score_levels: str = "ve"
+
+    def __post_init__(self):
+        if int(self.steps) != self.steps or self.steps < 2:
+            raise ValueError(f"sampler.steps must be an integer >= 2, got {self.steps}")
+        if not 0 < self.sigma_max < math.inf:
+            raise ValueError(f"sampler.sigma_max must be finite and > 0, got {self.sigma_max}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"sampler.sigma_min must be in (0, sigma_max) = (0, {self.sigma_max}), got {self.sigma_min}")
+        for key, low in (("rho", 0.0), ("churn", None), ("s_noise", None), ("s_tmin", None)):
+            v = getattr(self, key)
+            if not (v > 0 if low is not None else v >= 0):
+                raise ValueError(f"sampler.{key} must be {'> 0' if low is not None else '>= 0'}, got {v}")
+        if not self.s_tmax >= self.s_tmin:
+            raise ValueError(f"sampler.s_tmax must be >= s_tmin = {self.s_tmin}, got {self.s_tmax}")
+        if int(self.particles) != self.particles or self.particles < 2:
+            raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
+        if self.score_levels not in ("ve", "vp"):
+            raise ValueError(f"sampler.score_levels must be one of ve | vp, got {self.score_levels}")
+        self.sigmas = karras_sigmas(int(self.steps), self.sigma_min, self.sigma_max, self.rho)
+        self.sigma_hat = churn_sigmas(self.sigmas, self.churn, self.s_tmin, self.s_tmax)
+        reads = torch.cat([self.sigma_hat, self.sigmas[1:-1]])            # σ̂_i, then σ_{i+1} > 0
+        self.levels, index = torch.unique(reads, sorted=True, return_inverse=True)
+        self.levels = self.levels.flip(0)                                  # decreasing σ
+        index = self.levels.numel() - 1 - index
+        K = int(self.steps)
+        self.hat_level, self.next_level = index[:K], torch.cat([index[K:], torch.tensor([-1])])
+        self.ell = self.s_noise * (self.sigma_hat ** 2 - self.sigmas[:-1] ** 2).clamp_min(0).sqrt()
+        self.J = int((self.ell > 0).sum())
+        self.init_var = float(self.sigmas[0]) ** 2
+        self.chain = self.linear_chain()
+
+    def linear_chain(self) -> LinearChain:
+        """The sampler as a `gsm.samplers.linear_chain.LinearChain` on the VE scores: per step i a noise step (M = I,
+        q = ℓ_i²) and the Heun step (Butcher a = [[0], [1]], b = [½, ½]; Euler b = [1] at σ_{i+1} = 0)."""
+        fns, q, levels = [], [], []
+        for i in range(int(self.steps)):
+            hat, nxt = int(self.hat_level[i]), int(self.next_level[i])
+            sh, sn = float(self.sigma_hat[i]), float(self.sigmas[i + 1])
+            fns.append(lambda A, alg, hat=hat: alg.one(A(hat)))
+            q.append(float(self.ell[i]) ** 2)
+            levels.append([hat])
+            if nxt < 0:
+                fns.append(lambda A, alg, hat=hat, sh=sh, sn=sn: explicit_rk_step([sh * A(hat)], sn - sh, [[0.0]], [1.0], alg))
+                levels.append([hat])
+            else:
+                fns.append(lambda A, alg, hat=hat, nxt=nxt, sh=sh, sn=sn: explicit_rk_step(
+                    [sh * A(hat), sn * A(nxt)], sn - sh, [[0.0], [1.0]], [0.5, 0.5], alg))
+                levels.append([hat, nxt])
+            q.append(0.0)
+        return LinearChain(fns, torch.tensor(q, dtype=F64), levels, self.levels.numel())
+
+    @property
+    def nfe(self) -> int:
+        return 2 * int(self.steps) - 1
+
+    def noise_levels(self, sigma=None):
+        """The levels the steps read (σ̂_i and σ_{i+1} > 0, decreasing): α = 1, s = σ (ve), or
+        α = 1/√(1+σ²), s = σ/√(1+σ²) (vp). train.sigma is not used."""
+        if self.score_levels == "vp":
+            c = 1 / (1 + self.levels ** 2).sqrt()
+            return c, self.levels * c
+        return torch.ones_like(self.levels), self.levels.clone()
+
+    def ve_scores(self, A: torch.Tensor) -> torch.Tensor:
+        """The VE score matrices the steps use, α_l² A_l (..., L, n, n) (identity for ve levels)."""
+        return A * self.noise_levels()[0].to(A.dtype).view(-1, 1, 1) ** 2
+
+    def step_matrices(self, A: torch.Tensor, i: int):
+        """(M_i, L_i) of step i for level-indexed A (..., L, n, n)."""
+        nxt = int(self.next_level[i])
+        return edm_step_matrices(A[..., int(self.hat_level[i]), :, :], A[..., nxt, :, :] if nxt >= 0 else None,
+                                 float(self.sigmas[i]), float(self.sigma_hat[i]), float(self.sigmas[i + 1]),
+                                 self.s_noise)
+
+    def push(self, A: torch.Tensor, x: torch.Tensor, noise=None, generator=None) -> torch.Tensor:
+        """Runs the sampler on the rows of x (B, m, n) with scores A (B, L, n, n); noise(j) gives the j-th
+        churn injection (None: drawn from `generator`)."""
+        j = 0
+        A = self.ve_scores(A.to(x.dtype))
+        for i in range(int(self.steps)):
+            if self.ell[i] > 0:
+                xi = noise(j) if noise is not None else torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                                                                    device=x.device)
+                x = x + float(self.ell[i]) * xi
+                j += 1
+            M, _ = self.step_matrices(A, i)
+            x = x @ M.transpose(-1, -2)
+        return x
+
+    def covariance(self, A: torch.Tensor) -> torch.Tensor:
+        """Exact law of the output, C ← M_i (C + ℓ_i² I) M_iᵀ from σ_0² I (`linear_chain`):
+        A (R, L, d, d) → (R, d, d)."""
+        return self.chain.covariance(self.ve_scores(A.to(F64)), self.init_var)
+
+    def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False,
+               dtype=F64):
+        """M particles per replicate, (R, M, d), in float64 (linear scores: the model's matrices)."""
+        x = self.sigmas[0].item() * torch.randn(replicates, self.particles, dim, generator=generator, device=device,
+                                                dtype=F64)
+        return self.push(model.matrices().to(device), x, generator=generator)
+
+    def unstable(self, A: torch.Tensor) -> torch.Tensor:
+        """A finite chain has a finite law for any finite A: only non-finite A is flagged. (R,) bool."""
+        return ~torch.isfinite(A).flatten(1).all(1)
+
+    def prediction(self, eigenvalues, *, n, sigma=None, tau=0.0, batch_size=1, particles=None, symmetric=False,
+                   sgd_steps=None, init="zeros") -> dict:
+        """`gsm.theory.linear_chain.linear_sampler_prediction` for this sampler (sgd_steps, init: a finite SGD
+        budget, modelled for VP levels)."""
+        alphas, stds = self.noise_levels()
+        out = linear_sampler_prediction(self.push, eigenvalues, alphas, stds, J=self.J, init_var=self.init_var,
+                                        n=n, tau=tau, batch_size=batch_size, particles=particles,
+                                        symmetric=symmetric, sgd_steps=sgd_steps, init=init)
+        return out
+
+    def log_extra(self, writer, A, cov, step) -> None:
+        pass

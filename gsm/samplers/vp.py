@@ -1,0 +1,209 @@
+"""The VP SDE and its samplers (Pierret & Galerne, arXiv 2405.14250), exactly, for linear scores.
+
+Forward process (Song's convention; P–G's β is half of this one):
+
+    dx = −½β(t) x dt + √β(t) dW,   β(t) = β_min + t(β_max − β_min),   B(t) = ∫₀ᵗ β,   0 ≤ t ≤ T,
+    x_t = α_t x₀ + s_t z,  α_t = e^{−B(t)/2},  s_t² = 1 − e^{−B(t)},  Σ_t = e^{−B}Σ + (1 − e^{−B}) I.
+
+Reverse time u (t = T − u), score s_t(y) = −A_t y (exact: A_t = Σ_t⁻¹):
+
+    backward SDE   dy = [½β y + β s_t(y)] du + √β dW,
+    flow ODE       dy = ½β (y + s_t(y)) du = G(t) y du,   G(t) = ½β(t)(I − A_t).
+
+Grid: t_k = T − k(T − ε)/K, k = 0..K (uniform, from T down to the truncation time ε); step k goes
+t_k → t_{k+1}, h = t_k − t_{k+1}, ΔB_k = B(t_k) − B(t_{k+1}). Every scheme is a linear chain
+x ← M_k x + √q_k ξ (`gsm.chain`):
+
+    em     M = (1 + ½hβ_k) I − hβ_k A_{t_k},                q = hβ_k                  (P–G eqs. 10–11)
+    ei     M = e^{ΔB/2} I − 2(e^{ΔB/2} − 1) A_{t_k},          q = e^{ΔB} − 1             (P–G eqs. 12–13)
+    ddpm   M = (I − b_k A_{t_k})/√(1 − b_k), b_k = hβ_k,    q = b_k (needs b_k < 1)    (P–G eqs. 14–15)
+    euler  explicit RK on G: M = I + h G(t_k)                                          (P–G eqs. 16–17)
+    heun   M = I + (h/2)(G(t_k) + G(t_{k+1})(I + h G(t_k)))                            (P–G eqs. 18–19)
+    rk4    classical RK4, stages at t_k, t_k − h/2 (twice), t_{k+1}                     (P–G eqs. 20–23)
+
+with β_k = β(t_k). Score evaluations (`nfe`): K for em, ei, ddpm, euler; 2K for heun; 4K for rk4
+(P–G's table counts grid points instead: see README). The levels (score times) are the distinct
+evaluation times: t_0..t_{K−1} (one-stage schemes), t_0..t_K (heun), and t_0, t_0 − h/2, t_1, ...,
+t_K (rk4, 2K + 1 levels); level l is trained by DSM at α = e^{−B/2}, s² = 1 − e^{−B}.
+
+Exact continuous laws (P–G eqs. 7–8), per eigenvalue, σ_t = e^{−B(t)}λ + 1 − e^{−B(t)}, from v_T:
+
+    sde   v_ε = σ_ε + (v_T − σ_T) e^{−(B(T) − B(ε))} σ_ε²/σ_T²,
+    ode   v_ε = v_T σ_ε/σ_T.
+
+(Derivation, per eigenvalue, u = T − t: the SDE gives dv/du = β(1 − 2/σ)v + β, solved by v = σ since
+dσ/du = β(σ − 1); so w = v − σ obeys dw/du = β(1 − 2/σ)w, and with β/σ = β + d ln σ/dt,
+∫_ε^T β(1 − 2/σ) dt = −(B(T) − B(ε)) − 2 ln(σ_T/σ_ε): w_ε = w_T e^{−ΔB} σ_ε²/σ_T². The ODE gives
+dv/du = β(1 − 1/σ)v = v d ln σ/du, so v/σ is constant.) Initialisation: `normal` v_T = 1
+(N(0, I)) or `prior` Σ_T (then the continuous laws are exact, v_ε = σ_ε).
+
+Prediction (`vp_prediction`): bias = Σ(√λ − √h(λ))², h the exact-score output variance, split into
+truncation (Σ(√λ − √σ_ε)²), initialisation (N(0, I) instead of p_T, through the scheme) and
+discretisation (the rest); 1/N from the divided differences of h as a function of Σ̂'s eigenvalue
+(plug-in scores (α_l²Σ̂ + s_l²I)⁻¹ make the output h(Σ̂), `gsm.theory.linear_chain.divided_differences_from_jets`);
+τ from `gsm.theory.linear_chain.chain_tau_kernel` with the stationary per-level SGD variance of
+`gsm.theory.sgd.level_sgd_variance`; 1/M particles as `gsm.theory.diffusion.diffusion_prediction`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+import torch
+from gsm.figures import log_figure
+from gsm.samplers.vp_schemes import EVALS_PER_STEP, EXACT_SCHEMES, INITS, SCHEMES, VPSchedule, vp_chain, vp_grid
+from gsm.theory.vp import vp_prediction
+from gsm.samplers.vp_schemes import ODE_SCHEMES, SDE_SCHEMES
+from gsm.theory.vp import spectral_output_variance
+
+
+_F64 = torch.float64
+
+
+# -------------------------------------------------------------------------------------------- sampler
+
+@dataclass
+class VP:
+    """`sampler=vp`: the VP SDE/ODE schemes of Pierret & Galerne (module doc) on the pipeline's interface.
+
+    scheme: em | ei | ddpm | euler | heun | rk4 | sde | ode; steps K (or nfe, the score-evaluation budget:
+    K = nfe // evaluations per step; set exactly one); eps: ε ≥ 0; init: normal (N(0, I)) | prior (p_T);
+    spectral: run oracle / train.solver=exact scores on the O(d·K) per-eigenvalue path."""
+
+    scheme: str = "em"
+    steps: int | None = 100
+    nfe: int | None = None
+    eps: float = 1e-3
+    init: str = "normal"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    T: float = 1.0
+    particles: int = 2000
+    spectral: bool = True
+    particles_from: str = "auto"
+    figure: bool = True
+
+    def __post_init__(self):
+        if self.particles_from not in ("auto", "chain", "law", "none"):
+            raise ValueError(f"sampler.particles_from must be one of auto | chain | law | none, got {self.particles_from}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"sampler.scheme must be one of {' | '.join(SCHEMES)}, got {self.scheme}")
+        if self.init not in INITS:
+            raise ValueError(f"sampler.init must be one of {' | '.join(INITS)}, got {self.init}")
+        if int(self.particles) != self.particles or self.particles < 2:
+            raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
+        self.schedule = VPSchedule(float(self.beta_min), float(self.beta_max), float(self.T))
+        if not (math.isfinite(self.eps) and 0 <= self.eps < self.T):
+            raise ValueError(f"sampler.eps must be in [0, T) = [0, {self.T}), got {self.eps}")
+        per = EVALS_PER_STEP[self.scheme]
+        if self.scheme in EXACT_SCHEMES:
+            self.K, self.chain = 0, None
+            self.times = torch.tensor([float(self.T), float(self.eps)], dtype=_F64)
+        else:
+            if (self.steps is None) == (self.nfe is None):
+                raise ValueError(f"sampler.steps must be null when sampler.nfe is set, and an integer >= 1 otherwise "
+                                 f"(set exactly one), got steps={self.steps}, nfe={self.nfe}")
+            if self.nfe is not None and (int(self.nfe) != self.nfe or self.nfe < per):
+                raise ValueError(f"sampler.nfe must be an integer >= {per} for scheme={self.scheme}, got {self.nfe}")
+            K = self.steps if self.steps is not None else int(self.nfe) // per
+            if int(K) != K or K < 1:
+                raise ValueError(f"sampler.steps must be an integer >= 1, got {self.steps}")
+            self.K = int(K)
+            self.chain, self.times = vp_chain(self.scheme, self.schedule, self.K, float(self.eps))
+        self.evaluations = per * self.K
+        self.init_cov = None
+
+    # -- the pipeline's interface -------------------------------------------------------------
+    def noise_levels(self, sigma=None):
+        """α_l = e^{−B(t_l)/2}, s_l = √(1 − e^{−B(t_l)}) at the scheme's evaluation times (σ unused)."""
+        return self.schedule.alpha_std(self.times)
+
+    def bind(self, cov: torch.Tensor) -> dict:
+        """Called by the pipeline with Σ (d, d): init=prior starts from Σ_T. Returns results entries (nfe)."""
+        if self.init == "prior":
+            eT = math.exp(-self.schedule.B(self.T))
+            cov = cov.to(_F64)
+            self.init_cov = eT * cov + (1 - eT) * torch.eye(cov.shape[-1], dtype=_F64, device=cov.device)
+        return {"nfe": self.evaluations, "steps": self.K}
+
+    def _init(self):
+        if self.init == "prior":
+            if self.init_cov is None:
+                raise ValueError("sampler.init=prior needs the target covariance (VP.bind(Σ) before sampling)")
+            return self.init_cov
+        return 1.0
+
+    def _require_chain(self):
+        if self.chain is None:
+            raise ValueError(f"sampler.scheme={self.scheme} is the exact continuous law: it needs model=oracle "
+                             "(and the spectral path, sampler.spectral=true)")
+
+    def covariance(self, A: torch.Tensor, trajectory: bool = False) -> torch.Tensor:
+        """Exact law of the output for scores A (R, L, d, d) → (R, d, d) (any A: `LinearChain.covariance`)."""
+        self._require_chain()
+        return self.chain.covariance(A, self._init(), trajectory)
+
+    def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False,
+               dtype=torch.float64):
+        """M particles per replicate, from N(0, I) or N(0, Σ_T), run through the scheme: (R, M, d)."""
+        self._require_chain()
+        x = torch.randn(replicates, self.particles, dim, generator=generator, device=device, dtype=dtype)
+        if self.init == "prior":
+            x = x @ torch.linalg.cholesky(self._init()).to(device=device, dtype=dtype).T
+        if hasattr(model, "matrices"):
+            return self.chain.sample(model.matrices().to(device), x, generator)
+        raise ValueError("sampler=vp needs a linear score model (model=linear | oracle)")
+
+    def unstable(self, A: torch.Tensor) -> torch.Tensor:
+        """Only non-finite A is flagged (a finite chain has a finite law). (R,) bool."""
+        return ~torch.isfinite(A).flatten(1).all(1)
+
+    def prediction(self, eigenvalues, *, n=None, sigma=None, tau=0.0, batch_size=1, particles=None,
+                   symmetric=False, sgd_steps=None, init="zeros") -> dict:
+        """`vp_prediction` for this sampler (σ unused; sgd_steps/init: the finite SGD budget)."""
+        return vp_prediction(eigenvalues, self, n=n, tau=tau, batch_size=batch_size, particles=particles,
+                             symmetric=symmetric, sgd_steps=sgd_steps, init=init)
+
+    def log_extra(self, writer, A, cov, step, max_points: int = 50, max_replicates: int = 16) -> None:
+        """W2²(law of x_{t_k}, p_{t_k}) along the trajectory for the learned scores (mean over ≤ 16
+        replicates) and the oracle, and the P–G Fig. 1 figure for every scheme (`trajectory_figure`)."""
+        if self.chain is None:
+            return
+        from gsm.theory.bures import bures_wasserstein2
+        cov = cov.to(_F64)
+        t = vp_grid(self.T, self.eps, self.K)
+        eye = torch.eye(cov.shape[-1], dtype=_F64, device=cov.device)
+        e = torch.exp(-self.schedule.B(t)).view(-1, 1, 1)
+        marg = e * cov + (1 - e) * eye
+        pts = torch.unique(torch.linspace(0, self.K, min(max_points, self.K + 1)).round().long())
+        lam = torch.linalg.eigvalsh(cov)
+        traj = self.chain.covariance(A[:max_replicates], self._init(), trajectory=True)
+        w2 = bures_wasserstein2(marg[pts], traj[:, pts]).mean(0)
+        for p, w in zip(pts.tolist(), w2.tolist()):
+            writer.add_scalar("vp/w2_trajectory_learned", w, p)   # plain: the default TensorBoard loader
+        if self.figure:
+            log_figure(writer, "vp/trajectory_all_schemes", trajectory_figure(lam.clamp_min(0), self), step)
+
+
+def trajectory_figure(lam: torch.Tensor, sampler: VP, schemes=SDE_SCHEMES + ODE_SCHEMES):
+    """P–G Fig. 1: W2(law_k, p_{t_k}) along the trajectory (x axis: t_k) for every scheme with the exact
+    score, at the sampler's K, ε and init (the score evaluations differ: rk4 uses 4K)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lam = lam.to(_F64)
+    t = vp_grid(sampler.T, sampler.eps, sampler.K)
+    marg = sampler.schedule.marginal(lam, t)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for sc in schemes:
+        if sc == "ddpm" and sampler.K * 1.0 <= (sampler.T - sampler.eps) * sampler.beta_max:
+            continue
+        other = VP(scheme=sc, steps=sampler.K, eps=sampler.eps, init=sampler.init, beta_min=sampler.beta_min,
+                   beta_max=sampler.beta_max, T=sampler.T, particles=sampler.particles)
+        traj = spectral_output_variance(other, lam, trajectory=True)
+        w = ((marg.sqrt() - traj.clamp_min(0).sqrt()) ** 2).sum(-1).sqrt()
+        ax.plot(t.numpy(), w.numpy(), label=f"{sc} ({other.evaluations} NFE)")
+    ax.set(xlabel="t", ylabel="W2(law of x_t, p_t)", yscale="log", title=f"K = {sampler.K}, ε = {sampler.eps:g}")
+    ax.invert_xaxis()
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,172 @@
+"""gsm.samplers.vp_schemes: TODO docstring."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+import torch
+from gsm.samplers.linear_chain import LinearChain, affine_step, explicit_rk_step
+
+_F64 = torch.float64
+
+
+SDE_SCHEMES = ("em", "ei", "ddpm")
+
+
+ODE_SCHEMES = ("euler", "heun", "rk4")
+
+
+EXACT_SCHEMES = ("sde", "ode")
+
+
+SCHEMES = SDE_SCHEMES + ODE_SCHEMES + EXACT_SCHEMES
+
+
+INITS = ("normal", "prior")
+
+
+# Butcher tableaux (a, b, c) of the flow-ODE schemes
+TABLEAUS = {
+    "euler": ([[0.0]], [1.0], [0.0]),
+    "heun": ([[0.0, 0.0], [1.0, 0.0]], [0.5, 0.5], [0.0, 1.0]),
+    "rk4": ([[0.0] * 4, [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1.0, 0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6],
+            [0.0, 0.5, 0.5, 1.0]),
+}
+
+
+EVALS_PER_STEP = {"em": 1, "ei": 1, "ddpm": 1, "euler": 1, "heun": 2, "rk4": 4, "sde": 0, "ode": 0}
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+@dataclass(frozen=True)
+class VPSchedule:
+    """β(t) = β_min + t(β_max − β_min) on [0, T] (Song's convention; defaults 0.1, 20, T = 1)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    T: float = 1.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.T) and self.T > 0):
+            raise ValueError(f"sampler.T must be finite and > 0, got {self.T}")
+        if not (math.isfinite(self.beta_max) and 0 < self.beta_min <= self.beta_max):
+            raise ValueError(f"sampler.beta_min and beta_max must satisfy 0 < beta_min <= beta_max (finite), "
+                             f"got beta_min={self.beta_min}, beta_max={self.beta_max}")
+
+    def beta(self, t: float) -> float:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def B(self, t):
+        """B(t) = β_min t + ½(β_max − β_min)t² (float or float64 tensor)."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t
+
+    def alpha_std(self, t: torch.Tensor):
+        """α_t = e^{−B/2}, s_t = √(1 − e^{−B}), float64 (L,) each."""
+        B = self.B(torch.as_tensor(t, dtype=_F64))
+        return torch.exp(-0.5 * B), torch.sqrt(-torch.expm1(-B))
+
+    def marginal(self, lam: torch.Tensor, t) -> torch.Tensor:
+        """σ_t(λ) = e^{−B(t)}λ + 1 − e^{−B(t)}: lam (d,), t (n,) → (n, d) (t scalar → (d,))."""
+        B = self.B(torch.as_tensor(t, dtype=_F64))
+        e = torch.exp(-B).unsqueeze(-1) if B.ndim else torch.exp(-B)
+        return e * lam.to(_F64) + (1 - e)
+
+
+def vp_grid(T: float, eps: float, steps: int) -> torch.Tensor:
+    """t_k = T − k(T − ε)/K, k = 0..K, float64 (K+1,) (decreasing: application order)."""
+    return torch.linspace(float(T), float(eps), int(steps) + 1, dtype=_F64)
+
+
+# -------------------------------------------------------------------------------------- the chains
+
+class _Levels:
+    """Distinct evaluation times, numbered in order of first use."""
+
+    def __init__(self):
+        self.times, self.index = [], {}
+
+    def __call__(self, t: float) -> int:
+        if t not in self.index:
+            self.index[t] = len(self.times)
+            self.times.append(t)
+        return self.index[t]
+
+
+def _affine_fn(l, c, g):
+    return lambda A, alg: affine_step(c, g, A(l), alg)
+
+
+def _rk_fn(levels, half_betas, h, tableau):
+    a, b, _ = tableau
+
+    def fn(A, alg):
+        G = [r * (alg.one(A(l)) - A(l)) for l, r in zip(levels, half_betas)]
+        return explicit_rk_step(G, h, a, b, alg)
+    return fn
+
+
+def vp_chain(scheme: str, schedule: VPSchedule, steps: int, eps: float):
+    """The scheme's linear chain on the grid `vp_grid(T, ε, K)` and its level times.
+    Returns (LinearChain, times (L,) float64)."""
+    if scheme not in SDE_SCHEMES + ODE_SCHEMES:
+        raise ValueError(f"sampler.scheme must be one of {' | '.join(SDE_SCHEMES + ODE_SCHEMES)} for a chain, "
+                         f"got {scheme}")
+    t = vp_grid(schedule.T, eps, steps).tolist()
+    lv = _Levels()
+    fns, q, reads = [], [], []
+    for k in range(steps):
+        t0, t1 = t[k], t[k + 1]
+        h = t0 - t1
+        if scheme in SDE_SCHEMES:
+            l = lv(t0)
+            bk = h * schedule.beta(t0)
+            if scheme == "em":
+                c, g, qk = 1 + 0.5 * bk, bk, bk
+            elif scheme == "ei":
+                dB = schedule.B(t0) - schedule.B(t1)
+                c, g, qk = math.exp(0.5 * dB), 2 * math.expm1(0.5 * dB), math.expm1(dB)
+            else:
+                if not bk < 1:
+                    raise ValueError(f"sampler.steps must be large enough that b_k = hβ(t_k) < 1 for scheme=ddpm "
+                                     f"(K > {(schedule.T - eps) * schedule.beta_max:.4g}), got {steps}")
+                c, g, qk = 1 / math.sqrt(1 - bk), bk / math.sqrt(1 - bk), bk
+            fns.append(_affine_fn(l, c, g))
+            reads.append((l,))
+            q.append(qk)
+        else:
+            tab = TABLEAUS[scheme]
+            times = [t0 if ci == 0 else t1 if ci == 1 else 0.5 * (t0 + t1) for ci in tab[2]]
+            ls = [lv(s) for s in times]
+            fns.append(_rk_fn(ls, [0.5 * schedule.beta(s) for s in times], h, tab))
+            reads.append(tuple(ls))
+            q.append(0.0)
+    chain = LinearChain(fns, torch.tensor(q, dtype=_F64), reads, len(lv.times))
+    return chain, torch.tensor(lv.times, dtype=_F64)
+
+
+def exact_scores(lam: torch.Tensor, schedule: VPSchedule, times: torch.Tensor) -> torch.Tensor:
+    """a_l(λ) = 1/σ_{t_l}(λ), the exact score per eigenvalue at each level: (d,), (L,) → (L, d)."""
+    return 1.0 / schedule.marginal(lam, times)
+
+
+def continuous_variance(scheme: str, lam: torch.Tensor, schedule: VPSchedule, eps: float, init_var) -> torch.Tensor:
+    """P–G eqs. 7–8 (module doc): the law at t = ε of the exact backward SDE (`sde`) or flow ODE (`ode`)
+    started from variance init_var (a number or (d,)) at T. (d,) float64."""
+    sT, se = schedule.marginal(lam, schedule.T), schedule.marginal(lam, eps)
+    if scheme == "ode":
+        return init_var * se / sT
+    decay = math.exp(-(schedule.B(schedule.T) - schedule.B(eps)))
+    return se + (init_var - sT) * decay * se ** 2 / sT ** 2
+
+
+def _check_eigenvalues(lam) -> torch.Tensor:
+    lam = torch.as_tensor(lam, dtype=_F64).detach().cpu()
+    if lam.ndim != 1 or lam.numel() == 0 or not torch.isfinite(lam).all() or not (lam >= 0).all():
+        raise ValueError("eigenvalues must be a non-empty 1-D tensor of finite values >= 0")
+    return lam
+
+
+def _singular_score_check(sampler, lam: torch.Tensor, what: str = "Σ"):
+    if sampler.chain is not None and bool((sampler.times == 0).any()) and bool((lam <= 0).any()):
+        raise ValueError(f"sampler.eps must be > 0 for scheme={sampler.scheme} when {what} is singular "
+                         "(the scheme evaluates the score at t = 0, where it is Σ⁻¹)")

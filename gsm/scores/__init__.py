@@ -1,0 +1,1 @@
+"""Score models: linear s(y) = −A y (`linear`), Fourier-diagonal (`fourier`), neural (`nets`)."""

@@ -1,0 +1,393 @@
+"""Exact laws and first-order predictions of any sampler that is linear in its state for a linear score.
+
+A sampler is given by its *push*: `push(A, x, noise)` runs it from x = x_T (B, m, n) with the score
+matrices A (B, L, n, n) (level l: s_l(y) = −A_l y) and returns the output (B, m, n), float64. Row
+convention: each of the m rows of x is one state vector. `noise(j)` (a callable, j = 0..J−1) gives the
+j-th standard normal injection (B, m, n); `noise=None` lets the sampler draw its own (particles). For
+such a sampler the output is
+
+    x_out = M x_T + Σ_j N_j ξ_j,   M, N_j (B, n, n) polynomial (or rational) in the A's,
+
+so from x_T ~ N(0, v I) the law is N(0, C), C = v M Mᵀ + Σ_j N_j N_jᵀ (`linear_maps`, `congruence_law`).
+The same push evaluated on other matrices gives the theory (eigenbasis of Σ, levels (α_l, s_l)):
+
+* bias: diagonal exact scores a_l(λ) = 1/(α_l²λ + s_l²) → h(λ) (n = 1, batched over eigenvalues);
+* 1/N (note §5.2): the plug-in scores (α_l²Σ̂ + s_l²I)⁻¹ make the output a matrix function h(Σ̂);
+  h^[1], h^[2] by Opitz' formula, the push run on 3×3 upper-bidiagonal J (`function_law`);
+* τ: SGD fluctuations Δ_l with uncorrelated entries (`gsm.theory.sgd.sgd_variance` at λ → α²λ, σ → s;
+  a finite budget: the mean and transient covariance of `gsm.theory.sgd.level_sgd_transient`);
+  a perturbation of entry (r, i) at level l only moves the 2×2 block {r, i}; the first and second
+  t-coefficients of C(A* + tE) come exactly from one push in the algebra t ↦ N (3×3 nilpotent shift):
+  the scores are lifted to 6×6 matrices A*⊗I₃ + E⊗N (`tau_cells`);
+* particles: K_M of note §5.4 with c = h.
+"""
+from __future__ import annotations
+
+from typing import Callable
+import torch
+from gsm.theory.langevin import bures_second_order_weights, kernel_m, kernel_n
+from gsm.theory.sgd import sgd_variance
+from gsm.samplers.linear_chain import LinearChain, MATRIX_JET, _jet_mm, _jet_one, output_law, output_variance
+
+_F64 = torch.float64
+
+
+# ------------------------------------------------------------------------------ divided differences
+
+def inverse_affine_series(lam: torch.Tensor, alpha2: torch.Tensor, s2: torch.Tensor, order: int = 4) -> torch.Tensor:
+    """Series of the plug-in score f_l(λ) = 1/(α_l² λ + s_l²) at every λ: f^{(r)}/r! = (−α²)ʳ f^{r+1}.
+    lam (d,), alpha2, s2 (L,) → (L, d, order)."""
+    f = 1.0 / (alpha2.view(-1, 1) * lam.view(1, -1) + s2.view(-1, 1))
+    r = torch.arange(order, dtype=_F64)
+    return (-alpha2.view(-1, 1, 1)) ** r * f.unsqueeze(-1) ** (r + 1)
+
+
+def divided_differences_from_jets(lam: torch.Tensor, H: torch.Tensor, rel_gap: float = 1e-3):
+    """h^[1](λ_i, λ_j) and h^[2](λ_i, λ_j, λ_i) for all pairs from the per-eigenvalue series
+    H (d, 4) = (h, h′, h″/2, h‴/6):
+
+        far pairs  (|λ_j − λ_i| > rel_gap·max(|λ_i|, |λ_j|)):  h^[1] = (h_i − h_j)/(λ_i − λ_j),
+                    h^[2](λ_i, λ_j, λ_i) = (h^[1]_ij − h′_i)/(λ_j − λ_i);
+        near pairs (Taylor at λ_i, δ = λ_j − λ_i):           h^[1] = h′ + (h″/2)δ + (h‴/6)δ²,
+                    h^[2] = h″/2 + (h‴/6)δ.
+
+    Cancellation error of the far formula ~ ε_mach/gap², truncation of the near one ~ gap²:
+    both ≤ ~1e-6 relative at rel_gap = 1e-3 (the exact Opitz result is the test reference).
+    Returns (d, d), (d, d)."""
+    li, lj = lam.view(-1, 1), lam.view(1, -1)
+    delta = lj - li
+    near = delta.abs() <= rel_gap * torch.maximum(li.abs(), lj.abs())
+    hi, hj, d1 = H[:, 0].view(-1, 1), H[:, 0].view(1, -1), H[:, 1].view(-1, 1)
+    safe = torch.where(near, torch.ones_like(delta), delta)
+    h1_far = (hj - hi) / safe
+    h2_far = (h1_far - d1) / safe
+    h1_near = d1 + H[:, 2].view(-1, 1) * delta + H[:, 3].view(-1, 1) * delta ** 2
+    h2_near = H[:, 2].view(-1, 1) + H[:, 3].view(-1, 1) * delta
+    return torch.where(near, h1_near, h1_far), torch.where(near, h2_near, h2_far)
+
+
+def opitz_divided_differences(h_on_matrix: Callable, lam: torch.Tensor):
+    """Reference (exact, O(d²·K)): h of the bidiagonal J = [[λ_i, 1, 0], [0, λ_j, 1], [0, 0, λ_i]]
+    holds h^[1](λ_i, λ_j) at (0, 1) and h^[2](λ_i, λ_j, λ_i) at (0, 2). h_on_matrix: (..., 3, 3) → same."""
+    d = lam.numel()
+    J = torch.zeros(d, d, 3, 3, dtype=_F64)
+    J[..., 0, 0] = J[..., 2, 2] = lam.view(d, 1)
+    J[..., 1, 1] = lam.view(1, d)
+    J[..., 0, 1] = J[..., 1, 2] = 1.0
+    H = h_on_matrix(J)
+    return H[..., 0, 0].diagonal(), H[..., 0, 1], H[..., 0, 2]
+
+
+# ------------------------------------------------------------------------------------------ τ kernel
+
+def chain_tau_kernel(chain: LinearChain, a: torch.Tensor, V: torch.Tensor, rho: torch.Tensor, W: torch.Tensor,
+                     init_var=1.0, symmetric: bool = False, cross: torch.Tensor | None = None) -> torch.Tensor:
+    """K_τ (d, d) per unit τ: E[B²(Σ, C(A* + Δ))] − B²(Σ, C(A*)) ≈ τ Σ_ij K_τ,ij, for independent
+    zero-mean per-level fluctuations Δ_l with Var(Δ_l,ij) = τ V[l, i, j] (entries uncorrelated;
+    `symmetric`: Δ_ij = Δ_ji), at scores A* = U diag(a_l) Uᵀ (a (L, d)) sharing Σ's eigenbasis.
+
+    Derivation. In the eigenbasis every unperturbed M_k, C_k is diagonal (m_k, c_k). Levels are
+    independent and zero-mean, so E[B²] − B⁰ = Σ_l (level l alone) to second order. Level l is read by
+    the consecutive steps S_l (one step; two for Heun/RK4 endpoints; twice within a step for RK4
+    midpoints). Write the block covariance map Φ(A_l) = M_S c_in M_Sᵀ + Q_S (S_l composed, c_in = C
+    before S_l) and ℓ = Π m_k after S_l, so C_out = ℓ Φ ℓ. M_S is a polynomial in A_l and diagonal
+    matrices, hence a perturbation A_l + εE in the one-entry direction E = e_i e_mᵀ only couples
+    indices i, m: the 2×2 restriction to {i, m} of every product is exact for the entries C_ii, C_mm,
+    C_im. The jets (order ε²) of Φ along E give, with Φ = Φ⁰ + εΦ¹ + ε²Φ² and E[Δ_e²] = τV_e,
+
+        E[(C¹_im)²] = ℓ_i² ℓ_m² Σ_e V_e (Φ¹_im[e])²,   E[C²_ii] = ℓ_i² Σ_e V_e Φ²_ii[e],
+
+    (e over the entries (i, m), (m, i) of Δ_l; cross terms have zero mean), and the Bures expansion
+    E[B²] − B⁰ = Σ_i ρ_i E[C²_ii] + ½ Σ_ij W_ij E[(C¹_ij)²] (theory note §4). For a one-stage step
+    M = cI − gA this is `gsm.theory.diffusion.ddpm_tau_kernel`. `cross` (L, d, d): Cov(Δ_ij, Δ_ji)/τ (i ≠ j; the
+    finite-budget transient of `gsm.theory.sgd.level_sgd_transient`) adds W P Q c + ρ_i c ∂²C_ii/∂Δ_ij∂Δ_ji,
+    the mixed derivative from the jet along E_ij + E_ji; for multi-stage steps the first-order change
+    of M_k is its derivative δM = Σ_(stages reading l) ∂M/∂G_i [−r_i Δ] (e.g. Heun:
+    M = I + (h/2)(G₁ + G₂ + h G₂G₁), δM = (h/2)(δG₁ + δG₂ + h(δG₂ G₁ + G₂ δG₁))), and its
+    second-order change (RK4: a midpoint level in two stages) enters Φ² — both carried by the jets.
+    """
+    a = a.to(_F64)
+    d = a.shape[-1]
+    m = chain.factors(a)                                             # (K, d)
+    c = chain.variance(a, init_var, trajectory=True)                 # (K+1, d)
+    # suffix products: after[k] = Π_{j≥k} m_j (after[K] = 1)
+    after = torch.ones(chain.K + 1, d, dtype=_F64)
+    for k in range(chain.K - 1, -1, -1):
+        after[k] = after[k + 1] * m[k]
+    out = torch.zeros(d, d, dtype=_F64)
+    eye = torch.eye(d, dtype=_F64)
+    ii, jj = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
+    offdiag = ~eye.bool()
+    for l, S in enumerate(chain.steps_reading()):
+        if not S:
+            continue
+        k1, k2 = min(S), max(S)
+        ell = after[k2 + 1]
+        li, lj = ell[ii], ell[jj]
+
+        def jet(*entries):
+            # pair jets (d, d, 3, 2, 2): indices (i, j) ↦ block {i, j}, direction Σ E_pr over `entries`
+            E = torch.zeros(2, 2, dtype=_F64)
+            for p, r in entries:
+                E[p, r] = 1.0
+            Phi = _block_jet(chain, a, l, k1, k2, c[k1], E, ii, jj)
+            return li * lj * Phi[..., 1, 0, 1], li ** 2 * Phi[..., 2, 0, 0]    # ∂C_ij, ½∂²C_ii along E
+
+        # each off-diagonal variable is visited twice ((i, j) and (j, i)): at each visit half of
+        # ½W(C¹_ij² + C¹_ji²) = ½W E[C¹²], and the second-order change of C at the visit's first index
+        if symmetric:
+            P, P2 = jet((0, 1), (1, 0))
+            cell = 0.5 * W * V[l] * P ** 2 + rho.view(-1, 1) * V[l] * P2
+        else:
+            P, P2 = jet((0, 1))                      # Δ_ij
+            Q, Q2 = jet((1, 0))                      # Δ_ji
+            cell = 0.5 * W * (V[l] * P ** 2 + V[l].T * Q ** 2) + rho.view(-1, 1) * (V[l] * P2 + V[l].T * Q2)
+            if cross is not None:                    # Cov(Δ_ij, Δ_ji): the mixed terms
+                _, PQ2 = jet((0, 1), (1, 0))
+                cell = cell + cross[l] * (W * P * Q + rho.view(-1, 1) * (PQ2 - P2 - Q2))
+        out += torch.where(offdiag, cell, 0.0)
+        # diagonal entries Δ_ii: 1×1 problem (the 2×2 block at (i, i) with E = e_0 e_0ᵀ)
+        E = torch.zeros(2, 2, dtype=_F64)
+        E[0, 0] = 1.0
+        idx = torch.arange(d)
+        Phi = _block_jet(chain, a, l, k1, k2, c[k1], E, idx, idx)
+        Vd = V[l].diagonal()
+        out += torch.diag(0.5 * W.diagonal() * Vd * (ell ** 2 * Phi[..., 1, 0, 0]) ** 2
+                          + rho * Vd * ell ** 2 * Phi[..., 2, 0, 0])
+    return out
+
+
+def _block_jet(chain, a, l, k1, k2, c_in, E, ii, jj):
+    """Φ = (steps k1..k2 composed) applied to diag(c_in[i], c_in[j]) with A_l → diag(a_l,i, a_l,j) + εE and
+    every other level at diag(a_i, a_j): jets (..., 3, 2, 2) over the index pairs (ii, jj)."""
+    shape = ii.shape
+
+    def level(lv):
+        X = torch.zeros(*shape, 3, 2, 2, dtype=_F64)
+        X[..., 0, 0, 0] = a[lv][ii]
+        X[..., 0, 1, 1] = a[lv][jj]
+        if lv == l:
+            X[..., 1, :, :] = E
+        return X
+
+    cache = {}
+
+    def A(lv):
+        if lv not in cache:
+            cache[lv] = level(lv)
+        return cache[lv]
+
+    Phi = torch.zeros(*shape, 3, 2, 2, dtype=_F64)
+    Phi[..., 0, 0, 0] = c_in[ii]
+    Phi[..., 0, 1, 1] = c_in[jj]
+    for k in range(k1, k2 + 1):
+        M = chain.step_fns[k](A, MATRIX_JET)
+        Mt = M.transpose(-1, -2)
+        Phi = _jet_mm(_jet_mm(M, Phi), Mt) + float(chain.q[k]) * _jet_one(M)
+    return Phi
+
+
+F64 = torch.float64
+
+
+def level_scores(lam: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """Per-eigenvalue exact scores a_l(λ) = 1/(α_l²λ + s_l²): (d,), (L,), (L,) → (L, d)."""
+    return 1 / (alphas.view(-1, 1) ** 2 * lam.view(1, -1) + stds.view(-1, 1) ** 2)
+
+
+def plugin_scores(X: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor, budget=None) -> torch.Tensor:
+    """The scores as matrix functions of the data second moment X (..., n, n) → (..., L, n, n): the DSM
+    minimiser (α_l²X + s_l²I)⁻¹, or with a finite SGD budget (`gsm.theory.sgd.SGDBudget`, VP levels
+    α² + s² = 1) its mean after the budget, `gsm.theory.sgd.sgd_mean_score`."""
+    if budget is None:
+        eye = torch.eye(X.shape[-1], dtype=F64)
+        return torch.linalg.inv(alphas.view(-1, 1, 1) ** 2 * X.unsqueeze(-3) + stds.view(-1, 1, 1) ** 2 * eye)
+    from gsm.theory.sgd import sgd_mean_score
+    return torch.stack([sgd_mean_score(X, float(a) ** 2, alphas.numel(), budget) for a in alphas], -3)
+
+
+def divided_differences(push, lam, score_fn, J, init_var, chunk: int = 4096, stepwise=None):
+    """h^[1](λ_i, λ_j) and h^[2](λ_i, λ_j, λ_i) (d, d) of h: Σ̂ ↦ output law with the scores score_fn(Σ̂)
+    ((..., n, n) → (..., L, n, n), e.g. `plugin_scores`), by Opitz' formula on J = [[λ_i, 1, 0], [0, λ_j, 1],
+    [0, 0, λ_i]]."""
+    d = lam.numel()
+    Jm = torch.zeros(d, d, 3, 3, dtype=F64)
+    Jm[..., 0, 0] = Jm[..., 2, 2] = lam.view(d, 1)
+    Jm[..., 1, 1] = lam.view(1, d)
+    Jm[..., 0, 1] = Jm[..., 1, 2] = 1.0
+    A = score_fn(Jm.reshape(d * d, 3, 3))                                 # (d², L, 3, 3)
+    H = torch.cat([output_law(push, a, J, init_var, stepwise, function=True) for a in A.split(chunk)])
+    return H[:, 0, 1].reshape(d, d), H[:, 0, 2].reshape(d, d)
+
+
+def _lift(base: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+    """base ⊗ I₃ + E ⊗ N (N the 3×3 nilpotent shift): the polynomial base + tE truncated after t²,
+    as a 6×6 matrix. base, E (..., 2, 2) → (..., 6, 6); index (c, p) ↦ 3c + p."""
+    shift = torch.diag(torch.ones(2, dtype=F64), 1)
+    kron = lambda X, Y: (X[..., :, None, :, None] * Y[:, None, :]).reshape(*X.shape[:-2], 6, 6)
+    return kron(base, torch.eye(3, dtype=F64)) + kron(E, shift)
+
+
+def _lifted_maps(push, A: torch.Tensor, J: int):
+    """The t⁰, t¹, t² coefficients of M(t) and N_j(t) for lifted scores A (B, L, 6, 6): (B, 3, 2, 2) and
+    (B, J, 3, 2, 2). One input row per source coordinate c' suffices: the lifted map sends e_(c', 2) to
+    Σ_q (M_q e_c') ⊗ e_(2−q), so the output row read at (c, 2 − q) is M_q[c, c']."""
+    B = A.shape[0]
+    x = torch.zeros(B, 2 * (J + 1), 6, dtype=F64)
+    x[:, 0, 2] = x[:, 1, 5] = 1.0
+
+    def noise(j):
+        z = torch.zeros(B, 2 * (J + 1), 6, dtype=F64)
+        z[:, 2 * j + 2, 2] = z[:, 2 * j + 3, 5] = 1.0
+        return z
+    out = push(A, x, noise).to(F64).reshape(B, J + 1, 2, 2, 3)        # (source, c', c, p)
+    coef = out.flip(-1).permute(0, 1, 4, 3, 2)                          # (source, q, c, c')
+    return coef[:, 0], coef[:, 1:]
+
+
+def _lifted_stepwise_law(stepwise, A: torch.Tensor, init_var):
+    """C⁰, C¹, C² (B, 3, 2, 2) of a history-free sampler (see `output_law`) for lifted scores A (B, L, 6, 6):
+    per step the coefficients F_q, G_q of the step's maps (one row e_(c', 2) per source coordinate, as in
+    `_lifted_maps`), then C_p ← Σ_{a+b+c=p} F_a C_b F_cᵀ + Σ_{a+c=p} G_a G_cᵀ (truncated after t²)."""
+    B = A.shape[0]
+    x, z = torch.zeros(2, B, 4, 6, dtype=F64)
+    x[:, 0, 2] = x[:, 1, 5] = z[:, 2, 2] = z[:, 3, 5] = 1.0
+    C = torch.zeros(B, 3, 2, 2, dtype=F64)
+    C[:, 0] = init_var * torch.eye(2, dtype=F64)
+    for out in stepwise(A, x, z):
+        coef = out.reshape(B, 2, 2, 2, 3).flip(-1).permute(0, 1, 4, 3, 2)   # (source, q, c, c')
+        F, G = coef[:, 0], coef[:, 1]
+        new = torch.zeros_like(C)
+        for a in range(3):
+            for c in range(3 - a):
+                new[:, a + c] += G[:, a] @ G[:, c].transpose(-1, -2)
+                for b in range(3 - a - c):
+                    new[:, a + b + c] += F[:, a] @ C[:, b] @ F[:, c].transpose(-1, -2)
+        C = new
+    return C
+
+
+def _perturbed_law_coefficients(push, a, J, init_var, E, chunk, stepwise=None):
+    """C¹, C² (B, 2, 2) of C(A + tE) = C⁰ + tC¹ + t²C² for a batch of 2×2 problems: a (B, L, 2) the
+    diagonal scores, E (B, L, 2, 2) the perturbation (non-zero at one level)."""
+    out = []
+    for ab, Eb in zip(a.split(chunk), E.split(chunk)):
+        Alift = _lift(torch.diag_embed(ab), Eb)
+        if stepwise is not None:
+            C = _lifted_stepwise_law(stepwise, Alift, init_var)
+            out.append((C[:, 1], C[:, 2]))
+            continue
+        Mc, Nc = _lifted_maps(push, Alift, J)                              # (b, 3, 2, 2), (b, J, 3, 2, 2)
+        pair = lambda X, p, q: X[..., p, :, :] @ X[..., q, :, :].transpose(-1, -2)
+        C1 = init_var * (pair(Mc, 0, 1) + pair(Mc, 1, 0)) + (pair(Nc, 0, 1) + pair(Nc, 1, 0)).sum(1)
+        C2 = init_var * (pair(Mc, 0, 2) + pair(Mc, 1, 1) + pair(Mc, 2, 0)) \
+            + (pair(Nc, 0, 2) + pair(Nc, 1, 1) + pair(Nc, 2, 0)).sum(1)
+        out.append((C1, C2))
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def _half_second_derivatives(push, lam, a, J, init_var, h, both: bool, chunk, stepwise=None):
+    """q_l,ri = ½ d²B²(Σ, C(A + tE))/dt² at t = 0 for E = e_r e_iᵀ at level l (E = e_r e_rᵀ when r = i), and
+    with `both` also for E = e_r e_iᵀ + e_i e_rᵀ: (L, d, d) each. Base A = diag(a_l) (a (L, d)); in the
+    2×2 block {r, i}, q = Σ_c ρ_c C²_cc + ½ Σ_cc' W_cc' (C¹_cc')² (note §4, ρ, W at base h)."""
+    d, L = lam.numel(), a.shape[0]
+    rho, W = bures_second_order_weights(lam, h)
+    r, i = [t.reshape(-1) for t in torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")]
+    pairs = torch.stack([a[:, r], a[:, i]], -1).permute(1, 0, 2).reshape(d * d, 1, L, 2).expand(d * d, L, L, 2)
+    rho_b = torch.stack([rho[r], rho[i]], -1).repeat_interleave(L, 0)    # (d²·L, 2)
+    W_b = torch.stack([torch.stack([W[r, r], W[r, i]], -1), torch.stack([W[i, r], W[i, i]], -1)], -2)
+    W_b = W_b.repeat_interleave(L, 0)
+    lv, diag = torch.arange(L), (r == i).nonzero()[:, 0].view(-1, 1)
+    out = []
+    for sym in (False, True)[:1 + both]:
+        E = torch.zeros(d * d, L, L, 2, 2, dtype=F64)                    # (pair, perturbed level, level, 2, 2)
+        E[:, lv, lv, 0, 1] = 1.0
+        if sym:
+            E[:, lv, lv, 1, 0] = 1.0
+        E[diag, lv, lv] = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=F64)   # r = i: the (0, 0) entry only
+        C1, C2 = _perturbed_law_coefficients(push, pairs.reshape(-1, L, 2), J, init_var, E.reshape(-1, L, 2, 2), chunk,
+                                             stepwise)
+        q = (rho_b * torch.diagonal(C2, dim1=-2, dim2=-1)).sum(-1) + 0.5 * (W_b * C1 ** 2).sum((-1, -2))
+        out.append(q.reshape(d, d, L).permute(2, 0, 1))
+    return out
+
+
+def tau_cells(push, lam, a, J, init_var, h, var, cross=None, symmetric=False, chunk=2048,
+              stepwise=None) -> torch.Tensor:
+    """E[B²(Σ, C(A + Δ))] − B²(Σ, C(A)) at second order in Δ, per cell (d, d) summed over levels: A = diag(a_l)
+    per level (a (L, d)), Δ_l centred, independent across levels, entries uncorrelated except
+    Cov(Δ_l,ri, Δ_l,ir) = cross_l,ri (var, cross (L, d, d)); symmetric: Δ_ri = Δ_ir (var = its variance).
+    Cell (r, i) = Σ_l var q_l,ri (+ ½ cross_l,ri H_l,ri, H = ∂²B²/∂Δ_ri∂Δ_ir = q^sym − q_ri − q_ir)."""
+    both = symmetric or (cross is not None and bool((cross.abs() > 0).any()))
+    qs = _half_second_derivatives(push, lam, a, J, init_var, h, both, chunk, stepwise)
+    offd = ~torch.eye(lam.numel(), dtype=torch.bool)
+    if symmetric:       # one variable per unordered pair, read by the cells (r, i) and (i, r)
+        q = torch.where(offd, qs[1], qs[0])
+        return (var * q * torch.where(offd, 0.5, 1.0)).sum(0)
+    out = var * qs[0]
+    if both:
+        H = qs[1] - qs[0] - qs[0].transpose(-1, -2)
+        out = out + torch.where(offd, 0.5 * cross * H, torch.zeros_like(H))
+    return out.sum(0)
+
+
+def linear_sampler_prediction(push, lam, alphas, stds, *, J=0, init_var=1.0, n=None, tau=0.0, batch_size=1,
+                              particles=None, symmetric=False, sgd_steps=None, init="zeros", stepwise=None) -> dict:
+    """E[W2²(N(0, Σ), law of the output)] ≈ bias + (1/N) Σ K_N + τ Σ K_τ [+ (1/M) Σ K_M] for the linear
+    sampler `push` whose score is read at the levels (α_l, s_l) (module doc). bias = Σ(√λ − √h)² with the
+    exact scores, reported as `discretization` (all of the sampler's own error: grid, stopping, start).
+
+    sgd_steps = S (tau > 0, VP levels α² + s² = 1, not symmetric): SGD ran S steps from A₀ = a₀I (`init`),
+    each sample at a uniform level (as gsm.diffusion): the scores' mean (`gsm.theory.sgd.sgd_mean_score`,
+    exact, a function of Σ̂) gives `sgd_mean_offset` (a part of `optimization`) and enters the 1/N term;
+    the τ term uses the transient covariance of `gsm.theory.sgd.level_sgd_transient` around it.
+    stepwise: the per-step recursion of `output_law` (history-free samplers).
+    Keys as `gsm.theory.diffusion.diffusion_prediction`: floats, kernels (d, d), diagnostics, warnings."""
+    from gsm.theory.sgd import SGDBudget, level_sgd_transient
+    lam = torch.as_tensor(lam, dtype=F64)
+    alphas, stds = torch.as_tensor(alphas, dtype=F64), torch.as_tensor(stds, dtype=F64)
+    d, L = lam.numel(), alphas.numel()
+    warnings = []
+    budget = SGDBudget(int(sgd_steps), tau, batch_size, init) if sgd_steps is not None and tau > 0 else None
+    if budget is not None and (symmetric or (alphas ** 2 + stds ** 2 - 1).abs().max() > 1e-12):
+        warnings.append("the finite SGD budget is modelled for VP levels (α² + s² = 1) and non-symmetric A only: "
+                        "the τ term assumes stationary SGD")
+        budget = None
+    a_exact = level_scores(lam, alphas, stds)
+    h_exact = output_variance(push, a_exact, J, init_var, stepwise)
+    bias_exact = float(((lam.sqrt() - h_exact.sqrt()) ** 2).sum())
+    if budget is None:
+        a, h = a_exact, h_exact
+    else:
+        a, var, cross = level_sgd_transient(lam, alphas ** 2, L, budget)
+        h = output_variance(push, a, J, init_var, stepwise)
+    rho, W = bures_second_order_weights(lam, h)
+    bias_per = (lam.sqrt() - h.sqrt()) ** 2
+    out = {"discretization": bias_exact}
+    K_N = torch.zeros(d, d, dtype=F64)
+    if n is not None:
+        H1, H2 = divided_differences(push, lam, lambda X: plugin_scores(X, alphas, stds, budget), J, init_var,
+                                     stepwise=stepwise)
+        K_N = kernel_n(lam, H1, H2, rho, W)
+    out["generalization"] = float(K_N.sum()) / n if n is not None else 0.0
+    out["sgd_mean_offset"] = float(bias_per.sum()) - bias_exact        # 0 at stationarity
+    K_tau = torch.zeros(d, d, dtype=F64)
+    if budget is not None:
+        K_tau = tau_cells(push, lam, a, J, init_var, h, var, cross, stepwise=stepwise) / tau
+    elif tau > 0:
+        V, X = zip(*[sgd_variance(float(al) ** 2 * lam, sigma=float(s), tau=1.0, batch_size=batch_size,
+                                  symmetric=symmetric) for al, s in zip(alphas, stds)])
+        K_tau = tau_cells(push, lam, a, J, init_var, h, torch.stack(V), symmetric=symmetric, stepwise=stepwise)
+    out["optimization"] = out["sgd_mean_offset"] + tau * float(K_tau.sum())
+    K_M = kernel_m(h, W)
+    out["particles"] = float(K_M.sum()) / particles if particles is not None else 0.0
+    out["total"] = bias_exact + out["generalization"] + out["optimization"] + out["particles"]
+    a2 = alphas.view(-1, 1) ** 2 * lam.view(1, -1)
+    eps_tau = tau * float((a2 * (a2 + stds.view(-1, 1) ** 2)).max()) / (2 * batch_size)
+    if n is not None and n < 5 * d:
+        warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
+    if tau > 0 and eps_tau > 0.005:
+        warnings.append(f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than ~5%")
+    out.update(kernel_n=K_N, kernel_tau=K_tau, kernel_m=K_M, bias_per_eigenvalue=bias_per, sampler_variance=h,
+               eigenvalues=lam, eps_tau=eps_tau, d_over_n=d / n if n is not None else 0.0, warnings=warnings)
+    return out

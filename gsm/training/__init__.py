@@ -1,0 +1,1 @@
+"""Training: DSM losses, the DSM-SGD trainers (`dsm`, `fourier`) and background random draws (`prefetch`)."""

@@ -1,0 +1,317 @@
+"""Denoising score matching (DSM) and its SGD, batched over R independent replicates.
+
+Convention (L) of the theory note §1: a sample at noise level l is y = α_l x + s_l z, z ~ N(0, I),
+and its loss is ℓ = ½‖s_l·s(y) + z‖² (ε-prediction, ε̂ = −s_l·s(y)). For Langevin there is one
+level, α = 1, s = σ. For the linear score s(y) = −A y the stochastic gradient of one sample is
+
+    g = (s² A y − s z) yᵀ = u yᵀ,
+
+and constant-step SGD with batch b is A ← A − (τ/b) Σ_batch u yᵀ (one batched `baddbmm`). On the CPU,
+K consecutive steps are taken at once by an exact rewriting (`_sgd_steps_blocked`).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from gsm.scores.linear import dsm_optimum
+from gsm.training.prefetch import background_draws, prefetched
+
+SAMPLING = ("with_replacement", "epochs")
+
+
+def dsm_loss(score_fn, x: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Monte-Carlo DSM loss ½ E‖s_l·score(α_l x + s_l z, l) + z‖², one level l per sample.
+
+    x: (R, B, d). Returns the loss per replicate, (R,). score_fn(y, l) takes y (R, B, d) and an
+    integer level; this generic form (autograd-friendly) serves any score model.
+    """
+    R, B, d = x.shape
+    L = alphas.numel()
+    lv = torch.randint(L, (B,), generator=generator, device=x.device)
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    loss = torch.zeros(R, device=x.device, dtype=x.dtype)
+    for l in lv.unique().tolist():
+        m = lv == l
+        a, s = float(alphas[l]), float(stds[l])
+        y = a * x[:, m] + s * z[:, m]
+        loss = loss + 0.5 * ((s * score_fn(y, l) + z[:, m]) ** 2).sum((-1, -2))
+    return loss / B
+
+
+def empirical_second_moment(x: torch.Tensor) -> torch.Tensor:
+    """Σ̂ = (1/N) Σ_n x_n x_nᵀ (known zero mean, as in the theory), (R, N, d) → (R, d, d) float64."""
+    x = x.to(torch.float64)
+    return x.transpose(-1, -2) @ x / x.shape[-2]
+
+
+def empirical_dsm_minimizer(x: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """The exact minimiser of the empirical DSM loss, A_l = (α_l² Σ̂ + s_l² I)⁻¹: (R, L, d, d)."""
+    return dsm_optimum(empirical_second_moment(x), alphas, stds)
+
+
+class _EpochStream:
+    """Data indices in shuffled passes (epochs, as a DataLoader with shuffle=True). Continues shuffled passes across chunks, so every epoch is a full permutation."""
+
+    def __init__(self, R, N, generator, device):
+        self.R, self.N, self.g, self.device = R, N, generator, device
+        self.buf = torch.empty(R, 0, dtype=torch.long, device=device)
+
+    def take(self, count):
+        while self.buf.shape[1] < count:
+            perm = torch.argsort(torch.rand(self.R, self.N, generator=self.g, device=self.device), dim=1)
+            self.buf = torch.cat([self.buf, perm], dim=1)
+        out, self.buf = self.buf[:, :count], self.buf[:, count:]
+        return out
+
+
+def _sgd_steps(A0, y, z, u, s0, tau_b, symmetric):
+    """The one-level DSM-SGD steps of a chunk, in place on A0 (R, d, d): for each k,
+    u_k = s²A y_k − s z_k (into u[k]) and A ← A − (τ/b) Σ_batch u_k y_kᵀ (a rank-b update)."""
+    for k in range(y.shape[0]):
+        torch.baddbmm(z[k], y[k], A0.transpose(-1, -2), beta=-s0, alpha=s0 * s0, out=u[k])
+        if symmetric:                                     # ½(u yᵀ + y uᵀ) = ½ [u; y]ᵀ [y; u]
+            A0.baddbmm_(torch.cat([u[k], y[k]], 1).transpose(-1, -2), torch.cat([y[k], u[k]], 1),
+                        alpha=-0.5 * tau_b)
+        elif y.shape[2] == 1:                             # b = 1: the outer product, elementwise (faster than a k=1 GEMM)
+            A0.addcmul_(u[k].transpose(-1, -2), y[k], value=-tau_b)
+        else:
+            A0.baddbmm_(u[k].transpose(-1, -2), y[k], alpha=-tau_b)
+
+
+BLOCK_ROWS = 16     # samples per blocked CPU update: fastest of 8 / 16 / 32 at d = 64, b = 1 (python -m gsm.bench)
+
+
+def _sgd_steps_blocked(A0, y, z, s0, tau_b, b, log):
+    """The steps of `_sgd_steps` (one level, not symmetric), K = BLOCK_ROWS // b at a time, in place on A0.
+
+    Within a block that starts from A, step j sees A_j = A − (τ/b) Σ_{i<j} u_i y_iᵀ, so its residuals are
+        u_j = s²A y_j − s z_j − s²(τ/b) Σ_{i<j} (y_iᵀ y_j) u_i,
+    i.e. the unit lower-triangular system (I + s²(τ/b) M∘YYᵀ) U = s² Y Aᵀ − s Z, where the rows of Y, Z, U
+    are the block's K·b samples in step order and M keeps the pairs from strictly earlier steps. So a block
+    is one GEMM, one Gram matrix, one triangular solve and one rank-Kb update A ← A − (τ/b) UᵀY: A is read
+    and written once per block instead of once per step. The iterates are the same up to rounding.
+
+    y, z: (R, c·b, d) in step order; log(j, u_j) is called for every step j < c of the chunk."""
+    R, n, d = y.shape
+    rows = max(1, BLOCK_ROWS // b) * b
+    step = torch.arange(rows, device=y.device) // b
+    M = (step.view(-1, 1) > step.view(1, -1)).to(y.dtype) * (s0 * s0 * tau_b)
+    U = torch.empty(R, rows, d, device=y.device, dtype=y.dtype)
+    G = torch.empty(R, rows, rows, device=y.device, dtype=y.dtype)
+    for p in range(0, n, rows):
+        q = min(n, p + rows)
+        m, yb, Ub, Gb = q - p, y[:, p:q], U[:, :q - p], G[:, :q - p, :q - p]
+        torch.bmm(yb, A0.mT, out=Ub).mul_(s0 * s0).sub_(z[:, p:q], alpha=s0)        # s²YAᵀ − sZ
+        torch.bmm(yb, yb.mT, out=Gb).mul_(M[:m, :m]).diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        # right-sided solve on the transposes: Ubᵀ is column-major, as LAPACK wants, so it is solved in place
+        torch.linalg.solve_triangular(Gb.mT, Ub.mT, upper=True, left=False, unitriangular=True, out=Ub.mT)
+        A0.baddbmm_(Ub.mT, yb, alpha=-tau_b)
+        for j in range(p // b, q // b):
+            log(j, Ub[:, j * b - p:(j + 1) * b - p])
+
+
+class _GraphedSteps:
+    """`_sgd_steps` captured once as a CUDA graph on static buffers (A0 is updated in place)."""
+
+    def __init__(self, A0, y, z, s0, tau_b, symmetric):
+        self.y, self.z, self.u = torch.empty_like(y), torch.empty_like(z), torch.empty_like(z)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):                     # warm-up (cuBLAS workspaces) on a copy of A
+            _sgd_steps(A0.clone(), y, z, self.u, s0, tau_b, symmetric)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            _sgd_steps(A0, self.y, self.z, self.u, s0, tau_b, symmetric)
+
+    def run(self, y, z):
+        self.y.copy_(y)
+        self.z.copy_(z)
+        self.graph.replay()
+
+
+@torch.no_grad()
+def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor,
+                     tau: float, batch_size: int = 1, steps: int, sampling: str = "with_replacement",
+                     symmetric: bool = False, generator: torch.Generator | None = None,
+                     log_every: int = 0, callback=None, chunk: int = 256, progress: bool = False,
+                     cuda_graph: bool = True, blocked: bool = True, background: bool | None = None) -> dict:
+    """DSM-SGD on the linear score, in place on A, for R replicates at once.
+
+    Args:
+        A: (R, L, d, d) score matrices (updated in place; its dtype is the training dtype).
+        x: (R, N, d) data, one data set per replicate.
+        alphas, stds: (L,) noise levels α_l, s_l; each sample draws l uniformly.
+        tau: τ, the SGD step (convention (L)).  batch_size: b.  steps: number of SGD steps.
+        sampling: "with_replacement" (i.i.d. indices, the theory's assumption) or "epochs".
+        symmetric: use (g + gᵀ)/2 so A stays symmetric.
+        log_every, callback: every `log_every` steps, callback(step, loss) with the minibatch DSM
+            loss averaged over the replicates still alive.
+        chunk: steps whose random numbers are drawn at once (fewer kernel launches).
+        cuda_graph: on a GPU with one level, replay a chunk's steps as one CUDA graph (same arithmetic,
+            no per-step launch cost).
+        blocked: on the CPU with one level and no symmetrisation, take BLOCK_ROWS // b steps at once
+            (`_sgd_steps_blocked`: the same iterates up to rounding, ~1.6–2× faster at d = 64, b = 1).
+        background: draw chunk i + 1 on a second core while chunk i trains (`gsm.prefetch`; the same
+            numbers). None: when on the CPU, large, and torch's threads leave a core idle.
+    Returns:
+        {"diverged_at": (R,) long, the step after which A_r became non-finite (−1 if never)}.
+        A diverged replicate's A stays non-finite (NaN propagates only within its own batch entry)
+        while the others go on; the pipeline leaves it out of the means.
+    """
+    if sampling not in SAMPLING:
+        raise ValueError(f"train.sampling must be one of {' | '.join(SAMPLING)}, got {sampling}")
+    R, L, d, _ = A.shape
+    N = x.shape[1]
+    dev, dt = A.device, A.dtype
+    x = x.to(dt)
+    a = alphas.to(dev, dt)
+    s = stds.to(dev, dt)
+    b = int(batch_size)
+    rows = torch.arange(R, device=dev).view(R, 1).expand(R, b)
+    epochs = _EpochStream(R, N, generator, dev) if sampling == "epochs" else None
+    diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
+    flatA = A.view(R * L, d, d)
+    xflat = x.reshape(R * N, d)
+    a0, s0 = float(a[0]), float(s[0])
+    graph = None
+    # CPU, one level: K steps per block (`_sgd_steps_blocked`); the symmetric update has no such form
+    blocked = blocked and L == 1 and dev.type == "cpu" and not symmetric and 2 * b <= BLOCK_ROWS
+    bar = tqdm(total=steps, desc="DSM-SGD", disable=not progress, leave=False)
+    step = 0
+
+    def log(k, u, s_u):
+        if callback is not None and log_every and k % log_every == 0:
+            # ℓ = ½‖z − s A y‖² = ½‖u‖²/s², averaged over batch and live replicates
+            per_rep = 0.5 * ((u / s_u) ** 2).sum(-1).mean(-1)
+            alive = diverged_at < 0
+            if alive.any():
+                callback(k, float(per_rep[alive].mean()))
+
+    # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws;
+    # two sets when the next chunk is drawn on a second core while this one trains (`gsm.prefetch`)
+    background = background_draws(dev, R * min(chunk, steps) * b * d) if background is None else background
+    z_bufs = [torch.empty(min(chunk, steps), R, b, d, device=dev, dtype=dt) for _ in range(1 + background)]
+    y_bufs = [torch.empty_like(zb) for zb in z_bufs] if L == 1 else None
+    u_buf = torch.empty_like(z_bufs[0]) if L == 1 and not blocked else None
+
+    def draw(i):
+        """Chunk i's draws (indices, noise z, levels) and, for one level, its inputs y = αx + sz, which do not
+        depend on A; (R, c·b, d) in step order for the blocked steps, (c, R, b, d) otherwise."""
+        c, zb = min(chunk, steps - i * chunk), z_bufs[i % len(z_bufs)]
+        idx = (epochs.take(c * b) if epochs else
+               torch.randint(N, (R, c * b), generator=generator, device=dev)).view(R, c, b)
+        z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt, out=zb[:c])
+        if L > 1:
+            return c, idx, z, torch.randint(L, (c, R, b), generator=generator, device=dev), None
+        rows_idx = idx + rows[:, :1].unsqueeze(-1) * N
+        yb = y_bufs[i % len(y_bufs)][:c].view(-1, d)
+        if blocked:
+            y = torch.index_select(xflat, 0, rows_idx.reshape(-1), out=yb).view(R, c * b, d)
+            z = z.permute(1, 0, 2, 3).reshape(R, c * b, d)          # a strided view for b = 1, else a copy
+        else:
+            y = torch.index_select(xflat, 0, rows_idx.transpose(0, 1).reshape(-1), out=yb).view(c, R, b, d)
+        return c, idx, z, None, y.mul_(a0).add_(z, alpha=s0)
+
+    for c, idx, z, lv, y in prefetched(draw, -(-steps // chunk), background):
+        if lv is None and blocked:
+            _sgd_steps_blocked(A[:, 0], y, z, s0, tau / b, b, lambda j, u: log(step + j + 1, u, s0))
+            step += c
+        elif lv is None:
+            # each step is two fused in-place products (no temporaries of A's size): u = s²Ay − sz
+            # (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for b = 1, baddbmm_
+            # otherwise)
+            if graph is not None and c == chunk:
+                graph.run(y, z)                           # a CUDA graph replay of the same steps
+                u = graph.u
+            else:
+                u = u_buf[:c]
+                _sgd_steps(A[:, 0], y, z, u, s0, tau / b, symmetric)
+                if cuda_graph and dev.type == "cuda" and graph is None and steps - step - c >= chunk:
+                    graph = _GraphedSteps(A[:, 0], y, z, s0, tau / b, symmetric)
+            for k in range(c):
+                log(step + k + 1, u[k], s0)
+            step += c
+        else:
+            for k in range(c):                            # a level per sample: gather, scatter-add
+                xb = x[rows, idx[:, k]]                   # (R, b, d)
+                l = lv[k]
+                sl, al = s[l].unsqueeze(-1), a[l].unsqueeze(-1)   # (R, b, 1)
+                y = al * xb + sl * z[k]
+                Al = A[rows, l]                           # (R, b, d, d)
+                u = sl ** 2 * (Al @ y.unsqueeze(-1)).squeeze(-1) - sl * z[k]
+                G = u.unsqueeze(-1) * y.unsqueeze(-2)     # (R, b, d, d)
+                if symmetric:
+                    G = 0.5 * (G + G.transpose(-1, -2))
+                flatA.index_add_(0, (rows * L + l).reshape(-1), G.reshape(-1, d, d), alpha=-tau / b)
+                step += 1
+                log(step, u, sl)
+        bar.update(c)
+        # one pass: A_r is finite iff its float64 sum is (float32 entries cannot overflow it; float64 ones
+        # only from ~1e308/(L·d²), long after divergence)
+        bad = ~torch.isfinite(A.flatten(1).sum(1, dtype=torch.float64)) & (diverged_at < 0)
+        if bad.any():
+            diverged_at[bad] = step
+            if bool((diverged_at >= 0).all()):
+                break
+    bar.close()
+    return {"diverged_at": diverged_at}
+
+
+def train_score_net(model, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor, optimizer,
+                    batch_size: int = 1, steps: int, generator: torch.Generator | None = None,
+                    log_every: int = 0, callback=None, progress: bool = False) -> dict:
+    """DSM training of any score model (MLP, user model; the linear one too) with a torch optimizer.
+
+    Each step draws, per replicate, b indices with replacement and minimises the same loss as
+    `train_linear_dsm`, ½‖s_l·s(α_l x + s_l z, l) + z‖² averaged over the batch (one uniform level
+    per sample, `dsm_loss`), summed over the live replicates: replicates have disjoint parameters, so
+    each gets its own gradient, and an element-wise optimizer (SGD, Adam) keeps them independent.
+    With `torch.optim.SGD(lr=τ)` a linear model takes exactly the steps of `train_linear_dsm`.
+
+    Args:
+        model: s(y, l), y (R, B, d) → (R, B, d); `model.level_tensors` (optional) says forward
+            accepts per-sample levels (B,), so a batch costs one call instead of one per level.
+        x: (R, N, d) data.  alphas, stds: (L,) noise levels.
+        optimizer: a torch optimizer over model.parameters().
+        log_every, callback: every `log_every` steps, callback(step, loss) with the minibatch DSM
+            loss averaged over the live replicates.
+    Returns:
+        {"diverged_at": (R,) long, the step after which replicate r's loss was non-finite (−1 if never)}.
+    """
+    R, N, d = x.shape
+    dev = x.device
+    p = next(iter(model.parameters()), None)
+    x = x.to(p.dtype if p is not None else x.dtype)
+    b = int(batch_size)
+    rows = torch.arange(R, device=dev).view(R, 1)
+    a, s = alphas.to(dev, x.dtype), stds.to(dev, x.dtype)
+    fast = getattr(model, "level_tensors", False)
+    alive = torch.ones(R, dtype=torch.bool, device=dev)
+    diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
+    check = max(1, min(100, log_every or 100))       # host syncs only every `check` steps
+    for step in tqdm(range(1, steps + 1), desc="DSM", disable=not progress, leave=False):
+        xb = x[rows, torch.randint(N, (R, b), generator=generator, device=dev)]
+        if fast:   # the body of dsm_loss with all levels in one call
+            lv = torch.randint(a.numel(), (b,), generator=generator, device=dev)
+            z = torch.randn(xb.shape, generator=generator, device=dev, dtype=xb.dtype)
+            sl = s[lv].view(1, b, 1)
+            loss = 0.5 * ((sl * model(a[lv].view(1, b, 1) * xb + sl * z, lv) + z) ** 2).sum(-1).mean(-1)
+        else:
+            loss = dsm_loss(model, xb, a, s, generator)
+        bad = ~torch.isfinite(loss.detach())
+        alive = alive & ~bad
+        optimizer.zero_grad(set_to_none=True)
+        torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
+        optimizer.step()
+        if step % check == 0 or step == steps:
+            newly = ~alive & (diverged_at < 0)
+            if newly.any():
+                diverged_at[newly] = step
+                if not alive.any():
+                    break
+        if callback is not None and log_every and step % log_every == 0 and alive.any():
+            callback(step, float(loss.detach()[alive].mean()))
+    return {"diverged_at": diverged_at}
