@@ -1,6 +1,6 @@
 """Every `gsm …` command in the README's and docs' code blocks, run as a user types it.
 
-    python tests/readme_commands.py            # the commands CI runs (tests/test_readme_commands.py)
+    python tests/readme_commands.py            # the commands CI runs (tests/integration/test_readme_commands.py)
     python tests/readme_commands.py --all      # every page's commands, the long ones (LONG) too
 
 For each command it prints its wall time, the measured and predicted W2² (w2_exact against w2_predicted,
@@ -30,7 +30,7 @@ LONG = {
     "gsm +experiment=linear_vs_mlp": "a 6-job sweep with MLP jobs: minutes on 2 cores",
     "gsm data=texture model=fourier_linear data.size=256 data.n=16 replicates=2 sampler.particles=16 train.tau=2e-4":
         "a 256×256 texture (d = 65 536): minutes on a loaded 2-core machine",
-    "gsm -m +experiment=vs_n": "a 7-job sweep (≈ 50 s); the presets and gsm-report are tested by tests/test_studies.py",
+    "gsm -m +experiment=vs_n": "a 7-job sweep (≈ 50 s); the presets and gsm-report are tested by tests/integration/test_studies.py",
 }
 CI_REPLICATES = "replicates=16"     # what CI adds to every other command (the README says so)
 # extra overrides CI adds (replicates only: the README says so beside the command)
@@ -46,7 +46,7 @@ SKIP_PATTERNS = (
 
 
 # CI runs the commands of these pages; the other pages' commands are variants that their own test files
-# cover (tests/test_vp.py, test_diffusers.py, test_edm.py, test_studies.py): `--all` runs them too
+# cover (tests/theory/test_vp.py, test_diffusers.py, test_edm.py, test_studies.py): `--all` runs them too
 CI_PAGES = ("README.md", "diffusion.md", "neural.md", "textures.md")
 
 

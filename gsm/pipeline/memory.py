@@ -10,7 +10,7 @@ train.batch_size, c = min(256, train.steps) SGD steps drawn per chunk, M = sampl
 noise levels, e = bytes of the training dtype, 8 for float64): the data (float64), the score matrices,
 the SGD chunk's draws, the sampler's law and particles and the evaluation's copies. What lives through
 the run (data, score) adds to the largest stage. Coefficients count the live copies in the code
-(measured: tests/test_memory.py checks measured ≤ estimate ≤ 2 × measured on a few configs).
+(measured: tests/unit/test_memory.py checks measured ≤ estimate ≤ 2 × measured on a few configs).
 """
 from __future__ import annotations
 

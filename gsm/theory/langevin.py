@@ -196,7 +196,7 @@ def tau_term_from_var(eigenvalues, var, *, score, gamma, cross=None, steps=None,
 
     With P_ri = τ v_r, Q = 0 this is τ K_τ of the note. steps = K: the same expansion of the K-step
     law from N(0, init_var·I), in closed form (`_ula_tau_cells_finite`; equal to the autograd
-    `second_order_contraction` of `_ula_covariance`, tests/test_theory.py).
+    `second_order_contraction` of `_ula_covariance`, tests/theory/test_theory.py).
     """
     lam = eigenvalues
     d = lam.numel()

@@ -21,7 +21,7 @@ from gsm.pipeline.validate import ConfigError, validate_config
 
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
         "sampler.particles=50", "progress=false"]
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
 
 
 def strict_json(path):

@@ -18,7 +18,7 @@ import torch
 
 from gsm.theory.langevin import langevin_prediction
 
-DOC = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
+DOC = (Path(__file__).parents[2] / "docs" / "extending.md").read_text()
 
 
 def code_block(first_line: str, lang: str = "python") -> str:

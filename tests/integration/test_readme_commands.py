@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from readme_commands import CI_OVERRIDES, CI_PAGES, LONG, ci_overrides, readme_commands, run_command  # noqa: E402
 
 COMMANDS = readme_commands()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 # the README and the docs/ pages it links to, where the recipes live ("Neural score models": docs/neural.md,
 # "Studies": docs/studies.md)
 README = "\n".join((ROOT / p).read_text() for p in ("README.md", "docs/neural.md", "docs/studies.md"))
