@@ -18,7 +18,7 @@ MOVED = {
     "gsm.diffusers_sampler": ("gsm.samplers.diffusers_scheduler",),
     "gsm.diffusion": ("gsm.samplers.reverse_chain", "gsm.theory.sgd", "gsm.theory.diffusion", "gsm.samplers.ddpm",),
     "gsm.edm": ("gsm.samplers.edm",),
-    "gsm.experiment": ("gsm.pipeline.run",),
+    "gsm.experiment": ("gsm.pipeline.run", "gsm.pipeline.record", "gsm.pipeline.matrix"),
     "gsm.interrupt": ("gsm.pipeline.interrupt",),
     "gsm.job": ("gsm.cli.job",),
     "gsm.linear_law": ("gsm.theory.linear_chain", "gsm.samplers.linear_chain",),
@@ -37,7 +37,7 @@ MOVED = {
     "gsm.train": ("gsm.training.dsm",),
     "gsm.validate": ("gsm.pipeline.validate",),
     "gsm.vp": ("gsm.samplers.vp", "gsm.samplers.vp_schemes", "gsm.theory.vp", "gsm.figures",),
-    "gsm.vp_pipeline": ("gsm.pipeline.vp",),
+    "gsm.vp_pipeline": ("gsm.pipeline.spectral",),
 }
 
 

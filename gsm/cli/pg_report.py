@@ -11,6 +11,7 @@ import csv
 import io
 from pathlib import Path
 
+from gsm.cli.tables import load_jobs
 from gsm.io import write_text_atomic
 
 KEYS = ("sampler.scheme", "sampler.init", "sampler.eps", "sampler.nfe")
@@ -19,7 +20,6 @@ SCHEME_ORDER = ("em", "ei", "ddpm", "euler", "heun", "rk4", "sde", "ode")
 
 def pg_rows(sweep_dir) -> list[dict]:
     """One dict per ok job: scheme, init, eps, nfe_budget, nfe, steps, measured/s.e./predicted W2²."""
-    from gsm.cli.report import load_jobs
     jobs, _ = load_jobs(sweep_dir)
     rows = []
     for j in jobs:

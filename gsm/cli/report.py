@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -41,10 +40,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from gsm.io import savefig_atomic, write_text_atomic
-from gsm.pipeline.status import job_status
+from gsm.cli.tables import load_jobs
 
 MEASURED = ("w2_exact", "w2_empirical", "w2_empirical_debiased")       # {mean, stderr, n} in results.json
 PREDICTED = ("w2_predicted", "w2_predicted_empirical", "w2_predicted_linear")
@@ -67,43 +64,6 @@ def _number(text):
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def _overrides(job_dir: Path) -> dict:
-    """{key: value string} from <job>/.hydra/overrides.yaml (leading +, ++, ~ stripped from keys)."""
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}
-    out = {}
-    for item in OmegaConf.to_container(OmegaConf.load(path)) or []:
-        key, _, value = str(item).partition("=")
-        out[key.lstrip("+~")] = value
-    return out
-
-
-def load_jobs(sweep_dir) -> tuple[list[dict], list[str]]:
-    """Reads a multirun dir: ([{job, dir, overrides, results (None if missing or unreadable), status}],
-    swept parameter keys in override order)."""
-    sweep_dir = Path(sweep_dir)
-    jobs = []
-    for d in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
-        res, status = None, "missing"
-        if (d / "results.json").exists():
-            try:
-                res = json.loads((d / "results.json").read_text())
-                status = job_status(d, res)     # a `running` job whose process is gone: lost
-            except (OSError, ValueError):
-                status = "unreadable"
-        jobs.append({"job": int(d.name), "dir": d, "overrides": _overrides(d), "results": res, "status": status})
-    keys = []
-    for j in jobs:
-        keys += [k for k in j["overrides"] if k not in keys]
-    swept = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
-    multirun = sweep_dir / "multirun.yaml"
-    if multirun.exists():
-        params = OmegaConf.select(OmegaConf.load(multirun), "hydra.sweeper.params") or {}
-        swept += [k.lstrip("+~") for k in params if k.lstrip("+~") not in swept]
-    return jobs, swept
 
 
 def job_row(job: dict, swept: list[str]) -> dict:
@@ -179,6 +139,61 @@ def studies(rows: list[dict], swept: list[str]) -> list[tuple[str, str, dict, li
     return out
 
 
+def _positive(xs, vals):
+    """The points (x, v) with v present and > 0 (log axes)."""
+    return [(x, v) for x, v in zip(xs, vals) if v is not None and v > 0]
+
+
+def _plot_measured(ax, xs, rows: list[dict]) -> list:
+    """The measured means ± 2 s.e. (error bars); returns the positive means (for the y range)."""
+    ys = []
+    for k in MEASURED:
+        pts = [(x, r[f"{k}_mean"], r[f"{k}_stderr"] or 0.0) for x, r in zip(xs, rows) if r[f"{k}_mean"] is not None]
+        if pts:
+            color, marker = STYLE[k]
+            px, pm, ps = zip(*pts)
+            ax.errorbar(px, pm, yerr=[2 * s for s in ps], fmt=marker, color=color, ms=7 if k == "w2_exact" else 9,
+                        mfc=color if k == "w2_exact" else "none", capsize=3, label=f"{k} (mean ± 2 s.e.)", zorder=3)
+            ys += [m for m in pm if m > 0]
+    return ys
+
+
+def _plot_predicted(ax, xs, rows: list[dict]) -> list:
+    """The predicted totals (lines); returns their positive values (for the y range)."""
+    ys = []
+    for k in PREDICTED:
+        pts = _positive(xs, [r[k] for r in rows])
+        if pts:
+            color, ls = STYLE[k]
+            ax.plot(*zip(*pts), ls=ls, color=color, lw=1.5, label=k, zorder=2)
+            ys += [v for _, v in pts]
+    return ys
+
+
+def _plot_terms(ax, xs, rows: list[dict], floor: float, cmap):
+    """The prediction terms (dotted lines), each labelled with its count of points ≤ 0 (not drawn); terms
+    below `floor` everywhere are left out."""
+    terms = []
+    for r in rows:
+        terms += [k for k in r if k.startswith("term_") and k not in terms]
+    for i, k in enumerate(terms):
+        vals = [r.get(k) for r in rows]
+        pts = _positive(xs, vals)
+        if not pts or max(v for _, v in pts) < floor:
+            continue
+        dropped = sum(v is not None and v <= 0 for v in vals)
+        label = k[5:] + (f" ({dropped} points ≤ 0 not shown)" if dropped else "")
+        color = TERM_COLORS.get(k[5:], cmap(i % 10))
+        ax.plot(*zip(*pts), ":", marker=".", color=color, lw=1.2, label=label, zorder=1)
+
+
+def _shade_outside_regime(ax, xs, rows: list[dict]):
+    """A grey band at each point where the first-order theory is not expected to hold (in_regime False)."""
+    outside = [x for x, r in zip(xs, rows) if r.get("in_regime") is False]
+    for i, x in enumerate(outside):
+        ax.axvline(x, color="0.88", lw=10, zorder=0, label="outside the first-order regime" if i == 0 else None)
+
+
 def plot_study(x_key: str, fixed: dict, rows: list[dict], title: str = ""):
     """Figure: measured mean ± 2 s.e. (error bars) and predicted totals and terms (lines) against x."""
     import matplotlib
@@ -191,42 +206,11 @@ def plot_study(x_key: str, fixed: dict, rows: list[dict], title: str = ""):
     if categorical:
         xs = list(range(len(rows)))
     fig, ax = plt.subplots(figsize=(9.5, 4.8))
-    ys = []
-
-    def pos(vals):        # drop missing and non-positive points (log axes)
-        return [(x, v) for x, v in zip(xs, vals) if v is not None and v > 0]
-
-    for k in MEASURED:
-        pts = [(x, r[f"{k}_mean"], r[f"{k}_stderr"] or 0.0) for x, r in zip(xs, rows) if r[f"{k}_mean"] is not None]
-        if pts:
-            color, marker = STYLE[k]
-            px, pm, ps = zip(*pts)
-            ax.errorbar(px, pm, yerr=[2 * s for s in ps], fmt=marker, color=color, ms=7 if k == "w2_exact" else 9,
-                        mfc=color if k == "w2_exact" else "none", capsize=3, label=f"{k} (mean ± 2 s.e.)", zorder=3)
-            ys += [m for m in pm if m > 0]
-    for k in PREDICTED:
-        pts = pos([r[k] for r in rows])
-        if pts:
-            color, ls = STYLE[k]
-            ax.plot(*zip(*pts), ls=ls, color=color, lw=1.5, label=k, zorder=2)
-            ys += [v for _, v in pts]
+    ys = _plot_measured(ax, xs, rows)
+    ys += _plot_predicted(ax, xs, rows)
     floor = 1e-3 * min(ys) if ys else 0.0     # terms far below the totals (e.g. 1e-30 round-off) stay off the plot
-    terms = []
-    for r in rows:
-        terms += [k for k in r if k.startswith("term_") and k not in terms]
-    cmap = plt.get_cmap("tab10")
-    for i, k in enumerate(terms):
-        vals = [r.get(k) for r in rows]
-        pts = pos(vals)
-        if not pts or max(v for _, v in pts) < floor:
-            continue
-        dropped = sum(v is not None and v <= 0 for v in vals)
-        label = k[5:] + (f" ({dropped} points ≤ 0 not shown)" if dropped else "")
-        color = TERM_COLORS.get(k[5:], cmap(i % 10))
-        ax.plot(*zip(*pts), ":", marker=".", color=color, lw=1.2, label=label, zorder=1)
-    outside = [x for x, r in zip(xs, rows) if r.get("in_regime") is False]
-    for i, x in enumerate(outside):      # points where the first-order theory is not expected to hold
-        ax.axvline(x, color="0.88", lw=10, zorder=0, label="outside the first-order regime" if i == 0 else None)
+    _plot_terms(ax, xs, rows, floor, plt.get_cmap("tab10"))
+    _shade_outside_regime(ax, xs, rows)
     if not categorical and all(x > 0 for x in xs):
         ax.set_xscale("log")
     if ys:

@@ -1,20 +1,37 @@
 """Target Gaussians N(μ, Σ), Σ = U diag(λ) Uᵀ, built from a power spectrum λ (the eigenvalues of Σ)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+
+from gsm.checks import choice, number
+
+BASES = ("random", "identity")
 
 
 def _check_dim(dim: int) -> int:
-    if int(dim) != dim or dim < 1:
-        raise ValueError(f"data.dim must be an integer >= 1, got {dim}")
-    return int(dim)
+    return number("data.dim", dim, 1, integer=True)
+
+
+def _finite_positive(x) -> bool:
+    try:
+        number("x", x, 0, low_open=True)
+    except ValueError:
+        return False
+    return True
+
+
+def check_basis(basis: str) -> str:
+    """data.basis: random (a Haar U drawn from the seed) | identity."""
+    return choice("data.basis", basis, BASES)
 
 
 def powerlaw_spectrum(dim: int, scale: float = 1.0, exponent: float = 1.0) -> torch.Tensor:
     """λ_i = scale · i^(−exponent), i = 1..d. Shape (d,), float64."""
     dim = _check_dim(dim)
-    if not scale > 0:
-        raise ValueError(f"data.spectrum.scale must be > 0, got {scale}")
+    scale = number("data.spectrum.scale", scale, 0, low_open=True)
+    exponent = number("data.spectrum.exponent", exponent)
     i = torch.arange(1, dim + 1, dtype=torch.float64)
     return scale * i ** (-float(exponent))
 
@@ -22,18 +39,16 @@ def powerlaw_spectrum(dim: int, scale: float = 1.0, exponent: float = 1.0) -> to
 def isotropic_spectrum(dim: int, value: float = 1.0) -> torch.Tensor:
     """λ_i = value for every i. Shape (d,), float64."""
     dim = _check_dim(dim)
-    if not value > 0:
-        raise ValueError(f"data.spectrum.value must be > 0, got {value}")
+    value = number("data.spectrum.value", value, 0, low_open=True)
     return torch.full((dim,), float(value), dtype=torch.float64)
 
 
 def two_level_spectrum(dim: int, high: float = 1.0, low: float = 0.1, fraction: float = 0.25) -> torch.Tensor:
     """⌈fraction·d⌉ eigenvalues at `high`, the others at `low` (an ill-conditioned two-scale Σ)."""
     dim = _check_dim(dim)
-    if not 0 <= fraction <= 1:
-        raise ValueError(f"data.spectrum.fraction must be in [0, 1], got {fraction}")
-    if not (high > 0 and low > 0):
-        raise ValueError(f"data.spectrum.high and low must be > 0, got high={high}, low={low}")
+    fraction = number("data.spectrum.fraction", fraction, 0, 1)
+    high = number("data.spectrum.high", high, 0, low_open=True)
+    low = number("data.spectrum.low", low, 0, low_open=True)
     k = int(torch.ceil(torch.tensor(fraction * dim)).item())
     lam = torch.full((dim,), float(low), dtype=torch.float64)
     lam[:k] = float(high)
@@ -41,15 +56,16 @@ def two_level_spectrum(dim: int, high: float = 1.0, low: float = 0.1, fraction: 
 
 
 def custom_spectrum(eigenvalues, dim: int | None = None) -> torch.Tensor:
-    """An explicit list of eigenvalues λ_1..λ_d (all finite and > 0)."""
-    lam = torch.as_tensor(list(eigenvalues), dtype=torch.float64)
-    if lam.ndim != 1 or lam.numel() == 0:
-        raise ValueError(f"data.spectrum.eigenvalues must be a non-empty list, got {list(eigenvalues)}")
-    if dim is not None and lam.numel() != dim:
-        raise ValueError(f"data.spectrum.eigenvalues must have data.dim={dim} entries, got {lam.numel()}")
-    if not torch.isfinite(lam).all() or not (lam > 0).all():
-        raise ValueError(f"data.spectrum.eigenvalues must be finite and > 0, got {lam.tolist()}")
-    return lam
+    """An explicit list of eigenvalues λ_1..λ_d (all finite and > 0; d = dim when given)."""
+    if dim is not None:
+        dim = _check_dim(dim)
+    listed = isinstance(eigenvalues, Iterable) and not isinstance(eigenvalues, str)
+    vals = list(eigenvalues) if listed else [eigenvalues]
+    if not listed or not (len(vals) == dim if dim is not None else vals) or not all(map(_finite_positive, vals)):
+        count = f"data.dim = {dim}" if dim is not None else "a non-empty list of"
+        raise ValueError(f"data.spectrum.eigenvalues must be {count} finite numbers > 0, "
+                         f"got {vals if listed else eigenvalues}")
+    return torch.tensor([float(x) for x in vals], dtype=torch.float64)
 
 
 def file_spectrum(path) -> torch.Tensor:
@@ -129,8 +145,7 @@ class Gaussian:
 
 def make_gaussian(spectrum: torch.Tensor, basis: str = "random", seed: int = 0) -> Gaussian:
     """The target of a run: λ from `spectrum`, and U = identity or Haar-random (drawn from `seed`)."""
-    if basis not in ("random", "identity"):
-        raise ValueError(f"data.basis must be one of random | identity, got {basis}")
+    check_basis(basis)
     d = spectrum.numel()
     if basis == "identity":
         return Gaussian(spectrum)

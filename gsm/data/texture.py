@@ -27,6 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 
+from gsm.checks import choice, number
+
 
 BUNDLED = ("brick", "grass", "gravel", "camera")
 
@@ -46,10 +48,8 @@ def load_texture(image: str, size: int, fit: str = "crop") -> torch.Tensor:
     fit: "crop" (centre n×n crop; the image must be at least n×n) or "resize" (centre square
     crop, then anti-aliased resize to n×n: changes the texture's scale).
     """
-    if int(size) != size or size < 2:
-        raise ValueError(f"data.size must be an integer >= 2, got {size}")
-    if fit not in FITS:
-        raise ValueError(f"data.fit must be one of {' | '.join(FITS)}, got {fit}")
+    number("data.size", size, 2, integer=True)
+    choice("data.fit", fit, FITS)
     try:
         import skimage.data
         from skimage import color, io, transform, util
@@ -82,8 +82,7 @@ def load_texture(image: str, size: int, fit: str = "crop") -> torch.Tensor:
 def adsn_spectrum(u: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
     """λ(ω) = max(|û(ω)|²/n², floor · mean λ) on the rfft2 half-plane: (n, n) → (n, n//2+1) float64.
     mean λ = Σ_ω λ / d is the pixel variance of u."""
-    if not floor > 0:
-        raise ValueError(f"data.floor must be > 0 (λ(0) = 0 for the mean-removed image), got {floor}")
+    floor = number("data.floor", floor, 0, low_open=True, why="λ(0) = 0 for the mean-removed image")
     u = u.to(_F64)
     lam = torch.fft.rfft2(u).abs() ** 2 / u.numel()
     mean = float((multiplicity(u.shape[-1], u.device) * lam).sum()) / u.numel()

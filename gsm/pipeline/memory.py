@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from gsm.pipeline.kinds import backend_name, data_dim
+from gsm.pipeline.validate import as_config_error
+
 GB = 1e9
 CHUNK = 256               # steps drawn at once by the trainers (gsm.train, gsm.texture)
 BASE = 64e6               # small arrays, allocator slack
@@ -24,14 +27,6 @@ BASE = 64e6               # small arrays, allocator slack
 
 def _term(name: str, nbytes: float, knobs: str) -> dict:
     return {"name": name, "bytes": float(nbytes), "knobs": knobs}
-
-
-def data_dim(cfg) -> int:
-    """d: data.dim, or the length of the spectrum (data=file)."""
-    if cfg.data.get("dim") is not None:
-        return int(cfg.data.dim)
-    from hydra.utils import instantiate
-    return len(instantiate(cfg.data.spectrum))
 
 
 def full_matrix_terms(cfg, d: int, levels: int, background: bool) -> tuple[list, list]:
@@ -88,14 +83,15 @@ def texture_terms(cfg, size: int, levels: int) -> tuple[list, list]:
     return keep, stages
 
 
-def _vp_spectral(cfg) -> bool:
-    from gsm.pipeline.vp import spectral_path
-    return spectral_path(cfg)
-
-
-def _vp_terms(cfg, levels):
-    from gsm.pipeline.vp import spectral_memory_terms
-    return spectral_memory_terms(cfg, levels)
+def spectral_terms(cfg, d: int, levels: int) -> tuple[list, list]:
+    """The per-eigenvalue backend: one replicate at a time, ~20 d×d float64 arrays (Σ̂, its eigenvectors
+    and LAPACK workspace, the law, the Bures matrix, the prediction's d×d kernels), the level scores
+    (L, d) and M particles (×4)."""
+    M = int(cfg.sampler.particles)
+    return [], [[_term("per-eigenvalue path: d×d arrays of one replicate and the prediction", 20 * d * d * 8,
+                       "data.dim"),
+                 _term("level scores and particles", (2 * levels * d + 4 * M * d) * 8,
+                       "data.dim, sampler.steps, sampler.particles")]]
 
 
 def estimate(cfg) -> dict:
@@ -106,13 +102,12 @@ def estimate(cfg) -> dict:
     sampler = instantiate(cfg.sampler)
     levels = int(sampler.noise_levels(float(cfg.train.sigma))[0].numel())
     device = "cuda" if cfg.device == "cuda" else "cpu"
-    if "path" in cfg.data:      # data=file: d is the file's length; sampler=vp: maybe its per-eigenvalue path
-        from gsm.pipeline.vp import memory_config
-        cfg = memory_config(cfg)
-    if "image" in cfg.data:
+    with as_config_error("sampler"):      # e.g. sampler=vp scheme=sde off its per-eigenvalue path
+        backend = backend_name(cfg, sampler)
+    if backend == "texture":
         keep, stages = texture_terms(cfg, int(cfg.data.size), levels)
-    elif cfg.sampler.get("_target_") == "gsm.samplers.vp.VP" and _vp_spectral(cfg):
-        keep, stages = _vp_terms(cfg, levels)
+    elif backend == "spectral":
+        keep, stages = spectral_terms(cfg, data_dim(cfg), levels)
     else:
         R, b, d = int(cfg.replicates), int(cfg.train.batch_size), data_dim(cfg)
         bg = background_draws(device, R * min(CHUNK, int(cfg.train.steps)) * b * d)

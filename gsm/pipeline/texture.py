@@ -1,124 +1,116 @@
-"""The texture pipeline (data=texture, model=fourier_linear): `gsm.pipeline.run.run` hands over to
-`run_texture` when the data config names an image. Same stages, results keys and TensorBoard tags
-as the full-matrix pipeline, but every covariance is a per-frequency vector on the rfft2 half-plane,
-so nothing d×d is ever formed (d = n² = 65536 for a 256×256 texture)."""
+"""The Fourier-diagonal backend (data.kind=texture, model=fourier_linear | fourier_oracle): the same
+stages, results keys and TensorBoard tags as the full-matrix backend, but every covariance is a
+per-frequency vector on the rfft2 half-plane, so nothing d×d is ever formed (d = n² = 65536 for a
+256×256 texture)."""
 from __future__ import annotations
-
-import time
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from gsm.figures import log_figure, log_image
-from gsm.pipeline.interrupt import SummaryWriter
-from gsm.theory.regime import RELAXATION_TIMES_MIN, linear_regime, relaxation_times
-from gsm.scores.fourier import FourierLinearScore, dsm_optimum_fourier
 from gsm.data.texture import adsn_sample, adsn_spectrum, load_texture, multiplicity, periodogram
-from gsm.theory.fourier import fourier_bures_wasserstein2, fourier_prediction
+from gsm.figures import log_figure, log_image
+from gsm.pipeline.backend import Backend
+from gsm.pipeline.matrix import resolve_device, resolve_dtype
+from gsm.pipeline.record import finite, log_w2, mean_stderr, none_left, record_divergence, record_relaxation
 from gsm.samplers.fourier import fourier_sample, sampler_unstable, sampler_variance
+from gsm.scores.fourier import dsm_optimum_fourier
+from gsm.theory.fourier import fourier_bures_wasserstein2, fourier_prediction
 from gsm.training.fourier import train_fourier_dsm
 
 _F64 = torch.float64
 
 
-def run_texture(cfg: DictConfig, output_dir, checks: list) -> dict:
-    """Runs one texture experiment (R replicates) for `gsm.pipeline.run.run`, which has validated cfg
-    (`checks`: its warnings) and handles interruption; returns the results dict also in results.json."""
-    from gsm.pipeline.run import (DIAGNOSTICS, _finite, log_w2, mean_stderr, none_left, record_divergence,
-                                  recorded, resolve_device, resolve_dtype, start)
+class TextureBackend(Backend):
+    """A stationary Gaussian texture (ADSN of an image) with a Fourier-diagonal linear score."""
 
-    t0 = time.time()
-    out, results, warn = start(cfg, output_dir, checks)
-    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
-    R, N, t = int(cfg.replicates), int(cfg.data.n), cfg.train
-    u = load_texture(cfg.data.image, cfg.data.size, cfg.data.fit)
-    n = u.shape[-1]
-    lam = adsn_spectrum(u, cfg.data.floor)
-    w = multiplicity(n)
-    sampler = instantiate(cfg.sampler)
-    alphas, stds = sampler.noise_levels(t.sigma)
-    L = alphas.numel()
-    target = cfg.model.get("_target_")
-    if target not in ("gsm.scores.fourier.FourierLinearScore", FourierLinearScore):
-        raise ValueError(f"data=texture needs model=fourier_linear, got model._target_={target}")
-    model = instantiate(cfg.model, size=n, replicates=R, levels=L, stds=stds)
-    learned = model.requires_training and t.solver == "sgd"
-    model = model.to(device=device, dtype=dtype if learned else _F64)
-    gen = torch.Generator(device).manual_seed(int(cfg.seed))
-    results["texture"] = {"size": n, "d": n * n, "pixel_variance": float((w * lam).sum()) / n ** 2,
-                          "lambda_max": float(lam.max()), "lambda_floor": float(lam.min()),
-                          "floored_frequencies": int((w * (lam == lam.min())).sum())}
+    def __init__(self, cfg, results, warn, sampler):
+        super().__init__(cfg, results, warn)
+        self.device, self.dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+        self.R, self.N, t = int(cfg.replicates), int(cfg.data.n), cfg.train
+        self.image = load_texture(cfg.data.image, cfg.data.size, cfg.data.fit)
+        n = self.n = self.image.shape[-1]
+        self.lam = adsn_spectrum(self.image, cfg.data.floor)
+        self.sampler = sampler
+        self.alphas, self.stds = sampler.noise_levels(t.sigma)
+        model = instantiate(cfg.model, size=n, replicates=self.R, levels=self.alphas.numel(), noise_stds=self.stds)
+        self.learned = model.requires_training and t.solver == "sgd"
+        self.model = model.to(device=self.device, dtype=self.dtype if self.learned else _F64)
+        self.gen = torch.Generator(self.device).manual_seed(int(cfg.seed))
+        self.times = None
+        w = multiplicity(n)
+        results["texture"] = {"size": n, "d": n * n, "pixel_variance": float((w * self.lam).sum()) / n ** 2,
+                              "lambda_max": float(self.lam.max()), "lambda_floor": float(self.lam.min()),
+                              "floored_frequencies": int((w * (self.lam == self.lam.min())).sum())}
 
-    writer = SummaryWriter(log_dir=str(out / "tb"))
-    with recorded(writer, results, t0, out):
-        # 1. data: R data sets of N ADSN samples, kept as their DFTs
-        xhat = torch.fft.rfft2(adsn_sample(lam, (R, N), gen, device=device))
-        # 2. score
-        fit, times = {}, None
+    def draw_data(self):
+        """R data sets of N ADSN samples, kept as their DFTs."""
+        return torch.fft.rfft2(adsn_sample(self.lam, (self.R, self.N), self.gen, device=self.device))
+
+    def fit_score(self, xhat, writer) -> dict:
+        model, t, n = self.model, self.cfg.train, self.n
         if not model.requires_training:
-            model.set_coefficients(dsm_optimum_fourier(lam.to(device), alphas, stds))
-        elif t.solver == "exact":
-            model.set_coefficients(dsm_optimum_fourier((xhat.abs() ** 2).mean(1) / n ** 2, alphas, stds))
-        elif t.solver == "sgd":
-            fit = train_fourier_dsm(model.a.data, xhat, alphas=alphas, stds=stds, tau=t.tau, batch_size=t.batch_size,
-                                    steps=t.steps, generator=gen, log_every=t.log_every,
-                                    callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
-            times = relaxation_times(int(t.steps), t.tau, alphas, stds, float(lam.min()))
-            results["relaxation_times"] = float(times.min())
-            results["relaxation_times_per_level"] = times.tolist()
-            if results["relaxation_times"] < RELAXATION_TIMES_MIN:
-                warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< 5): a is not stationary; the "
-                     "prediction's 'transient' term accounts for it at first order only")
-            if t.sampling != "with_replacement":
-                warn("the Fourier trainer samples with replacement only; train.sampling is ignored")
-        else:
-            raise ValueError(f"train.solver must be one of sgd | exact, got {t.solver}")
-        # 3. stability, exact law, particles
-        a = model.coefficients()
-        unstable = sampler_unstable(sampler, a).cpu()
-        unstable |= record_divergence(results, fit)
-        if none_left(results, unstable, warn):
-            return results
-        lam_d = lam.to(device)
-        c = sampler_variance(sampler, a)
-        M = int(sampler.particles)
-        x0 = sampler.init_var ** 0.5 * torch.randn(R, M, n, n, generator=gen, device=device, dtype=dtype)
-        samples = fourier_sample(sampler, model.a.detach(), x0, gen)
+            model.set_coefficients(dsm_optimum_fourier(self.lam.to(self.device), self.alphas, self.stds))
+            return {}
+        if t.solver == "exact":
+            model.set_coefficients(dsm_optimum_fourier((xhat.abs() ** 2).mean(1) / n ** 2, self.alphas, self.stds))
+            return {}
+        fit = train_fourier_dsm(model.a.data, xhat, alphas=self.alphas, stds=self.stds, tau=t.tau,
+                                batch_size=t.batch_size, steps=t.steps, generator=self.gen, log_every=t.log_every,
+                                callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
+        self.times = record_relaxation(self.results, self.warn, t, self.alphas, self.stds, float(self.lam.min()),
+                                       "the prediction's 'transient' term accounts for it at first order only")
+        if t.sampling != "with_replacement":
+            self.warn("the Fourier trainer samples with replacement only; train.sampling is ignored")
+        return fit
+
+    def sample(self, fit) -> bool:
+        a = self.model.coefficients()
+        unstable = sampler_unstable(self.sampler, a).cpu() | record_divergence(self.results, fit)
+        if none_left(self.results, unstable, self.warn):
+            return False
+        c = sampler_variance(self.sampler, a)
+        M, n = int(self.sampler.particles), self.n
+        x0 = self.sampler.init_var ** 0.5 * torch.randn(self.R, M, n, n, generator=self.gen, device=self.device,
+                                                         dtype=self.dtype)
+        x = fourier_sample(self.sampler, self.model.a.detach(), x0, self.gen)
         # a finite but huge a can still overflow its law or its (float32) particles: counted unstable too
-        unstable |= ~(_finite(c) & _finite(samples)).cpu()
-        if none_left(results, unstable, warn):
-            return results
-        ok = (~unstable).to(device)
-        c, samples = c[ok], samples[ok]
-        results["w2_exact"] = mean_stderr(fourier_bures_wasserstein2(lam_d, c).cpu())
-        emp = periodogram(samples)
-        results["w2_empirical"] = mean_stderr(fourier_bures_wasserstein2(lam_d, emp).cpu())
-        results["covariance_estimator"] = ("per frequency, (1/M) Σ_m |x̂_m(ω)|²/d over M independent particles "
-                                           "(the circulant projection of (1/M) Σ x xᵀ)")
-        # 4. theory
-        pred = fourier_prediction(lam, sampler, n=N if model.requires_training else None, sigma=t.sigma,
-                                  tau=t.tau if learned else 0.0, batch_size=t.batch_size, particles=M,
-                                  sgd_steps=int(t.steps), init=model.init)
-        terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float)) and k not in DIAGNOSTICS}
-        results["prediction_terms"] = terms
-        results["w2_predicted"] = terms["total"] - terms["particles"]
-        results["w2_predicted_empirical"] = terms["total"]
-        results["diagnostics"] = {"eps_tau": pred["eps_tau"]}
-        for m in pred["warnings"]:
-            warn(m)
+        unstable |= ~(finite(c) & finite(x)).cpu()
+        if none_left(self.results, unstable, self.warn):
+            return False
+        ok = (~unstable).to(self.device)
+        self.c, self.particles = c[ok], x[ok]
+        return True
+
+    def evaluate(self) -> None:
+        r, lam = self.results, self.lam.to(self.device)
+        r["w2_exact"] = mean_stderr(fourier_bures_wasserstein2(lam, self.c).cpu())
+        self.periodogram = periodogram(self.particles)
+        r["w2_empirical"] = mean_stderr(fourier_bures_wasserstein2(lam, self.periodogram).cpu())
+        r["covariance_estimator"] = ("per frequency, (1/M) Σ_m |x̂_m(ω)|²/d over M independent particles "
+                                     "(the circulant projection of (1/M) Σ x xᵀ)")
+
+    def predict(self) -> dict:
+        t, trained = self.cfg.train, self.model.requires_training
+        return fourier_prediction(self.lam, self.sampler, n=self.N if trained else None, sigma=t.sigma,
+                                  tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
+                                  particles=int(self.sampler.particles), sgd_steps=int(t.steps), init=self.model.init)
+
+    def regime_inputs(self) -> dict:
         # each frequency is a scalar model (periodogram of N samples): its 1/N check is N ≥ 5, i.e. d = 1
-        results["regime"] = linear_regime(
-            terms=terms, d=1, n=N if model.requires_training else None, eps_tau=pred["eps_tau"], times=times,
-            steps=int(t.steps), tau=t.tau if learned else 0.0, unstable=results["unstable_replicates"],
-            replicates=R, sampling="with_replacement")
-        results["status"] = "ok"
-        step = int(t.steps)
-        log_w2(writer, results, terms, step)
-        log_texture_images(writer, u, adsn_sample(lam, (1,), gen)[0], samples[0, :4].cpu(), step)
+        t = self.cfg.train
+        return dict(d=1, n=self.N if self.model.requires_training else None,
+                    eps_tau=self.results["diagnostics"]["eps_tau"], times=self.times, steps=int(t.steps),
+                    tau=t.tau if self.learned else 0.0, unstable=self.results["unstable_replicates"],
+                    replicates=self.R, sampling="with_replacement")
+
+    def log(self, writer, pred) -> None:
+        step = int(self.cfg.train.steps)
+        log_w2(writer, self.results, self.results["prediction_terms"], step)
+        log_texture_images(writer, self.image, adsn_sample(self.lam, (1,), self.gen)[0],
+                           self.particles[0, :4].cpu(), step)
         log_figure(writer, "spectrum/radial_target_vs_learned",
-                   radial_spectrum_figure(lam, c.cpu(), emp.cpu(), pred["output_variance"]), step)
-    return results
+                   radial_spectrum_figure(self.lam, self.c.cpu(), self.periodogram.cpu(), pred["output_variance"]),
+                   step)
 
 
 def log_texture_images(writer, source: torch.Tensor, adsn: torch.Tensor, learned: torch.Tensor, step: int) -> None:

@@ -1,36 +1,39 @@
-"""Config validation: every value is checked before a run does any work (README, "Robustness").
+"""Config validation: every value is checked before a run does any work (docs/robustness.md).
 
 `validate_config(cfg)` raises `ConfigError` for the first bad value, with the one-line message
 `<dotted.key> must be <range>, got <value>`; the `gsm` command prints it as `gsm: error: <message>`
-and exits with status 2. Only keys present in the composed config are checked (sampler.gamma for
-Langevin only, data.image for data=texture only, ...). What is checked:
+and exits with status 2.
 
-* top level: device (cpu | cuda | auto; cuda needs a GPU), dtype (float32 | float64), replicates ≥ 1,
-  threads auto or ≥ 0, seed an integer;
-* data: dim ≥ 1, n ≥ 1, basis, the spectrum's parameters and the spectrum itself (data.dim eigenvalues,
-  finite and > 0); data=texture: size ≥ 2, fit, floor > 0, n ≥ 1, and the image loads;
-* model: _target_ set and importable; model=fourier_linear if and only if data=texture; model.init;
-* train: solver (exact needs a linear model), sigma > 0, tau > 0, batch_size ≥ 1, steps ≥ 0, sampling,
-  log_every ≥ 0; optim.lr > 0;
-* sampler: Langevin gamma > 0, steps ≥ 0, particles ≥ 2, init_var ≥ 0, particles_from; DDPM/DDIM
-  T ≥ 1, 0 ≤ t_min < T, 0 < beta_start < beta_end < 1 (scaled: T > 20 and β_T = beta_end·1000/T < 1),
-  steps null or in [1, T − t_min], variance, final, eta ∈ [0, 1], particles ≥ 2, init_var ≥ 0;
-* stability, linear models only (model=linear | oracle | fourier_linear):
-  - Langevin with γ ≥ 2(λ_min + σ²) diverges even with the exact score (theory note §3): an error;
-  - DSM-SGD with τ beyond the mean-square stability limit (`sgd_tau_limit`, note §2.3) is a warning,
-    returned by `validate_config` (the run goes on and counts the diverged replicates).
+Each config group is checked by its own constructor (issue 14), built here once under `as_config_error`:
+the target (`cfg.data.spectrum`, or the texture loader for data.kind=texture), the train group
+(`gsm.training.settings.TrainSettings`), the sampler (`cfg.sampler`), the model (the pipeline's builder,
+one replicate, on the meta device: nothing is allocated) and, for a neural model, the optimizer. Their
+one-line ValueErrors (`gsm.checks`) become ConfigErrors. What is left here:
+
+* the top-level keys: device (cpu | cuda | auto; cuda needs a GPU), dtype (float32 | float64),
+  replicates ≥ 1, threads auto or ≥ 0, seed an integer, progress a bool, max_memory_gb > 0 or null;
+  data.n ≥ 1 (read by the pipeline itself);
+* the rules that span groups:
+  - the spectrum gives data.dim eigenvalues, finite and ≥ 0 (data=file may hold zeros);
+  - a Fourier-diagonal model (model=fourier_linear) if and only if data.kind=texture, and a sampler with a
+    diagonal law (`Sampler.has_diagonal_law`) for a texture;
+  - train.solver=exact needs a linear model (`model.linear`); a neural model needs a valid optimizer;
+  - stability, linear models only: Langevin with γ ≥ 2(λ_min + σ²) diverges even with the exact score
+    (theory note §3): an error; DSM-SGD with τ beyond the mean-square stability limit (`sgd_tau_limit`,
+    note §2.3) is a warning, returned by `validate_config` (the run goes on and counts the diverged replicates).
 """
 from __future__ import annotations
 
 import importlib
-import math
+import re
 from contextlib import contextmanager
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gsm.checks import choice, number
 from gsm.theory.sgd import sgd_mean_square_stable
 
 _ABSENT = object()
@@ -47,37 +50,19 @@ def _get(cfg, key):
     return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _number(cfg, key, low=None, high=None, *, low_open=False, high_open=False, integer=False, none_ok=False):
-    """Checks that cfg[key] is a finite number (an integer with `integer`) in the given range; returns it,
-    or None when the key is absent (or null with `none_ok`)."""
+def _number(cfg, key, *args, **kwargs):
+    """`gsm.checks.number` on cfg[key] (skipped when the key is absent), as a ConfigError."""
     v = _get(cfg, key)
-    if v is _ABSENT or (v is None and none_ok):
-        return None
-    rng = "an integer " if integer else ""
-    if low is not None and high is not None:
-        rng += f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    elif low is not None:
-        rng += f"{'>' if low_open else '>='} {low}"
-    rng = rng.strip()
-    ok = _is_number(v) and math.isfinite(v) and (not integer or float(v).is_integer())
-    ok = ok and (low is None or (v > low if low_open else v >= low))
-    ok = ok and (high is None or (v < high if high_open else v <= high))
-    if not ok:
-        if not rng or (_is_number(v) and not math.isfinite(v)):
-            rng = f"finite and {rng}" if rng else "a finite number"
-        raise ConfigError(f"{key} must be {rng}{' or null' if none_ok else ''}, got {v}")
-    return int(v) if integer else float(v)
+    if v is not _ABSENT:
+        with as_config_error(key):
+            return number(key, v, *args, **kwargs)
 
 
 def _choice(cfg, key, options):
     v = _get(cfg, key)
-    if v is not _ABSENT and (not isinstance(v, (str, bool)) or v not in options):
-        raise ConfigError(f"{key} must be one of {' | '.join(map(str, options))}, got {v}")
-    return None if v is _ABSENT else v
+    if v is not _ABSENT:
+        with as_config_error(key):
+            return choice(key, v, options)
 
 
 def _model_class(cfg):
@@ -109,21 +94,19 @@ def _first_line(e: BaseException) -> str:
 
 @contextmanager
 def as_config_error(key: str):
-    """Turns an error raised while building `key` from the config (a constructor's check, e.g.
-    `model.depth must be an integer >= 0, got -1`) into a one-line ConfigError naming it."""
+    """Turns an error raised while building `key` from the config into a one-line ConfigError: a constructor's
+    check names its key (`model.depth must be an integer >= 0, got -1`), or only its parameter, which gets
+    the group's prefix (`width must be ...` → `model.width must be ...`); any other error is
+    `<key> must be a valid config, got an error: <its first line>`."""
     try:
         yield
     except ConfigError:
         raise
     except Exception as e:
-        msg = _first_line(e)
+        msg, group = _first_line(e), key.split(".")[0]
+        if re.match(r"[A-Za-z_]\w* must ", msg) and not msg.startswith(f"{group} "):
+            msg = f"{group}.{msg}"
         raise ConfigError(msg if " must " in msg else f"{key} must be a valid config, got an error: {msg}") from None
-
-
-def _instantiate(node, key):
-    """instantiate(node), its errors turned into a ConfigError naming `key`."""
-    with as_config_error(key):
-        return instantiate(node)
 
 
 def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False):
@@ -160,119 +143,142 @@ def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False):
 def validate_config(cfg: DictConfig) -> list[str]:
     """Checks `cfg` (a composed gsm config); raises ConfigError for the first bad value (module docstring).
     Returns the warnings to record before training (SGD beyond its mean-square stability limit)."""
+    from gsm.pipeline.kinds import data_kind
+    from gsm.training.settings import TrainSettings
+    _check_resolvable(cfg)
+    _check_top_level(cfg)
+    with as_config_error("data.kind"):
+        texture = data_kind(cfg) == "texture"
+    with as_config_error("train"):
+        train = TrainSettings.from_config(cfg.train)
+    lam = _target_spectrum(cfg, texture)
+    _check_model_fits_data(cfg, texture)
+    with as_config_error("sampler"):
+        sampler = instantiate(cfg.sampler)
+        alphas, stds = sampler.noise_levels(train.sigma)
+        if texture and not sampler.has_diagonal_law:
+            raise ConfigError(f"sampler must be one with a diagonal (Fourier) law for data.kind=texture (sampler="
+                              f"langevin | ddpm | ddim), got sampler._target_={_get(cfg, 'sampler._target_')}")
+    model = _build_model(cfg, texture, lam, alphas, stds)
+    if not model.linear:
+        _check_neural(cfg, model, train)
+        return []
+    with as_config_error("sampler"):      # a sampler missing a member of the interface: one line too
+        _check_langevin_step(sampler, lam, train.sigma)
+    if train.solver != "sgd" or not model.requires_training:
+        return []
+    return _tau_warning(train, lam, alphas, stds, texture)
+
+
+def _check_resolvable(cfg) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{getattr(e, 'full_key', None) or 'the config'} must be resolvable, got an error: "
                           f"{_first_line(e)}") from None
-    # top level
-    device = _choice(cfg, "device", ("cpu", "cuda", "auto"))
-    if device == "cuda" and not torch.cuda.is_available():
+
+
+def _check_top_level(cfg) -> None:
+    """The keys outside the groups (conf/config.yaml)."""
+    if _choice(cfg, "device", ("cpu", "cuda", "auto")) == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device must be cpu or auto (no CUDA GPU is available), got cuda")
     _choice(cfg, "dtype", ("float32", "float64"))
     _number(cfg, "replicates", 1, integer=True)
     if _get(cfg, "threads") != "auto":
         _number(cfg, "threads", 0, integer=True)
-    if _get(cfg, "seed") is not _ABSENT and not (_is_number(cfg.seed) and float(cfg.seed).is_integer()):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed}")
-    texture = "image" in cfg.data
-    # data
+    _number(cfg, "seed", integer=True)
+    _choice(cfg, "progress", (True, False))
+    cap = _get(cfg, "max_memory_gb")
+    if cap not in (None, _ABSENT):
+        try:
+            number("max_memory_gb", cap, 0, low_open=True)
+        except ValueError:
+            raise ConfigError(f"max_memory_gb must be a number > 0 or null, got {cap}") from None
+
+
+def _target_spectrum(cfg, texture: bool) -> torch.Tensor:
+    """λ from the data group's own constructors (which check its keys): the ADSN spectrum (n, n//2+1) of
+    data.image for a texture, else cfg.data.spectrum (d,), which must give data.dim eigenvalues."""
     _number(cfg, "data.n", 1, integer=True)
     if texture:
-        if not isinstance(cfg.data.image, str) or not cfg.data.image:
-            raise ConfigError(f"data.image must be a bundled image name or a .png path, got {cfg.data.image}")
-        _number(cfg, "data.size", 2, integer=True)
-        _choice(cfg, "data.fit", ("crop", "resize"))
-        _number(cfg, "data.floor", 0, low_open=True)
-    else:
-        d = _number(cfg, "data.dim", 1, integer=True)
-        _choice(cfg, "data.basis", ("random", "identity"))
-        for k in ("scale", "value", "high", "low"):
-            _number(cfg, f"data.spectrum.{k}", 0, low_open=True)
-        _number(cfg, "data.spectrum.exponent")
-        _number(cfg, "data.spectrum.fraction", 0, 1)
-        ev = _get(cfg, "data.spectrum.eigenvalues")
-        if ev is not _ABSENT:
-            vals = OmegaConf.to_container(ev) if isinstance(ev, ListConfig) else ev
-            if not (isinstance(vals, list) and len(vals) == d
-                    and all(_is_number(x) and math.isfinite(x) and x > 0 for x in vals)):
-                raise ConfigError(f"data.spectrum.eigenvalues must be data.dim = {d} finite numbers > 0, got {vals}")
-    # model
-    cls = _model_class(cfg)
-    from gsm.scores.linear import LinearScore
+        from gsm.data.texture import adsn_spectrum, load_texture
+        with as_config_error("data.image"):     # any error reading it names data.image (or its own key)
+            return adsn_spectrum(load_texture(cfg.data.image, cfg.data.size, cfg.data.fit), cfg.data.floor)
+    from gsm.data.gaussian import check_basis
+    with as_config_error("data.basis"):
+        check_basis(cfg.data.basis)
+    with as_config_error("data.spectrum"):
+        lam = torch.as_tensor(instantiate(cfg.data.spectrum)).to(torch.float64)
+    d = _get(cfg, "data.dim")
+    d = None if d is _ABSENT else d
+    if lam.ndim != 1 or not lam.numel() or lam.numel() != (d or lam.numel()) or not torch.isfinite(lam).all() \
+            or (lam < 0).any() or not (lam > 0).any():
+        shown = lam.tolist() if lam.numel() <= 8 else f"{lam.numel()} values in [{lam.min()}, {lam.max()}]"
+        raise ConfigError(f"data.spectrum must give {f'data.dim = {d}' if d else 'd >= 1'} eigenvalues, finite and "
+                          f">= 0 (not all 0), got {shown}")
+    return lam
+
+
+def _check_model_fits_data(cfg, texture: bool) -> None:
+    """A Fourier-diagonal score (model=fourier_linear) goes with data.kind=texture, and only with it."""
     from gsm.scores.fourier import FourierLinearScore
+    cls = _model_class(cfg)
     fourier = isinstance(cls, type) and issubclass(cls, FourierLinearScore)
-    linear = fourier or (isinstance(cls, type) and issubclass(cls, LinearScore))
     if texture and not fourier:
         raise ConfigError(f"model must be fourier_linear with data=texture (model=fourier_linear), "
                           f"got model._target_={cfg.model._target_}")
     if fourier and not texture:
         raise ConfigError(f"model._target_ must be a d-dimensional score model with data.dim "
                           f"(model=fourier_linear needs data=texture), got {cfg.model._target_}")
-    if linear:
-        _choice(cfg, "model.init", ("zeros", "identity", "noise") if fourier else ("zeros", "identity"))
-    # train, optim
-    solver = _choice(cfg, "train.solver", ("sgd", "exact"))
-    if solver == "exact" and not linear:
+
+
+def _build_model(cfg, texture: bool, lam, alphas, stds):
+    """The score model as the pipeline builds it, with one replicate, on the meta device: its constructor's
+    checks run, nothing is allocated (d×d per level at image scale). A model that cannot be built on the
+    meta device (a user model computing with its tensors) is built on the CPU."""
+    from gsm.scores.nets import build_score_model
+
+    def build():
+        if texture:
+            return instantiate(cfg.model, size=lam.shape[-2], replicates=1, levels=alphas.numel(), noise_stds=stds)
+        return build_score_model(cfg.model, dim=lam.numel(), replicates=1, alphas=alphas, stds=stds)
+
+    with as_config_error("model"):
+        try:
+            with torch.device("meta"):
+                return build()
+        except Exception as e:
+            if "meta" not in _first_line(e).lower():
+                raise
+        return build()
+
+
+def _check_neural(cfg, model, train) -> None:
+    """A neural score is trained by DSM-SGD with the optimizer of the optim group."""
+    if train.solver == "exact":
         raise ConfigError("train.solver must be sgd for a non-linear model (train.solver=exact needs a linear "
                           "model, model=linear), got exact")
-    sigma = _number(cfg, "train.sigma", 0, low_open=True)
-    tau = _number(cfg, "train.tau", 0, low_open=True)
-    b = _number(cfg, "train.batch_size", 1, integer=True)
-    _number(cfg, "train.steps", 0, integer=True)
-    _choice(cfg, "train.sampling", ("with_replacement", "epochs"))
-    _number(cfg, "train.log_every", 0, integer=True)
     _number(cfg, "optim.lr", 0, low_open=True)
-    # sampler
-    langevin = _get(cfg, "sampler.gamma") is not _ABSENT
-    _number(cfg, "sampler.particles", 2, integer=True)
-    _number(cfg, "sampler.init_var", 0)
-    if langevin:
-        gamma = _number(cfg, "sampler.gamma", 0, low_open=True)
-        _number(cfg, "sampler.steps", 0, integer=True)
-        _choice(cfg, "sampler.particles_from", ("chains", "law"))
-    elif _get(cfg, "sampler.T") is not _ABSENT and _get(cfg, "sampler.scheme") is _ABSENT:   # DDPM/DDIM (sampler=vp: its constructor checks)
-        T = _number(cfg, "sampler.T", 1, integer=True)
-        t_min = _number(cfg, "sampler.t_min", 0, T - 1, integer=True)
-        b0 = _number(cfg, "sampler.beta_start", 0, 1, low_open=True, high_open=True)
-        b1 = _number(cfg, "sampler.beta_end", b0 or 0, 1, low_open=True, high_open=True)
-        if _get(cfg, "sampler.scaled") is True:
-            _number(cfg, "sampler.T", 20, low_open=True, integer=True)
-            if not b1 * 1000 / T < 1:
-                raise ConfigError(f"sampler.beta_end must be < T/1000 = {T / 1000} with scaled betas "
-                                  f"(β_T = beta_end·1000/T < 1), got {b1}")
-        _number(cfg, "sampler.steps", 1, T - (t_min or 0), integer=True, none_ok=True)
-        _choice(cfg, "sampler.variance", ("beta", "beta_tilde"))
-        _choice(cfg, "sampler.final", ("none", "rescale", "tweedie"))
-        _number(cfg, "sampler.eta", 0, 1)
-    # the target spectrum, then stability (linear models)
-    if texture:
-        from gsm.data.texture import adsn_spectrum, load_texture
-        with as_config_error("data.image"):     # any error reading it names data.image (or its own key)
-            lam = adsn_spectrum(load_texture(cfg.data.image, cfg.data.size, cfg.data.fit), cfg.data.floor)
-    else:
-        lam = _instantiate(cfg.data.spectrum, "data.spectrum")
-        lam = torch.as_tensor(lam, dtype=torch.float64) if not torch.is_tensor(lam) else lam.to(torch.float64)
-        from_file = _get(cfg, "data.path") is not _ABSENT     # data=file: d from the file, zeros allowed
-        if from_file and lam.ndim == 1 and (lam >= 0).all():
-            d = lam.numel()
-        if lam.ndim != 1 or lam.numel() != d or not torch.isfinite(lam).all() or not (lam > 0).all() and not from_file:
-            shown = lam.tolist() if lam.numel() <= 8 else f"{lam.numel()} values in [{lam.min()}, {lam.max()}]"
-            raise ConfigError(f"data.spectrum must give data.dim = {d} eigenvalues, finite and > 0, got {shown}")
-    if not linear:
+    with as_config_error("optim"):
+        instantiate(cfg.optim)(model.parameters())
+
+
+def _check_langevin_step(sampler, lam, sigma) -> None:
+    """ULA, the sampler with a stationary law (`covariance_stationary`), diverges even with the exact score
+    when γ ≥ 2(λ_min + σ²) (theory note §3); λ_min of a texture is its floor."""
+    if sampler.covariance_stationary(torch.eye(1, dtype=torch.float64).view(1, 1, 1, 1)) is None:
+        return
+    bound = 2 * (float(lam.min()) + float(sigma) ** 2)
+    if not sampler.gamma < bound:
+        raise ConfigError(f"sampler.gamma must be < 2(λ_min + σ²) = {bound:.6g} (Langevin diverges even with "
+                          f"the exact score, theory note §3), got {sampler.gamma}")
+
+
+def _tau_warning(train, lam, alphas, stds, fourier: bool) -> list[str]:
+    """DSM-SGD beyond its mean-square stability limit: a warning (the run counts the diverged replicates)."""
+    limit, worst = sgd_tau_limit(lam, alphas, stds, int(train.batch_size), fourier)
+    if train.tau < limit:
         return []
-    alphas, stds = _instantiate(cfg.sampler, "sampler").noise_levels(sigma)
-    if langevin:
-        bound = 2 * (float(lam.min()) + sigma ** 2)
-        if not gamma < bound:
-            raise ConfigError(f"sampler.gamma must be < 2(λ_min + σ²) = {bound:.6g} (Langevin diverges even with "
-                              f"the exact score, theory note §3), got {cfg.sampler.gamma}")
-    learned = solver == "sgd" and (not _get(cfg, "model.oracle") if fourier else cls.requires_training)
-    if not learned:
-        return []
-    limit, worst = sgd_tau_limit(lam, alphas, stds, b, fourier)
-    if tau >= limit:
-        level = f" at noise level s = {float(stds[worst]):.3g}" if stds.numel() > 1 else ""
-        return [f"train.tau = {cfg.train.tau} is beyond the SGD mean-square stability limit τ < {limit:.4g}{level} "
-                f"(theory note §2.3): replicates are likely to diverge (recorded in diverged_at)"]
-    return []
+    level = f" at noise level s = {float(stds[worst]):.3g}" if stds.numel() > 1 else ""
+    return [f"train.tau = {train.tau} is beyond the SGD mean-square stability limit τ < {limit:.4g}{level} "
+            f"(theory note §2.3): replicates are likely to diverge (recorded in diverged_at)"]

@@ -5,14 +5,32 @@ import math
 from dataclasses import dataclass
 import torch
 from gsm.theory.bures import bures_wasserstein2
-from gsm.samplers.reverse_chain import alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance, exact_score_matrices, linear_beta_schedule, linear_reverse_sample, reverse_sample, timestep_grid
+from gsm.samplers.reverse_chain import alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance, ddpm_variance, exact_score_matrices, grid_coefficients, linear_beta_schedule, linear_reverse_sample, reverse_sample, timestep_grid
 from gsm.theory.diffusion import diffusion_prediction
+from gsm.samplers.base import Sampler
+from gsm.samplers.reverse_chain import FINALS, VARIANCES
+from gsm.checks import choice, number
 
 
 # ----------------------------------------------------------------------------- pipeline samplers
 
+def _check_schedule(T, t_min, beta_start, beta_end, scaled, steps) -> None:
+    """sampler.T ≥ 1, 0 ≤ t_min < T, 0 < beta_start < beta_end < 1 (scaled: T > 20 and β_T = beta_end·1000/T < 1),
+    steps null or in [1, T − t_min]: one-line ValueErrors naming the key."""
+    T = number("sampler.T", T, 1, integer=True)
+    t_min = number("sampler.t_min", t_min, 0, T - 1, integer=True)
+    b0 = number("sampler.beta_start", beta_start, 0, 1, low_open=True, high_open=True)
+    b1 = number("sampler.beta_end", beta_end, b0, 1, low_open=True, high_open=True)
+    if choice("sampler.scaled", scaled, (True, False)):
+        number("sampler.T", T, 20, low_open=True, integer=True)
+        if not b1 * 1000 / T < 1:
+            raise ValueError(f"sampler.beta_end must be < T/1000 = {T / 1000} with scaled betas "
+                             f"(β_T = beta_end·1000/T < 1), got {beta_end}")
+    number("sampler.steps", steps, 1, T - t_min, integer=True, none_ok=True)
+
+
 @dataclass
-class _Diffusion:
+class _Diffusion(Sampler):
     """Shared part of the DDPM/DDIM samplers (the sampler interface of gsm.experiment)."""
 
     T: int = 1000
@@ -26,10 +44,10 @@ class _Diffusion:
     init_var: float = 1.0
 
     def __post_init__(self):
-        if int(self.particles) != self.particles or self.particles < 2:
-            raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
-        if not self.init_var >= 0:
-            raise ValueError(f"sampler.init_var must be >= 0, got {self.init_var}")
+        _check_schedule(self.T, self.t_min, self.beta_start, self.beta_end, self.scaled, self.steps)
+        choice("sampler.final", self.final, FINALS)
+        number("sampler.particles", self.particles, 2, integer=True)
+        number("sampler.init_var", self.init_var, 0)
         betas = linear_beta_schedule(self.T, self.beta_start, self.beta_end, self.scaled)
         self.timesteps = timestep_grid(self.T, self.steps, self.t_min)
         self.chain = self._chain(alphas_cumprod(betas)[self.timesteps])
@@ -55,7 +73,7 @@ class _Diffusion:
         """M particles per replicate from x_T ~ N(0, init_var·I), the chain run in `dtype`: (R, M, d)."""
         x = math.sqrt(self.init_var) * torch.randn(replicates, self.particles, dim, generator=generator,
                                                    device=device, dtype=dtype)
-        if hasattr(model, "matrices"):
+        if model.linear:
             return linear_reverse_sample(self.grid_matrices(model.matrices()), x, self.chain, generator)
         k0 = int(self.chain.levels[0])
         return reverse_sample(lambda y, k: model(y, k - k0), x, self.chain, generator)
@@ -74,6 +92,26 @@ class _Diffusion:
         return diffusion_prediction(eigenvalues, self.chain, n=n, tau=tau, batch_size=batch_size,
                                     particles=particles, init_var=self.init_var, symmetric=symmetric,
                                     final=self.final, sgd_steps=sgd_steps, init=init)
+
+    @property
+    def reverse_chain(self):
+        """The DDPM/DDIM chain (`gsm.samplers.reverse_chain.ReverseChain`) on its timestep grid."""
+        return self.chain
+
+    def diagonal_variance(self, a: torch.Tensor) -> torch.Tensor:
+        """v ← (c_k − g_k a_k)² v + q_k per coefficient, a (..., L, F) → (..., F)."""
+        return ddpm_variance(grid_coefficients(self.chain, a), self.chain, self.init_var)
+
+    def diagonal_sample(self, a: torch.Tensor, xh: torch.Tensor, noise) -> torch.Tensor:
+        """x̂ ← (c_k − g_k a_k) x̂ + √q_k ξ̂ per coefficient, k = K..0; a (R, 1, L, F...)."""
+        ch = self.chain
+        grid = a.new_zeros(*a.shape[:2], ch.K + 1, *a.shape[-2:])
+        grid[:, :, ch.levels] = a
+        for k in range(ch.K, -1, -1):
+            xh = (float(ch.c[k]) - float(ch.g[k]) * grid[:, :, k]) * xh
+            if float(ch.q[k]) > 0:
+                xh = xh + math.sqrt(float(ch.q[k])) * noise()
+        return xh
 
     def log_extra(self, writer, A, cov, step, max_points: int = 50, max_replicates: int = 16) -> None:
         """The exact W2²(law of x_{t_k}, true marginal ᾱΣ + (1−ᾱ)I) along the reverse trajectory, for the
@@ -100,6 +138,10 @@ class DDPM(_Diffusion):
     variance: str = "beta"
     noise_last: bool = False
 
+    def __post_init__(self):
+        choice("sampler.variance", self.variance, VARIANCES)
+        super().__post_init__()
+
     def _chain(self, ab):
         return ddpm_chain(ab, self.variance, self.final, self.noise_last)
 
@@ -109,6 +151,10 @@ class DDIM(_Diffusion):
     """DDIM sampler (Song et al.) with stochasticity η (0: deterministic; see `ddim_chain`)."""
 
     eta: float = 0.0
+
+    def __post_init__(self):
+        number("sampler.eta", self.eta, 0, 1)
+        super().__post_init__()
 
     def _chain(self, ab):
         return ddim_chain(ab, self.eta, self.final)

@@ -36,6 +36,7 @@ import torch
 
 from gsm.samplers.linear_chain import exact_law
 from gsm.theory.linear_chain import linear_sampler_prediction
+from gsm.samplers.base import Sampler
 
 F64 = torch.float64
 TESTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
@@ -162,7 +163,7 @@ def _noise_from(module, supply):
 
 
 @dataclass
-class Diffusers:
+class Diffusers(Sampler):
     """A diffusers scheduler as a gsm sampler (the interface of gsm.experiment)."""
 
     scheduler: str = "DPMSolverMultistepScheduler"

@@ -29,6 +29,8 @@ import torch
 
 from gsm.samplers.linear_chain import LinearChain, explicit_rk_step
 from gsm.theory.linear_chain import linear_sampler_prediction
+from gsm.samplers.base import Sampler
+from gsm.checks import choice, number
 
 F64 = torch.float64
 
@@ -61,7 +63,7 @@ def edm_step_matrices(A_hat: torch.Tensor, A_next, sigma: float, sigma_hat: floa
 
 
 @dataclass
-class EDM:
+class EDM(Sampler):
     """Karras et al.'s Heun sampler (Algorithm 1; stochastic churn of Algorithm 2), the sampler interface
     of gsm.experiment."""
 
@@ -77,22 +79,17 @@ class EDM:
     score_levels: str = "ve"
 
     def __post_init__(self):
-        if int(self.steps) != self.steps or self.steps < 2:
-            raise ValueError(f"sampler.steps must be an integer >= 2, got {self.steps}")
-        if not 0 < self.sigma_max < math.inf:
-            raise ValueError(f"sampler.sigma_max must be finite and > 0, got {self.sigma_max}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"sampler.sigma_min must be in (0, sigma_max) = (0, {self.sigma_max}), got {self.sigma_min}")
-        for key, low in (("rho", 0.0), ("churn", None), ("s_noise", None), ("s_tmin", None)):
-            v = getattr(self, key)
-            if not (v > 0 if low is not None else v >= 0):
-                raise ValueError(f"sampler.{key} must be {'> 0' if low is not None else '>= 0'}, got {v}")
-        if not self.s_tmax >= self.s_tmin:
+        number("sampler.steps", self.steps, 2, integer=True)
+        sigma_max = number("sampler.sigma_max", self.sigma_max, 0, low_open=True)
+        number("sampler.sigma_min", self.sigma_min, 0, sigma_max, low_open=True, high_open=True)
+        number("sampler.rho", self.rho, 0, low_open=True)
+        for key in ("churn", "s_noise", "s_tmin"):
+            number(f"sampler.{key}", getattr(self, key), 0)
+        s_tmax = self.s_tmax           # inf (no upper bound) allowed
+        if isinstance(s_tmax, bool) or not isinstance(s_tmax, (int, float)) or not s_tmax >= self.s_tmin:
             raise ValueError(f"sampler.s_tmax must be >= s_tmin = {self.s_tmin}, got {self.s_tmax}")
-        if int(self.particles) != self.particles or self.particles < 2:
-            raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
-        if self.score_levels not in ("ve", "vp"):
-            raise ValueError(f"sampler.score_levels must be one of ve | vp, got {self.score_levels}")
+        number("sampler.particles", self.particles, 2, integer=True)
+        choice("sampler.score_levels", self.score_levels, ("ve", "vp"))
         self.sigmas = karras_sigmas(int(self.steps), self.sigma_min, self.sigma_max, self.rho)
         self.sigma_hat = churn_sigmas(self.sigmas, self.churn, self.s_tmin, self.s_tmax)
         reads = torch.cat([self.sigma_hat, self.sigmas[1:-1]])            # σ̂_i, then σ_{i+1} > 0

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from gsm.theory.bures import psd_sqrt
 from gsm.training.prefetch import background_draws, prefetched
+from gsm.samplers.base import Sampler
+from gsm.checks import choice, number
 
 
 def langevin_sample(score_fn, x0: torch.Tensor, gamma: float, steps: int,
@@ -122,7 +124,7 @@ def gaussian_sample(C: torch.Tensor, M: int, generator: torch.Generator | None =
 
 
 @dataclass
-class Langevin:
+class Langevin(Sampler):
     """ULA with step γ for K steps from N(0, init_var·I), with M independent particles (chains).
 
     The score is trained at the single noise level σ of `train.sigma` (α = 1, s = σ).
@@ -135,16 +137,11 @@ class Langevin:
     particles_from: str = "chains"
 
     def __post_init__(self):
-        if not self.gamma > 0:
-            raise ValueError(f"sampler.gamma must be > 0, got {self.gamma}")
-        if int(self.steps) != self.steps or self.steps < 0:
-            raise ValueError(f"sampler.steps must be an integer >= 0, got {self.steps}")
-        if int(self.particles) != self.particles or self.particles < 2:
-            raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
-        if not self.init_var >= 0:
-            raise ValueError(f"sampler.init_var must be >= 0, got {self.init_var}")
-        if self.particles_from not in ("chains", "law"):
-            raise ValueError(f"sampler.particles_from must be one of chains | law, got {self.particles_from}")
+        number("sampler.gamma", self.gamma, 0, low_open=True)
+        number("sampler.steps", self.steps, 0, integer=True)
+        number("sampler.particles", self.particles, 2, integer=True)
+        number("sampler.init_var", self.init_var, 0)
+        choice("sampler.particles_from", self.particles_from, ("chains", "law"))
 
     def noise_levels(self, sigma: float):
         """One level: y = x + σ z."""
@@ -156,12 +153,12 @@ class Langevin:
         training dtype: float32 noise is twice as fast to draw); W2 is then evaluated in float64.
         particles_from="law" (linear scores) draws them from the exact law N(0, C_K) instead: the
         same distribution as the chains' output, for M·d random numbers instead of K·M·d."""
-        if self.particles_from == "law" and hasattr(model, "matrices"):
+        if self.particles_from == "law" and model.linear:
             C = self.covariance(model.matrices()).to(device)
             return gaussian_sample(C, self.particles, generator).to(dtype)
         x0 = math.sqrt(self.init_var) * torch.randn(replicates, self.particles, dim, generator=generator,
                                                     device=device, dtype=dtype)
-        if hasattr(model, "matrices"):
+        if model.linear:
             return linear_langevin_sample(model.matrices()[:, 0], x0, self.gamma, self.steps, generator, progress)
         return langevin_sample(lambda y: model(y, 0), x0, self.gamma, self.steps, generator, progress)
 
@@ -188,5 +185,24 @@ class Langevin:
                                    batch_size=batch_size, steps=self.steps, init_var=self.init_var,
                                    particles=particles, symmetric=symmetric, sgd_steps=sgd_steps, init=init)
 
-    def log_extra(self, writer, A, cov, step) -> None:
-        pass
+    def diagonal_variance(self, a: torch.Tensor) -> torch.Tensor:
+        """c_K per coefficient, a (..., 1, F) → (..., F) (`langevin_k_step_variance`)."""
+        return langevin_k_step_variance(a[..., 0, :], self.gamma, self.steps, self.init_var)
+
+    def diagonal_sample(self, a: torch.Tensor, xh: torch.Tensor, noise) -> torch.Tensor:
+        """K steps x̂ ← (1 − γa) x̂ + √(2γ) ξ̂ per coefficient, in place; a (R, 1, 1, F...)."""
+        p, c = (1 - self.gamma * a[:, :, 0]).to(xh.dtype), math.sqrt(2 * self.gamma)   # complex once
+        for _ in range(self.steps):
+            xh.mul_(p).add_(noise(), alpha=c)
+        return xh
+
+
+def langevin_k_step_variance(a, gamma, steps, init_var):
+    """c_K = r^K c₀ + 2γ Σ_{k<K} r^k, r = (1 − γa)², as r^K c₀ + 2γ (r^K − 1)/(r − 1): finite for every
+    finite a, also at r = 1 (a = 0, an untrained score: c_K = c₀ + 2γK) where c_∞ of the closed form is not."""
+    K = int(steps)
+    rm1 = gamma * a * (gamma * a - 2)                          # r − 1, without cancellation
+    rK = (1 + rm1) ** K
+    ratio = torch.expm1(K * torch.log1p(rm1)) / rm1           # (r^K − 1)/(r − 1)
+    ratio = torch.where(rm1 == 0, torch.full_like(rm1, float(K)), ratio)
+    return rK * init_var + 2 * gamma * ratio

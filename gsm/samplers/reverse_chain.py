@@ -240,3 +240,10 @@ def ddpm_variance(a: torch.Tensor, chain: ReverseChain, init_var=1.0) -> torch.T
     for k in range(chain.K, -1, -1):
         v = (chain.c[k] - chain.g[k] * a[..., k, :]) ** 2 * v + chain.q[k]
     return v
+
+
+def grid_coefficients(chain: ReverseChain, a: torch.Tensor) -> torch.Tensor:
+    """Level-indexed (..., L, F) → grid-indexed (..., K+1, F), zeros where the chain reads no score."""
+    out = a.new_zeros(*a.shape[:-2], chain.K + 1, a.shape[-1])
+    out[..., chain.levels, :] = a
+    return out

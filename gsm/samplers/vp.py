@@ -54,6 +54,8 @@ from gsm.samplers.vp_schemes import EVALS_PER_STEP, EXACT_SCHEMES, INITS, SCHEME
 from gsm.theory.vp import vp_prediction
 from gsm.samplers.vp_schemes import ODE_SCHEMES, SDE_SCHEMES
 from gsm.theory.vp import spectral_output_variance
+from gsm.samplers.base import Sampler
+from gsm.checks import choice, number
 
 
 _F64 = torch.float64
@@ -62,7 +64,7 @@ _F64 = torch.float64
 # -------------------------------------------------------------------------------------------- sampler
 
 @dataclass
-class VP:
+class VP(Sampler):
     """`sampler=vp`: the VP SDE/ODE schemes of Pierret & Galerne (module doc) on the pipeline's interface.
 
     scheme: em | ei | ddpm | euler | heun | rk4 | sde | ode; steps K (or nfe, the score-evaluation budget:
@@ -83,17 +85,14 @@ class VP:
     figure: bool = True
 
     def __post_init__(self):
-        if self.particles_from not in ("auto", "chain", "law", "none"):
-            raise ValueError(f"sampler.particles_from must be one of auto | chain | law | none, got {self.particles_from}")
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"sampler.scheme must be one of {' | '.join(SCHEMES)}, got {self.scheme}")
-        if self.init not in INITS:
-            raise ValueError(f"sampler.init must be one of {' | '.join(INITS)}, got {self.init}")
-        if int(self.particles) != self.particles or self.particles < 2:
-            raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
-        self.schedule = VPSchedule(float(self.beta_min), float(self.beta_max), float(self.T))
-        if not (math.isfinite(self.eps) and 0 <= self.eps < self.T):
-            raise ValueError(f"sampler.eps must be in [0, T) = [0, {self.T}), got {self.eps}")
+        choice("sampler.particles_from", self.particles_from, ("auto", "chain", "law", "none"))
+        choice("sampler.scheme", self.scheme, SCHEMES)
+        choice("sampler.init", self.init, INITS)
+        number("sampler.particles", self.particles, 2, integer=True)
+        T = number("sampler.T", self.T, 0, low_open=True)
+        beta_min = number("sampler.beta_min", self.beta_min, 0, low_open=True)
+        self.schedule = VPSchedule(beta_min, number("sampler.beta_max", self.beta_max, beta_min), T)
+        number("sampler.eps", self.eps, 0, T, high_open=True)
         per = EVALS_PER_STEP[self.scheme]
         if self.scheme in EXACT_SCHEMES:
             self.K, self.chain = 0, None
@@ -102,17 +101,25 @@ class VP:
             if (self.steps is None) == (self.nfe is None):
                 raise ValueError(f"sampler.steps must be null when sampler.nfe is set, and an integer >= 1 otherwise "
                                  f"(set exactly one), got steps={self.steps}, nfe={self.nfe}")
-            if self.nfe is not None and (int(self.nfe) != self.nfe or self.nfe < per):
-                raise ValueError(f"sampler.nfe must be an integer >= {per} for scheme={self.scheme}, got {self.nfe}")
-            K = self.steps if self.steps is not None else int(self.nfe) // per
-            if int(K) != K or K < 1:
-                raise ValueError(f"sampler.steps must be an integer >= 1, got {self.steps}")
-            self.K = int(K)
+            if self.nfe is not None:
+                number("sampler.nfe", self.nfe, per, integer=True, why=f"scheme={self.scheme}")
+            self.K = number("sampler.steps", self.steps, 1, integer=True) if self.steps is not None \
+                else int(self.nfe) // per
             self.chain, self.times = vp_chain(self.scheme, self.schedule, self.K, float(self.eps))
         self.evaluations = per * self.K
         self.init_cov = None
 
     # -- the pipeline's interface -------------------------------------------------------------
+    def spectral_path(self, score_is_spectral: bool) -> bool:
+        """Per eigenvalue (O(d·K)) when sampler.spectral and the score is a function of Σ or Σ̂; the exact
+        laws (scheme sde | ode) exist only there."""
+        if self.spectral and score_is_spectral:
+            return True
+        if self.scheme in EXACT_SCHEMES:
+            raise ValueError(f"sampler.scheme must be a discretisation (em | ei | ddpm | euler | heun | rk4) unless "
+                             f"model=oracle with sampler.spectral=true (sde/ode are exact laws), got {self.scheme}")
+        return False
+
     def noise_levels(self, sigma=None):
         """α_l = e^{−B(t_l)/2}, s_l = √(1 − e^{−B(t_l)}) at the scheme's evaluation times (σ unused)."""
         return self.schedule.alpha_std(self.times)
@@ -149,7 +156,7 @@ class VP:
         x = torch.randn(replicates, self.particles, dim, generator=generator, device=device, dtype=dtype)
         if self.init == "prior":
             x = x @ torch.linalg.cholesky(self._init()).to(device=device, dtype=dtype).T
-        if hasattr(model, "matrices"):
+        if model.linear:
             return self.chain.sample(model.matrices().to(device), x, generator)
         raise ValueError("sampler=vp needs a linear score model (model=linear | oracle)")
 

@@ -1,8 +1,12 @@
 """gsm.scores.fourier: TODO docstring."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
+
+from gsm.scores.base import ScoreModel
 
 _F64 = torch.float64
 
@@ -15,31 +19,40 @@ def apply_circulant(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft2(a.to(y.dtype) * torch.fft.rfft2(y), s=(y.shape[-2], n))
 
 
-class FourierLinearScore(nn.Module):
+class FourierLinearScore(ScoreModel):
     """s(y, l) = −A_l y, A_l a symmetric circulant (a circular convolution) of eigenvalues a_l(ω).
 
     Args:
         size: n (the texture is n×n; d = n²).  replicates: R.  levels: L noise levels.
         init: a₀ = 0 ("zeros"), 1 ("identity") or 1/s_l² ("noise": the DSM optimum where the data
             have no power, so the many frequencies with λ ≪ s² start next to their optimum).
-        oracle: no training, a_l = 1/(α_l² λ + s_l²), the exact score of the noised target.
-        stds: s_l (L,), needed by init="noise".
+        noise_stds: s_l (L,), needed by init="noise".
+        oracle: deprecated, use `FourierOracleScore` (model=fourier_oracle).
+        stds: deprecated name of noise_stds.
     The state `a` is (R, L, n, n//2+1) on the rfft2 half-plane (a(−ω) = a(ω)).
     """
 
+    linear = True
     symmetric = True
 
     def __init__(self, size: int | None = None, replicates: int = 1, levels: int = 1, init: str = "zeros",
-                 oracle: bool = False, stds: torch.Tensor | None = None, dim: int | None = None):
+                 noise_stds: torch.Tensor | None = None, dim: int | None = None, oracle: bool | None = None,
+                 stds: torch.Tensor | None = None):
         super().__init__()
+        if stds is not None:
+            warnings.warn("FourierLinearScore(stds=...) is deprecated: use noise_stds", FutureWarning, stacklevel=2)
+            noise_stds = stds if noise_stds is None else noise_stds
+        if oracle:
+            warnings.warn("model.oracle=true is deprecated: use model=fourier_oracle (FourierOracleScore)",
+                          FutureWarning, stacklevel=2)
+            self.requires_training = False
         if size is None:
             raise ValueError(f"model=fourier_linear needs data=texture (an n×n stationary target), got a "
                              f"d-dimensional target (data.dim={dim})")
         n = int(size)
         self.init = init
         self.a = nn.Parameter(torch.zeros(replicates, levels, n, n // 2 + 1), requires_grad=False)
-        self.a.data += initial_coefficients(init, levels, stds).view(-1, 1, 1).to(self.a.dtype)
-        self.requires_training = not oracle
+        self.a.data += initial_coefficients(init, levels, noise_stds).view(-1, 1, 1).to(self.a.dtype)
 
     @property
     def size(self) -> int:
@@ -61,6 +74,13 @@ class FourierLinearScore(nn.Module):
     def set_coefficients(self, a: torch.Tensor) -> None:
         self.a.copy_(a.to(self.a.dtype).expand_as(self.a))
 
+
+
+class FourierOracleScore(FourierLinearScore):
+    """The exact score of the noised texture, a_l(ω) = 1/(α_l² λ(ω) + s_l²): set, not trained (the
+    Fourier-diagonal counterpart of `gsm.scores.linear.OracleScore`)."""
+
+    requires_training = False
 
 def initial_coefficients(init: str, levels: int, stds=None) -> torch.Tensor:
     """a₀ per level (L,) float64 for init = zeros | identity | noise (1/s_l²)."""

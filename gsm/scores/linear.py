@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gsm.scores.base import ScoreModel
+
 
 def spd_inverse(M: torch.Tensor) -> torch.Tensor:
     """M⁻¹ for symmetric positive-definite M (..., d, d), by Cholesky (`cholesky_ex`, `cholesky_inverse`).
@@ -38,7 +40,7 @@ def dsm_optimum(cov: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> 
     return spd_inverse(a2 * cov.unsqueeze(-3) + s2 * eye)
 
 
-class LinearScore(nn.Module):
+class LinearScore(ScoreModel):
     """s(y, l) = −A_l y, with A of shape (R, L, d, d), trained by DSM-SGD.
 
     Args:
@@ -48,6 +50,7 @@ class LinearScore(nn.Module):
             (the symmetric variant of the theory note §5.3).
     """
 
+    linear = True
     requires_training = True
 
     def __init__(self, dim: int, replicates: int = 1, levels: int = 1, init: str = "zeros",

@@ -24,6 +24,9 @@ from hydra.utils import get_object, instantiate
 from torch import nn
 from torch.nn import functional as F
 
+from gsm.scores.base import ScoreModel, UserScore
+from gsm.checks import choice, number
+
 
 ACTIVATIONS = ("silu", "relu", "gelu", "tanh", "softplus")
 
@@ -55,7 +58,7 @@ def sinusoidal_embedding(u: torch.Tensor, dim: int, max_freq: float = 100.0) -> 
     return torch.cat([arg.sin(), arg.cos()], -1)
 
 
-class MLPScore(nn.Module):
+class MLPScore(ScoreModel):
     """s(y, l) = −A_l y − f_θ([y, e(l)]) / s_l for R replicates (see the module docstring).
 
     Args:
@@ -77,20 +80,17 @@ class MLPScore(nn.Module):
                  embed_dim: int = 32, skip: bool = False):
         super().__init__()
         for name, v in (("dim", dim), ("replicates", replicates), ("levels", levels), ("width", width)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"model.{name} must be an integer >= 1, got {v}")
-        if int(depth) != depth or depth < 0:
-            raise ValueError(f"model.depth must be an integer >= 0, got {depth}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation must be one of {' | '.join(ACTIVATIONS)}, got {activation}")
-        if embedding not in EMBEDDINGS:
-            raise ValueError(f"model.embedding must be one of {' | '.join(EMBEDDINGS)}, got {embedding}")
-        if int(embed_dim) != embed_dim or embed_dim < 2 or embed_dim % 2:
-            raise ValueError(f"model.embed_dim must be an even integer >= 2, got {embed_dim}")
-        if not skip and depth == 0:
+            number(f"model.{name}", v, 1, integer=True)
+        number("model.depth", depth, 0, integer=True)
+        choice("model.activation", activation, ACTIVATIONS)
+        choice("model.embedding", embedding, EMBEDDINGS)
+        if number("model.embed_dim", embed_dim, 2, integer=True, why="even") % 2:
+            raise ValueError(f"model.embed_dim must be an integer >= 2 (even), got {embed_dim}")
+        if not choice("model.skip", skip, (True, False)) and depth == 0:
             raise ValueError("model.depth must be >= 1 when model.skip=false (the score would be 0)")
-        stds = torch.ones(levels, dtype=torch.float64) if noise_stds is None else \
-            torch.as_tensor(noise_stds, dtype=torch.float64).flatten()
+        # checked on the CPU, also when built on the meta device (gsm.pipeline.validate builds it there)
+        stds = torch.ones(levels, dtype=torch.float64, device="cpu") if noise_stds is None else \
+            torch.as_tensor(noise_stds, dtype=torch.float64, device="cpu").flatten()
         if stds.numel() != levels or not bool((stds > 0).all()):
             raise ValueError(f"noise_stds must hold {levels} values > 0, got {stds.tolist()}")
         self.register_buffer("noise_stds", stds)
@@ -142,7 +142,7 @@ def _forward_takes_level(module: nn.Module) -> bool:
     return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
-class Replicated(nn.Module):
+class Replicated(ScoreModel):
     """R independent instances of a single-instance user model, called one after the other.
 
     The user model maps y (B, d) → s (B, d) with forward(y) (no time input: one noise level) or
@@ -192,5 +192,7 @@ def build_score_model(model_cfg, *, dim: int, replicates: int, alphas: torch.Ten
         if seed is not None:
             torch.manual_seed(seed)
         if "replicates" in kw:
-            return instantiate(model_cfg, **kw)
+            model = instantiate(model_cfg, **kw)
+            # a batched user module declares nothing: taken as a neural score
+            return model if isinstance(model, ScoreModel) else UserScore(model, _forward_takes_level(model))
         return Replicated([instantiate(model_cfg, **kw) for _ in range(replicates)], levels=int(alphas.numel()))

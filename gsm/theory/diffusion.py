@@ -100,6 +100,58 @@ def _final_of_marginal(lam, ab0, final):
     return {"none": S, "rescale": S / ab0, "tweedie": ab0 * lam ** 2 / S}[final]
 
 
+def _sgd_budget(sgd_steps, tau: float, b: int, init: str, symmetric: bool) -> SGDBudget | None:
+    """The finite SGD budget of `diffusion_prediction` (None: SGD at stationarity), checked."""
+    sgd_steps = _check("sgd_steps", sgd_steps, low=0, integer=True, allow_none=True)
+    if init not in SGD_INIT:
+        raise ValueError(f"init must be one of {' | '.join(SGD_INIT)}, got {init}")
+    budget = SGDBudget(sgd_steps, tau, b, init) if sgd_steps is not None and tau > 0 else None
+    if budget is not None and symmetric:
+        raise ValueError("sgd_steps is supported with symmetric=False only")
+    return budget
+
+
+def _bias_terms(lam, chain: ReverseChain, init_var: float, final: str):
+    """The exact-score bias Σ(√λ − √h)², split into t_min, discretization and initialization; and its total."""
+    ab = chain.alpha_bar
+    a = exact_score_eigenvalues(lam, ab)
+    bias_opt = float(((lam.sqrt() - ddpm_variance(a, chain, init_var).sqrt()) ** 2).sum())
+    h_exact_init = ddpm_variance(a, chain, ab[-1] * lam + 1 - ab[-1])         # started from x_T ~ N(0, S_T)
+    t_min_term = float(((lam.sqrt() - _final_of_marginal(lam, float(ab[0]), final).sqrt()) ** 2).sum())
+    exact_init = float(((lam.sqrt() - h_exact_init.sqrt()) ** 2).sum())
+    return {"t_min": t_min_term, "discretization": exact_init - t_min_term,
+            "initialization": bias_opt - exact_init}, bias_opt
+
+
+def _tau_kernel(lam, chain: ReverseChain, b: int, init_var: float, symmetric: bool, tau: float,
+                budget: SGDBudget | None) -> torch.Tensor:
+    """K_τ (d, d) per unit τ: `ddpm_tau_kernel` at stationarity, or its transient form around the mean
+    scores of a finite `budget` (divided by τ)."""
+    if budget is not None:
+        cells = ddpm_tau_kernel(lam, chain, b, init_var, symmetric,
+                                transient=level_sgd_transient(lam, chain.alpha_bar, chain.levels.numel(), budget))
+        return cells / tau
+    d = lam.numel()
+    return ddpm_tau_kernel(lam, chain, b, init_var, symmetric) if tau > 0 else torch.zeros(d, d, dtype=torch.float64)
+
+
+def _diagnostics(lam, chain: ReverseChain, n, tau: float, b: int):
+    """eps_tau = τ max ᾱλ(ᾱλ + 1 − ᾱ)/(2b) over the levels read, and warnings where the first-order expansion
+    may not hold."""
+    d = lam.numel()
+    lv = chain.alpha_bar[chain.levels].view(-1, 1)
+    m = lv * lam + 1 - lv
+    eps_tau = tau * float((lv * lam * m).max()) / (2 * b)
+    warnings = []
+    if n is not None and n < 5 * d:
+        warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
+    if tau > 0 and eps_tau > 0.005:
+        warnings.append(f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than ~5%")
+    if tau > 0 and float((tau * (1 - lv) * (1 + 1 / b) * m).max()) >= 2:
+        warnings.append(f"tau = {tau}: SGD is not mean-square stable at some level (τs²(1+1/b)m_max ≥ 2)")
+    return eps_tau, warnings
+
+
 def diffusion_prediction(lam, chain: ReverseChain, *, n=None, tau=0.0, batch_size=1, particles=None,
                          init_var=1.0, symmetric=False, final="none", sgd_steps=None, init="zeros") -> dict:
     """E[W2²(N(0, Σ), law of the DDPM/DDIM output)] ≈ bias + (1/N) Σ K_N + τ Σ K_τ [+ (1/M) Σ K_M].
@@ -124,46 +176,20 @@ def diffusion_prediction(lam, chain: ReverseChain, *, n=None, tau=0.0, batch_siz
     tau = _check("tau", tau, low=0)
     b = _check("batch_size", batch_size, low=1, integer=True)
     M = _check("particles", particles, low=1, integer=True, allow_none=True)
-    sgd_steps = _check("sgd_steps", sgd_steps, low=0, integer=True, allow_none=True)
-    if init not in SGD_INIT:
-        raise ValueError(f"init must be one of {' | '.join(SGD_INIT)}, got {init}")
-    budget = SGDBudget(sgd_steps, tau, b, init) if sgd_steps is not None and tau > 0 else None
-    if budget is not None and symmetric:
-        raise ValueError("sgd_steps is supported with symmetric=False only")
-    ab = chain.alpha_bar
-    h, H1, H2 = ddpm_divided_differences(lam, chain, init_var, budget)
+    budget = _sgd_budget(sgd_steps, tau, b, init, symmetric)
+    h, H1, H2 = ddpm_divided_differences(lam, chain, init_var, budget)    # h: with the mean scores of the budget
     rho, W = bures_second_order_weights(lam, h)
     bias_per = (lam.sqrt() - h.sqrt()) ** 2
-    a = exact_score_eigenvalues(lam, ab)
-    bias_opt = float(((lam.sqrt() - ddpm_variance(a, chain, init_var).sqrt()) ** 2).sum())
-    h_exact_init = ddpm_variance(a, chain, ab[-1] * lam + 1 - ab[-1])
-    t_min_term = float(((lam.sqrt() - _final_of_marginal(lam, float(ab[0]), final).sqrt()) ** 2).sum())
-    exact_init = float(((lam.sqrt() - h_exact_init.sqrt()) ** 2).sum())
-    out = {"t_min": t_min_term, "discretization": exact_init - t_min_term,
-           "initialization": bias_opt - exact_init}
+    out, bias_opt = _bias_terms(lam, chain, init_var, final)
     K_N = kernel_n(lam, H1, H2, rho, W)
     out["generalization"] = float(K_N.sum()) / n if n is not None else 0.0
     out["sgd_mean_offset"] = float(bias_per.sum()) - bias_opt if budget is not None else 0.0
-    if budget is not None:
-        cells = ddpm_tau_kernel(lam, chain, b, init_var, symmetric,
-                                transient=level_sgd_transient(lam, ab, chain.levels.numel(), budget))
-        K_tau = cells / tau
-    else:
-        K_tau = ddpm_tau_kernel(lam, chain, b, init_var, symmetric) if tau > 0 else torch.zeros(d, d, dtype=torch.float64)
+    K_tau = _tau_kernel(lam, chain, b, init_var, symmetric, tau, budget)
     out["optimization"] = out["sgd_mean_offset"] + tau * float(K_tau.sum())
     K_M = kernel_m(h, W)
     out["particles"] = float(K_M.sum()) / M if M is not None else 0.0
     out["total"] = bias_opt + out["generalization"] + out["optimization"] + out["particles"]
-    lv = ab[chain.levels].view(-1, 1)
-    m = lv * lam + 1 - lv
-    eps_tau = tau * float((lv * lam * m).max()) / (2 * b)
-    warnings = []
-    if n is not None and n < 5 * d:
-        warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
-    if tau > 0 and eps_tau > 0.005:
-        warnings.append(f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than ~5%")
-    if tau > 0 and float((tau * (1 - lv) * (1 + 1 / b) * m).max()) >= 2:
-        warnings.append(f"tau = {tau}: SGD is not mean-square stable at some level (τs²(1+1/b)m_max ≥ 2)")
+    eps_tau, warnings = _diagnostics(lam, chain, n, tau, b)
     out.update(kernel_n=K_N, kernel_tau=K_tau, kernel_m=K_M, bias_per_eigenvalue=bias_per, sampler_variance=h,
                eigenvalues=lam, eps_tau=eps_tau, d_over_n=d / n if n is not None else 0.0, warnings=warnings)
     return out

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from gsm.theory.bures import bures_wasserstein2_commuting
 from gsm.data.texture import kappa, multiplicity
-from gsm.samplers.fourier import _grid, _is_chain, sampler_variance
+from gsm.samplers.fourier import sampler_variance
+from gsm.samplers.reverse_chain import grid_coefficients
 from gsm.scores.fourier import dsm_optimum_fourier, initial_coefficients
 
 _F64 = torch.float64
@@ -65,8 +66,8 @@ def _chain_tau_cells(sampler, lam, a_opt, var, rho, W, chunk: int = 1 << 22):
     """Σ_k V_k [½ρ ∂²v/∂a_k² + ½W (∂v/∂a_k)²] for a DDPM/DDIM chain: with ℓ_k the product of the later
     maps, c_k the variance at t_k and f_k = c_k − g_k a_k, ∂v/∂a_k = −2g_kℓ_k²f_kc_k and
     ∂²v/∂a_k² = 2g_k²ℓ_k²c_k (the diagonal of gsm.theory.diffusion.ddpm_tau_kernel). Chunked over ω."""
-    ch = sampler.chain
-    A, V = _grid(sampler, a_opt), _grid(sampler, var)            # (K+1, F)
+    ch = sampler.reverse_chain
+    A, V = grid_coefficients(ch, a_opt), grid_coefficients(ch, var)            # (K+1, F)
     F = A.shape[-1]
     out = torch.empty(F, dtype=_F64)
     step = max(1, chunk // (ch.K + 1))
@@ -82,6 +83,30 @@ def _chain_tau_cells(sampler, lam, a_opt, var, rho, W, chunk: int = 1 << 22):
         g2 = ch.g.view(-1, 1) ** 2
         out[s:s + step] = (v * g2 * ell2 * (rho[s:s + step] * c + 2 * W[s:s + step] * ell2 * f ** 2 * c ** 2)).sum(0)
     return out
+
+
+def _sgd_transient(sampler, a_opt, alphas, stds, m, tau: float, sgd_steps: int, init: str):
+    """After k = `sgd_steps` SGD steps from a₀ (`init`): the output variance of the mean score
+    E[a_k] = a* + (a₀ − a*) r^k, r = 1 − τs²m/L (a level sees a fraction 1/L of the samples), and r^{2k}."""
+    r = 1 - tau * stds.to(_F64).pow(2).view(-1, 1) * m / alphas.numel()
+    a_mean = a_opt + (initial_coefficients(init, alphas.numel(), stds).view(-1, 1) - a_opt) * r ** int(sgd_steps)
+    return sampler_variance(sampler, a_mean.view(-1, 1, a_opt.shape[-1])).flatten(), r ** (2 * int(sgd_steps))
+
+
+def _tau_kernel(sampler, flat, a_opt, V, rho, W):
+    """K_τ per frequency (F,): Σ_l V_l [½W (∂v/∂a_l)² + ½ρ ∂²v/∂a_l²] of the sampler's map v."""
+    if sampler.reverse_chain is not None:     # DDPM/DDIM: the τ cells exactly; Langevin: by derivatives
+        return _chain_tau_cells(sampler, flat, a_opt, V, rho, W)
+    _, c1, c2 = _derivatives(lambda x: sampler_variance(sampler, x.view(1, 1, -1)).flatten(), a_opt[0])
+    return V[0] * (0.5 * W * c1 ** 2 + 0.5 * rho * c2)
+
+
+def _warnings(tau: float, eps_tau: float) -> list[str]:
+    """Where the first-order τ term may not hold (eps_tau > 0.005)."""
+    if tau and eps_tau > 0.005:
+        return [f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than ~5% "
+                f"(theory note §5.5)"]
+    return []
 
 
 def fourier_prediction(lam: torch.Tensor, sampler, *, n=None, sigma=None, tau: float = 0.0, batch_size: int = 1,
@@ -122,26 +147,17 @@ def fourier_prediction(lam: torch.Tensor, sampler, *, n=None, sigma=None, tau: f
     m = alphas.to(_F64).pow(2).view(-1, 1) * flat + stds.to(_F64).pow(2).view(-1, 1)   # (L, F)
     out["transient"] = 0.0
     if tau and sgd_steps is not None:
-        r = 1 - tau * stds.to(_F64).pow(2).view(-1, 1) * m / alphas.numel()
-        a_mean = a_opt + (initial_coefficients(init, alphas.numel(), stds).view(-1, 1) - a_opt) * r ** int(sgd_steps)
-        c_mean = sampler_variance(sampler, a_mean.view(-1, 1, flat.numel())).flatten()
+        c_mean, r2k = _sgd_transient(sampler, a_opt, alphas, stds, m, tau, sgd_steps, init)
         out["transient"] = float((wf * ((flat.sqrt() - c_mean.sqrt()) ** 2 - (flat.sqrt() - h.sqrt()) ** 2)).sum())
-        V = V * (1 - r ** (2 * int(sgd_steps)))
-    if _is_chain(sampler):
-        K_tau = _chain_tau_cells(sampler, flat, a_opt, V, rho, W)
-    else:
-        _, c1, c2 = _derivatives(lambda x: sampler_variance(sampler, x.view(1, 1, -1)).flatten(), a_opt[0])
-        K_tau = V[0] * (0.5 * W * c1 ** 2 + 0.5 * rho * c2)
+        V = V * (1 - r2k)
+    K_tau = _tau_kernel(sampler, flat, a_opt, V, rho, W)
     K_M = 0.5 * kf * W * h ** 2
     out["generalization"] = float((wf * K_N).sum()) / n if n else 0.0
     out["optimization"] = float(tau * (wf * K_tau).sum()) if tau else 0.0
     out["particles"] = float((wf * K_M).sum()) / particles if particles else 0.0
     out["total"] = out["bias"] + out["transient"] + out["generalization"] + out["optimization"] + out["particles"]
     out["eps_tau"] = float(tau * (kf * alphas.to(_F64).pow(2).view(-1, 1) * flat * m).max() / (4 * batch_size))
-    out["warnings"] = []
-    if tau and out["eps_tau"] > 0.005:
-        out["warnings"].append(f"eps_tau = {out['eps_tau']:.3g} > 0.005: the first-order τ term may be off "
-                               f"by more than ~5% (theory note §5.5)")
+    out["warnings"] = _warnings(tau, out["eps_tau"])
     shape = lam.shape
     out.update(kernel_n=K_N.view(shape), kernel_tau=K_tau.view(shape), kernel_m=K_M.view(shape),
                output_variance=h.view(shape), eigenvalues=lam)

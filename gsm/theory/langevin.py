@@ -16,9 +16,12 @@ with c_i = h(λ_i) the sampler variance given the exact DSM optimum a_i = 1/(λ_
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
 import torch
 from torch.func import jvp, vmap
-from gsm.theory.sgd import dsm_score_matrix, sgd_mean_square_stable, sgd_transient_variance, sgd_variance, sgd_variance_exact
+from gsm.theory.sgd import (dsm_score_matrix, sgd_mean_square_stable, sgd_transient_variance, sgd_variance,
+                            sgd_variance_exact)
 
 
 _F64 = torch.float64
@@ -243,6 +246,37 @@ def _ula_covariance(A, gamma, steps=None, init_var=1.0):
     return init_var * Pa @ Pa.T + 2 * gamma * S
 
 
+def _pair_blocks(score, rho, W):
+    """The d² problems of the 2×2 blocks {r, i}: (r, i) flattened (d²,), the base scores diag(a_r, a_i)
+    (d², *lead, 2, 2), and ρ (d², 2), W (d², 2, 2) restricted to each block."""
+    d = rho.numel()
+    r, i = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
+    r, i = r.reshape(-1), i.reshape(-1)
+    base = torch.diag_embed(torch.stack([score[..., r], score[..., i]], -1).movedim(-2, 0))  # (d², *lead, 2, 2)
+    rho_b = torch.stack([rho[r], rho[i]], -1)                                                 # (d², 2)
+    W_b = torch.stack([torch.stack([W[r, r], W[r, i]], -1), torch.stack([W[i, r], W[i, i]], -1)], -2)
+    return r, i, base, rho_b, W_b
+
+
+def _half_second_derivative(cov_fn):
+    """(base, U, ρ, W) ↦ ½ d²B²/dt² along cov_fn(base + tU) at t = 0:
+    ½ Σ_i ρ_i C''_ii + ½ Σ_ij W_ij (C'_ij)² (note §4), C', C'' by forward-mode autograd (jvp twice)."""
+    def quad(base_p, U, rho_p, W_p):
+        f = lambda t: cov_fn(base_p + t * U)
+        df = lambda t: jvp(f, (t,), (torch.ones((), dtype=_F64),))[1]
+        C1, C2 = jvp(df, (torch.zeros((), dtype=_F64),), (torch.ones((), dtype=_F64),))
+        return 0.5 * (rho_p * torch.diagonal(C2)).sum() + 0.5 * (W_p * C1 ** 2).sum()
+    return quad
+
+
+def _one_hot_directions(pattern, lead):
+    """The 2×2 direction `pattern` at one leading index at a time (zero at the others): (L, *lead, 2, 2)."""
+    L = math.prod(lead)
+    U = torch.zeros(L, L, 2, 2, dtype=_F64)
+    U[torch.arange(L), torch.arange(L)] = pattern
+    return U.reshape(L, *lead, 2, 2)
+
+
 def second_order_contraction(cov_fn, score, eigenvalues, var, cross=None):
     """½ Σ_pq Cov(Δ_p, Δ_q) ∂²B²(Σ, cov_fn(A* + Δ))/∂Δ_p∂Δ_q at A* diagonal in the eigenbasis, by
     forward-mode autograd (torch.func.jvp twice), for centred Δ with independent entries except
@@ -268,43 +302,23 @@ def second_order_contraction(cov_fn, score, eigenvalues, var, cross=None):
     """
     lam = torch.as_tensor(eigenvalues, dtype=_F64)
     score = torch.as_tensor(score, dtype=_F64)
-    d = lam.numel()
-    lead = score.shape[:-1]
-    L = math.prod(lead)
+    d, lead = lam.numel(), score.shape[:-1]
     C0 = cov_fn(torch.diag_embed(score))
     off = C0 - torch.diag_embed(torch.diagonal(C0))
     if off.abs().max() > 1e-10 * torch.diagonal(C0).abs().max():
         raise ValueError("cov_fn(diag(score)) must be diagonal (the sampler must commute with Σ)")
     rho, W = bures_second_order_weights(lam, torch.diagonal(C0))
-    r, i = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
-    r, i = r.reshape(-1), i.reshape(-1)
-    base = torch.diag_embed(torch.stack([score[..., r], score[..., i]], -1).movedim(-2, 0))  # (d², *lead, 2, 2)
-    rho_b = torch.stack([rho[r], rho[i]], -1)                                                 # (d², 2)
-    W_b = torch.stack([torch.stack([W[r, r], W[r, i]], -1), torch.stack([W[i, r], W[i, i]], -1)], -2)
-
-    def quad(base_p, U, rho_p, W_p):
-        f = lambda t: cov_fn(base_p + t * U)
-        df = lambda t: jvp(f, (t,), (torch.ones((), dtype=_F64),))[1]
-        C1, C2 = jvp(df, (torch.zeros((), dtype=_F64),), (torch.ones((), dtype=_F64),))
-        return 0.5 * (rho_p * torch.diagonal(C2)).sum() + 0.5 * (W_p * C1 ** 2).sum()
-
-    def directions(pattern):  # one-hot at each leading index: (L, *lead, 2, 2)
-        U = torch.zeros(L, L, 2, 2, dtype=_F64)
-        U[torch.arange(L), torch.arange(L)] = pattern
-        return U.reshape(L, *lead, 2, 2)
-
+    r, i, base, rho_b, W_b = _pair_blocks(score, rho, W)
+    per_pair = vmap(_half_second_derivative(cov_fn), in_dims=(None, 0, None, None))   # over leading indices
+    over_pairs = vmap(per_pair, in_dims=(0, None, 0, 0))                               # over the d² pairs (r, i)
+    along = lambda pattern: over_pairs(base, _one_hot_directions(pattern, lead), rho_b, W_b)    # (d², L)
     E01 = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=_F64)
     E00 = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=_F64)
-    Usym = E01 + E01.T
-    per_pair = vmap(quad, in_dims=(None, 0, None, None))          # over leading indices
-    over_pairs = vmap(per_pair, in_dims=(0, None, 0, 0))          # over the d² pairs (r, i)
-    q_off = over_pairs(base, directions(E01), rho_b, W_b)          # (d², L)
-    q_diag = over_pairs(base, directions(E00), rho_b, W_b)
-    diag = (r == i)[:, None]
-    q = torch.where(diag, q_diag, q_off).T.reshape(*lead, d, d)
+    # entry (r, i) moves the off-diagonal of its block, entry (r, r) the block's (0, 0) only
+    q = torch.where((r == i)[:, None], along(E00), along(E01)).T.reshape(*lead, d, d)
     out = var * q
     if cross is not None and (cross.abs() > 0).any():
-        q_sum = over_pairs(base, directions(Usym), rho_b, W_b).T.reshape(*lead, d, d)
+        q_sum = along(E01 + E01.T).T.reshape(*lead, d, d)
         H = q_sum - q - q.transpose(-1, -2)     # ∂²B²/∂Δ_ri∂Δ_ir
         offd = ~torch.eye(d, dtype=torch.bool)
         out = out + torch.where(offd, 0.5 * cross * H, torch.zeros_like(H))
@@ -351,6 +365,163 @@ def tau_fourth_order(eigenvalues, *, sigma, gamma, batch_size=1, steps=None, ini
 # ----------------------------------------------------------------------------------------------
 # the prediction
 
+@dataclass(frozen=True)
+class _SGDRun:
+    """The DSM-SGD run that fitted the score: noise level σ, step τ, batch b, `sgd_steps` SGD steps from
+    A₀ = `init` (None: stationarity), `symmetric` update."""
+
+    sigma: float
+    tau: float
+    b: int
+    sgd_steps: int | None
+    init: str
+    symmetric: bool
+
+    @property
+    def transient(self) -> int | None:
+        """k of the exact k-step mean score E[A_k]; None when it is the DSM optimum (also from A₀ = A*)."""
+        return self.sgd_steps if (self.sgd_steps is not None and self.init != "optimum") else None
+
+    def fluctuations(self, lam):
+        """(Var(Δ), Cov(Δ_ri, Δ_ir)) of Δ = A − E[A]: after `sgd_steps` steps, else at stationarity."""
+        if self.sgd_steps is not None:
+            return sgd_transient_variance(lam, sigma=self.sigma, tau=self.tau, batch_size=self.b,
+                                          sgd_steps=self.sgd_steps, init=self.init)
+        return sgd_variance(lam, sigma=self.sigma, tau=self.tau, batch_size=self.b, symmetric=self.symmetric)
+
+
+@dataclass(frozen=True)
+class _ULARun:
+    """The ULA sampler: step γ, `steps` K from N(0, init_var·I) (None: the stationary law)."""
+
+    gamma: float
+    steps: int | None
+    init_var: float
+
+    def variance(self, a):
+        """c = h(a), the sampler variance along a score eigenvalue a (`langevin_variance`)."""
+        return langevin_variance(a, self.gamma, self.steps, self.init_var)
+
+    def start_weight(self, a):
+        """p^K = (1 − γa)^K, the weight of the start x₀ = 0 in the K-step mean (0: stationary law)."""
+        return (1 - self.gamma * a) ** self.steps if self.steps is not None else torch.zeros(a.numel(), dtype=_F64)
+
+
+# the scalar inputs of `langevin_prediction`, in the order they are checked: name → `_check` limits
+_LIMITS = {"n": dict(low=1, integer=True, allow_none=True), "sigma": dict(low=0, low_open=True),
+           "tau": dict(low=0), "gamma": dict(low=0), "batch_size": dict(low=1, integer=True),
+           "steps": dict(low=0, integer=True, allow_none=True), "init_var": dict(low=0),
+           "particles": dict(low=1, integer=True, allow_none=True), "mean_norm2": dict(low=0),
+           "sgd_steps": dict(low=0, integer=True, allow_none=True)}
+
+
+def _check_combinations(lam, sgd: _SGDRun, ula: _ULARun, bias: bool, second_order: bool, mean_norm2: float):
+    """The inputs that are valid alone but not together (ValueError)."""
+    if sgd.init not in ("zeros", "identity", "optimum"):
+        raise ValueError(f"init must be one of zeros | identity | optimum, got {sgd.init}")
+    if sgd.sgd_steps is not None and sgd.tau == 0 and sgd.init != "optimum":
+        raise ValueError("sgd_steps needs tau > 0 (with tau = 0, SGD never leaves A₀)")
+    m = lam + sgd.sigma ** 2
+    if ula.steps is None and ula.gamma >= 2 * m.min():
+        raise ValueError(f"gamma must be < 2(λ_min + σ²) = {2 * m.min().item():.6g} for ULA to have a "
+                         f"stationary law, got {ula.gamma}")
+    if sgd.sgd_steps is not None and (sgd.symmetric or bias or second_order):
+        raise ValueError("sgd_steps is supported with symmetric=False, bias=False, second_order=False only")
+    if bias and ula.steps is not None and mean_norm2 > 0:
+        raise ValueError(f"bias=True with finite steps needs mean_norm2 = 0 (the K-step mean bias needs "
+                         f"μ's direction), got {mean_norm2}")
+
+
+def _diagnostics(lam, n, sgd: _SGDRun, gamma: float):
+    """eps_tau = τ max λ(λ+σ²)/(2b), d/N, and warnings where the first-order expansion may not hold."""
+    d, m = lam.numel(), lam + sgd.sigma ** 2
+    tau, b, sigma = sgd.tau, sgd.b, sgd.sigma
+    warnings = []
+    eps_tau = tau * float((lam * m).max()) / (2 * b)
+    if n is not None and n < 5 * d:
+        warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
+    if tau > 0 and eps_tau > 0.005:
+        warnings.append(f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than "
+                        f"~5% (note §5.5)")
+    if n is not None and gamma >= 2 * sigma ** 2:
+        warnings.append(f"gamma = {gamma} >= 2σ² = {2 * sigma ** 2}: ULA with the empirical optimum can be "
+                        f"unstable for some datasets (note §3)")
+    if tau > 0 and not sgd_mean_square_stable(lam, sigma=sigma, tau=tau, batch_size=b):
+        warnings.append(f"tau = {tau}: SGD is not mean-square stable (note §2.3); the τ term is meaningless")
+    return eps_tau, (d / n if n is not None else 0.0), warnings
+
+
+def _bias_terms(lam, sigma: float, ula: _ULARun):
+    """(a) noise Σ(√λ − √m)², m = λ + σ², (d) discretisation and the finite-K mixing, exact at the DSM
+    optimum a* = 1/m; and the bias per eigenvalue (√λ − √h(a*))²."""
+    m = lam + sigma ** 2
+    a_opt = 1.0 / m
+    noise = float(((lam.sqrt() - m.sqrt()) ** 2).sum())
+    bias_per = (lam.sqrt() - ula.variance(a_opt).sqrt()) ** 2
+    if ula.gamma < 2 * m.min():     # split the finite-K bias into stationary (d) and mixing parts
+        bias_stat = float(((lam.sqrt() - langevin_variance(a_opt, ula.gamma).sqrt()) ** 2).sum())
+    else:                           # no stationary law: all of it is called discretisation
+        bias_stat = float(bias_per.sum())
+    mixing = float(bias_per.sum()) - bias_stat
+    return {"noise": noise, "discretization": bias_stat - noise, "mixing": mixing}, bias_per
+
+
+def _n_kernel(lam, n, h_fn, rho, W, a, ula: _ULARun, bias: bool):
+    """K_N of the sampler map h (`kernel_n`) and the generalisation term ΣK_N/N (+ the bias model's terms)."""
+    h1, h2 = divided_differences(h_fn, lam)
+    K_N = kernel_n(lam, h1, h2, rho, W)
+    gen = float(K_N.sum()) / n if n is not None else 0.0
+    if bias and n is not None:
+        # x̄ − μ ~ N(0, Σ/N) shifts the mean; E[Σ̂_c] = (1 − 1/N)Σ shifts the covariance
+        pK = ula.start_weight(a)
+        gen += float((lam * (1 - pK) ** 2 - rho * torch.diagonal(h1) * lam).sum()) / n
+    return K_N, gen
+
+
+def _tau_kernel(lam, sgd: _SGDRun, ula: _ULARun, a, c, bias_per, bias: bool, mean_norm2: float):
+    """The optimisation term: the exact offset of the k-step mean score, B²(c_k) − B²(c*), plus the SGD
+    fluctuations, Σ τK_τ (`tau_term_from_var`; + the bias's own with bias=True). Returns K_τ, offset, term."""
+    d = lam.numel()
+    K_tau = torch.zeros(d, d, dtype=_F64)
+    opt = 0.0
+    if sgd.transient is not None:
+        # mean offset (exact, commuting): B²(c_k) − B²(c_opt)
+        opt += float(((lam.sqrt() - c.sqrt()) ** 2).sum() - bias_per.sum())
+    offset = opt
+    if sgd.tau > 0 and sgd.sgd_steps != 0:      # no SGD step taken: A = A₀ exactly, no fluctuation
+        var, cross = sgd.fluctuations(lam)
+        cells = tau_term_from_var(lam, var, score=a, gamma=ula.gamma, cross=cross, steps=ula.steps,
+                                  init_var=ula.init_var)
+        K_tau = cells / sgd.tau
+        opt += float(cells.sum())
+        if bias:
+            pK = ula.start_weight(a)
+            m = lam + sgd.sigma ** 2
+            opt += sgd.tau * (1 + mean_norm2) * float(((1 - pK) ** 2 * lam * m).sum()) / (2 * sgd.b)
+    return K_tau, offset, opt
+
+
+def _second_order_tau(lam, sgd: _SGDRun, ula: _ULARun, a):
+    """F₂ and the O(τ²)-corrected optimisation term: the exact SGD variance (§2.3) through
+    `tau_term_from_var`, plus τ²F₂ (`tau_fourth_order`)."""
+    P_exact = sgd_variance_exact(lam, sigma=sgd.sigma, tau=sgd.tau, batch_size=sgd.b)
+    F2 = tau_fourth_order(lam, sigma=sgd.sigma, gamma=ula.gamma, batch_size=sgd.b, steps=ula.steps,
+                          init_var=ula.init_var)
+    cells = tau_term_from_var(lam, P_exact, score=a, gamma=ula.gamma, steps=ula.steps, init_var=ula.init_var)
+    return F2, float(cells.sum()) + sgd.tau ** 2 * F2
+
+
+def _particle_kernel(c, rho, W, M, particle_mean: bool):
+    """K_M (`kernel_m`) and the particle term ΣK_M/M (+ Σ(1 − ρ)c/M when the particle mean is estimated)."""
+    K_M = kernel_m(c, W)
+    part = 0.0
+    if M is not None:
+        part = float(K_M.sum()) / M
+        if particle_mean:
+            part += float((c - rho * c).sum()) / M
+    return K_M, part
+
+
 def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, steps=None, init_var=1.0,
                         particles=None, symmetric=False, bias=False, mean_norm2=0.0,
                         second_order=False, sgd_steps=None, init="zeros", particle_mean=False) -> dict:
@@ -381,110 +552,29 @@ def langevin_prediction(eigenvalues, *, n, sigma, tau, gamma, batch_size=1, step
     (list of str).
     """
     lam = _check_spectrum(eigenvalues)
-    d = lam.numel()
-    n = _check("n", n, low=1, integer=True, allow_none=True)
-    sigma = _check("sigma", sigma, low=0, low_open=True)
-    tau = _check("tau", tau, low=0)
-    gamma = _check("gamma", gamma, low=0)
-    b = _check("batch_size", batch_size, low=1, integer=True)
-    steps = _check("steps", steps, low=0, integer=True, allow_none=True)
-    init_var = _check("init_var", init_var, low=0)
-    M = _check("particles", particles, low=1, integer=True, allow_none=True)
-    mean_norm2 = _check("mean_norm2", mean_norm2, low=0)
-    sgd_steps = _check("sgd_steps", sgd_steps, low=0, integer=True, allow_none=True)
-    if init not in ("zeros", "identity", "optimum"):
-        raise ValueError(f"init must be one of zeros | identity | optimum, got {init}")
-    if sgd_steps is not None and tau == 0 and init != "optimum":
-        raise ValueError("sgd_steps needs tau > 0 (with tau = 0, SGD never leaves A₀)")
-    m = lam + sigma ** 2
-    if steps is None and gamma >= 2 * m.min():
-        raise ValueError(f"gamma must be < 2(λ_min + σ²) = {2 * m.min().item():.6g} for ULA to have a "
-                         f"stationary law, got {gamma}")
-    if sgd_steps is not None and (symmetric or bias or second_order):
-        raise ValueError("sgd_steps is supported with symmetric=False, bias=False, second_order=False only")
-    if bias and steps is not None and mean_norm2 > 0:
-        raise ValueError(f"bias=True with finite steps needs mean_norm2 = 0 (the K-step mean bias needs "
-                         f"μ's direction), got {mean_norm2}")
-    warnings = []
-    eps_tau = tau * float((lam * m).max()) / (2 * b)
-    d_over_n = d / n if n is not None else 0.0
-    if n is not None and n < 5 * d:
-        warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
-    if tau > 0 and eps_tau > 0.005:
-        warnings.append(f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than "
-                        f"~5% (note §5.5)")
-    if n is not None and gamma >= 2 * sigma ** 2:
-        warnings.append(f"gamma = {gamma} >= 2σ² = {2 * sigma ** 2}: ULA with the empirical optimum can be "
-                        f"unstable for some datasets (note §3)")
-    if tau > 0 and not sgd_mean_square_stable(lam, sigma=sigma, tau=tau, batch_size=b):
-        warnings.append(f"tau = {tau}: SGD is not mean-square stable (note §2.3); the τ term is meaningless")
+    v = {name: _check(name, value, **_LIMITS[name]) for name, value in dict(
+        n=n, sigma=sigma, tau=tau, gamma=gamma, batch_size=batch_size, steps=steps, init_var=init_var,
+        particles=particles, mean_norm2=mean_norm2, sgd_steps=sgd_steps).items()}
+    n, M, mean_norm2 = v["n"], v["particles"], v["mean_norm2"]
+    sgd = _SGDRun(v["sigma"], v["tau"], v["batch_size"], v["sgd_steps"], init, symmetric)
+    ula = _ULARun(v["gamma"], v["steps"], v["init_var"])
+    _check_combinations(lam, sgd, ula, bias, second_order, mean_norm2)
+    eps_tau, d_over_n, warnings = _diagnostics(lam, n, sgd, ula.gamma)
 
-    sgd_k = sgd_steps if (sgd_steps is not None and init != "optimum") else None
-    score_fn = lambda X: dsm_score_matrix(X, sigma, tau, sgd_k, init)
-    h_fn = lambda X: _langevin_variance_matrix(score_fn(X), gamma, steps, init_var)
-    a_opt = 1.0 / m
+    # the mean score E[A] and the sampler map h as matrix functions of Σ̂ (h_fn: for Opitz' formula)
+    score_fn = lambda X: dsm_score_matrix(X, sgd.sigma, sgd.tau, sgd.transient, sgd.init)
+    h_fn = lambda X: _langevin_variance_matrix(score_fn(X), ula.gamma, ula.steps, ula.init_var)
     a = torch.diagonal(score_fn(torch.diag(lam)))          # mean score (= a_opt unless SGD transient)
-    c = langevin_variance(a, gamma, steps, init_var)
-    c_opt = langevin_variance(a_opt, gamma, steps, init_var)
+    c = ula.variance(a)
     rho, W = bures_second_order_weights(lam, c)
-
-    # (a) + (d) (+ finite-K mixing): exact
-    noise = float(((lam.sqrt() - m.sqrt()) ** 2).sum())
-    bias_per = (lam.sqrt() - c_opt.sqrt()) ** 2
-    if gamma < 2 * m.min():     # split the finite-K bias into stationary (d) and mixing parts
-        bias_stat = float(((lam.sqrt() - langevin_variance(a_opt, gamma).sqrt()) ** 2).sum())
-    else:                       # no stationary law: all of it is called discretisation
-        bias_stat = float(bias_per.sum())
-    mixing = float(bias_per.sum()) - bias_stat
-    out = {"noise": noise, "discretization": bias_stat - noise, "mixing": mixing}
-
-    # 1/N
-    h1, h2 = divided_differences(h_fn, lam)
-    K_N = kernel_n(lam, h1, h2, rho, W)
-    gen = float(K_N.sum()) / n if n is not None else 0.0
-    if bias and n is not None:
-        # x̄ − μ ~ N(0, Σ/N) shifts the mean; E[Σ̂_c] = (1 − 1/N)Σ shifts the covariance
-        pK = (1 - gamma * a) ** steps if steps is not None else torch.zeros(d, dtype=_F64)
-        gen += float((lam * (1 - pK) ** 2 - rho * torch.diagonal(h1) * lam).sum()) / n
-
-    # τ
-    K_tau = torch.zeros(d, d, dtype=_F64)
-    opt = 0.0
-    if sgd_k is not None:
-        # mean offset (exact, commuting): B²(c_k) − B²(c_opt)
-        opt += float(((lam.sqrt() - c.sqrt()) ** 2).sum() - bias_per.sum())
-    out["sgd_mean_offset"] = opt
-    if tau > 0 and sgd_steps != 0:      # no SGD step taken: A = A₀ exactly, no fluctuation
-        if sgd_steps is not None:
-            var, cross = sgd_transient_variance(lam, sigma=sigma, tau=tau, batch_size=b, sgd_steps=sgd_steps,
-                                                init=init)
-        else:
-            var, cross = sgd_variance(lam, sigma=sigma, tau=tau, batch_size=b, symmetric=symmetric)
-        cells = tau_term_from_var(lam, var, score=a, gamma=gamma, cross=cross, steps=steps, init_var=init_var)
-        K_tau = cells / tau
-        opt += float(cells.sum())
-        if bias:
-            pK = (1 - gamma * a) ** steps if steps is not None else torch.zeros(d, dtype=_F64)
-            opt += tau * (1 + mean_norm2) * float(((1 - pK) ** 2 * lam * m).sum()) / (2 * b)
-    out["optimization"] = opt
-    if second_order and tau > 0:
-        P_exact = sgd_variance_exact(lam, sigma=sigma, tau=tau, batch_size=b)
-        F2 = tau_fourth_order(lam, sigma=sigma, gamma=gamma, batch_size=b, steps=steps, init_var=init_var)
-        out["F2"] = F2
-        out["optimization_second_order"] = float(
-            tau_term_from_var(lam, P_exact, score=a, gamma=gamma, steps=steps, init_var=init_var).sum()
-        ) + tau ** 2 * F2
-
-    # 1/M
-    K_M = kernel_m(c, W)
-    part = 0.0
-    if M is not None:
-        part = float(K_M.sum()) / M
-        if particle_mean:
-            part += float((c - rho * c).sum()) / M
-
+    out, bias_per = _bias_terms(lam, sgd.sigma, ula)
+    K_N, gen = _n_kernel(lam, n, h_fn, rho, W, a, ula, bias)
+    K_tau, out["sgd_mean_offset"], out["optimization"] = _tau_kernel(lam, sgd, ula, a, c, bias_per, bias, mean_norm2)
+    if second_order and sgd.tau > 0:
+        out["F2"], out["optimization_second_order"] = _second_order_tau(lam, sgd, ula, a)
+    K_M, part = _particle_kernel(c, rho, W, M, particle_mean)
     out.update(generalization=gen, particles=part)
-    out["total"] = noise + out["discretization"] + mixing + gen + opt + part
+    out["total"] = out["noise"] + out["discretization"] + out["mixing"] + gen + out["optimization"] + part
     out.update(kernel_n=K_N, kernel_tau=K_tau, kernel_m=K_M, bias_per_eigenvalue=bias_per,
                sampler_variance=c, eigenvalues=lam, eps_tau=eps_tau, d_over_n=d_over_n, warnings=warnings)
     return out

@@ -23,7 +23,9 @@ The same push evaluated on other matrices gives the theory (eigenbasis of Σ, le
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
+
 import torch
 from gsm.theory.langevin import bures_second_order_weights, kernel_m, kernel_n
 from gsm.theory.sgd import sgd_variance
@@ -80,6 +82,69 @@ def opitz_divided_differences(h_on_matrix: Callable, lam: torch.Tensor):
 
 # ------------------------------------------------------------------------------------------ τ kernel
 
+@dataclass(frozen=True)
+class _LevelRead:
+    """Level l as the chain reads it: the consecutive steps k1..k2, the variance c_in (d,) before them and
+    ℓ = Π m_k (d,) over the steps after them (C_out = ℓ Φ ℓ)."""
+
+    l: int
+    k1: int
+    k2: int
+    c_in: torch.Tensor
+    ell: torch.Tensor
+
+
+def _suffix_products(m: torch.Tensor, K: int) -> torch.Tensor:
+    """after[k] = Π_{j≥k} m_j (after[K] = 1): the factors (K, d) → (K+1, d)."""
+    after = torch.ones(K + 1, m.shape[-1], dtype=_F64)
+    for k in range(K - 1, -1, -1):
+        after[k] = after[k + 1] * m[k]
+    return after
+
+
+def _pair_jets(chain: LinearChain, a: torch.Tensor, lv: _LevelRead, *entries):
+    """(ℓ_iℓ_j Φ¹_ij, ℓ_i² Φ²_ii) (d, d): the first and second jet coefficients of C_ij, C_ii along the direction
+    Σ E_pr over `entries` ((p, r) in the 2×2 block) at level lv.l, for every pair block {i, j} at once."""
+    d = a.shape[-1]
+    ii, jj = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
+    li, lj = lv.ell[ii], lv.ell[jj]
+    E = torch.zeros(2, 2, dtype=_F64)
+    for p, r in entries:
+        E[p, r] = 1.0
+    Phi = _block_jet(chain, a, lv.l, lv.k1, lv.k2, lv.c_in, E, ii, jj)      # (d, d, 3, 2, 2)
+    return li * lj * Phi[..., 1, 0, 1], li ** 2 * Phi[..., 2, 0, 0]
+
+
+def _off_diagonal_cells(chain: LinearChain, a, lv: _LevelRead, V, rho, W, symmetric: bool, cross):
+    """Cells (d, d) of the off-diagonal Δ_ij at level lv.l: ½W_ij E[(C¹_ij)²] + ρ_i E[C²_ii] per visit
+    (+ the Cov(Δ_ij, Δ_ji) terms); the caller keeps the off-diagonal."""
+    # each off-diagonal variable is visited twice ((i, j) and (j, i)): at each visit half of
+    # ½W(C¹_ij² + C¹_ji²) = ½W E[C¹²], and the second-order change of C at the visit's first index
+    Vl = V[lv.l]
+    if symmetric:
+        P, P2 = _pair_jets(chain, a, lv, (0, 1), (1, 0))
+        return 0.5 * W * Vl * P ** 2 + rho.view(-1, 1) * Vl * P2
+    P, P2 = _pair_jets(chain, a, lv, (0, 1))                      # Δ_ij
+    Q, Q2 = _pair_jets(chain, a, lv, (1, 0))                      # Δ_ji
+    cell = 0.5 * W * (Vl * P ** 2 + Vl.T * Q ** 2) + rho.view(-1, 1) * (Vl * P2 + Vl.T * Q2)
+    if cross is not None:                    # Cov(Δ_ij, Δ_ji): the mixed terms
+        _, PQ2 = _pair_jets(chain, a, lv, (0, 1), (1, 0))
+        cell = cell + cross[lv.l] * (W * P * Q + rho.view(-1, 1) * (PQ2 - P2 - Q2))
+    return cell
+
+
+def _diagonal_cells(chain: LinearChain, a, lv: _LevelRead, V, rho, W):
+    """Cells (d, d, diagonal) of the diagonal Δ_ii at level lv.l: a 1×1 problem, the 2×2 block at (i, i)
+    with E = e_0 e_0ᵀ: ½W_ii V_ii (ℓ_i² Φ¹_00)² + ρ_i V_ii ℓ_i² Φ²_00."""
+    E = torch.zeros(2, 2, dtype=_F64)
+    E[0, 0] = 1.0
+    idx = torch.arange(a.shape[-1])
+    Phi = _block_jet(chain, a, lv.l, lv.k1, lv.k2, lv.c_in, E, idx, idx)
+    Vd, ell = V[lv.l].diagonal(), lv.ell
+    return torch.diag(0.5 * W.diagonal() * Vd * (ell ** 2 * Phi[..., 1, 0, 0]) ** 2
+                      + rho * Vd * ell ** 2 * Phi[..., 2, 0, 0])
+
+
 def chain_tau_kernel(chain: LinearChain, a: torch.Tensor, V: torch.Tensor, rho: torch.Tensor, W: torch.Tensor,
                      init_var=1.0, symmetric: bool = False, cross: torch.Tensor | None = None) -> torch.Tensor:
     """K_τ (d, d) per unit τ: E[B²(Σ, C(A* + Δ))] − B²(Σ, C(A*)) ≈ τ Σ_ij K_τ,ij, for independent
@@ -110,50 +175,15 @@ def chain_tau_kernel(chain: LinearChain, a: torch.Tensor, V: torch.Tensor, rho: 
     d = a.shape[-1]
     m = chain.factors(a)                                             # (K, d)
     c = chain.variance(a, init_var, trajectory=True)                 # (K+1, d)
-    # suffix products: after[k] = Π_{j≥k} m_j (after[K] = 1)
-    after = torch.ones(chain.K + 1, d, dtype=_F64)
-    for k in range(chain.K - 1, -1, -1):
-        after[k] = after[k + 1] * m[k]
+    after = _suffix_products(m, chain.K)                             # after[k] = Π_{j≥k} m_j
     out = torch.zeros(d, d, dtype=_F64)
-    eye = torch.eye(d, dtype=_F64)
-    ii, jj = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
-    offdiag = ~eye.bool()
+    offdiag = ~torch.eye(d, dtype=_F64).bool()
     for l, S in enumerate(chain.steps_reading()):
         if not S:
             continue
-        k1, k2 = min(S), max(S)
-        ell = after[k2 + 1]
-        li, lj = ell[ii], ell[jj]
-
-        def jet(*entries):
-            # pair jets (d, d, 3, 2, 2): indices (i, j) ↦ block {i, j}, direction Σ E_pr over `entries`
-            E = torch.zeros(2, 2, dtype=_F64)
-            for p, r in entries:
-                E[p, r] = 1.0
-            Phi = _block_jet(chain, a, l, k1, k2, c[k1], E, ii, jj)
-            return li * lj * Phi[..., 1, 0, 1], li ** 2 * Phi[..., 2, 0, 0]    # ∂C_ij, ½∂²C_ii along E
-
-        # each off-diagonal variable is visited twice ((i, j) and (j, i)): at each visit half of
-        # ½W(C¹_ij² + C¹_ji²) = ½W E[C¹²], and the second-order change of C at the visit's first index
-        if symmetric:
-            P, P2 = jet((0, 1), (1, 0))
-            cell = 0.5 * W * V[l] * P ** 2 + rho.view(-1, 1) * V[l] * P2
-        else:
-            P, P2 = jet((0, 1))                      # Δ_ij
-            Q, Q2 = jet((1, 0))                      # Δ_ji
-            cell = 0.5 * W * (V[l] * P ** 2 + V[l].T * Q ** 2) + rho.view(-1, 1) * (V[l] * P2 + V[l].T * Q2)
-            if cross is not None:                    # Cov(Δ_ij, Δ_ji): the mixed terms
-                _, PQ2 = jet((0, 1), (1, 0))
-                cell = cell + cross[l] * (W * P * Q + rho.view(-1, 1) * (PQ2 - P2 - Q2))
-        out += torch.where(offdiag, cell, 0.0)
-        # diagonal entries Δ_ii: 1×1 problem (the 2×2 block at (i, i) with E = e_0 e_0ᵀ)
-        E = torch.zeros(2, 2, dtype=_F64)
-        E[0, 0] = 1.0
-        idx = torch.arange(d)
-        Phi = _block_jet(chain, a, l, k1, k2, c[k1], E, idx, idx)
-        Vd = V[l].diagonal()
-        out += torch.diag(0.5 * W.diagonal() * Vd * (ell ** 2 * Phi[..., 1, 0, 0]) ** 2
-                          + rho * Vd * ell ** 2 * Phi[..., 2, 0, 0])
+        lv = _LevelRead(l, min(S), max(S), c[min(S)], after[max(S) + 1])
+        out += torch.where(offdiag, _off_diagonal_cells(chain, a, lv, V, rho, W, symmetric, cross), 0.0)
+        out += _diagonal_cells(chain, a, lv, V, rho, W)
     return out
 
 

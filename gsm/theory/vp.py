@@ -30,6 +30,73 @@ def spectral_output_variance(sampler, lam: torch.Tensor, scores=None, trajectory
 
 # ------------------------------------------------------------------------------------- prediction
 
+def _w2(lam: torch.Tensor, v: torch.Tensor) -> float:
+    """Σ(√λ − √v₊)²: W2² between centred Gaussians sharing an eigenbasis (variances λ, v)."""
+    return float(((lam.sqrt() - v.clamp_min(0).sqrt()) ** 2).sum())
+
+
+def _finite_budget(sampler, tau, batch_size, symmetric: bool, sgd_steps, init: str):
+    """The finite SGD budget of `vp_prediction` (None: stationary SGD) and the warnings it raises."""
+    from gsm.theory.sgd import SGDBudget, SGD_INIT
+    warnings, budget = [], None
+    if sgd_steps is not None and tau > 0 and sampler.chain is not None:
+        if init not in SGD_INIT:
+            raise ValueError(f"init must be one of {' | '.join(SGD_INIT)}, got {init}")
+        if symmetric:
+            warnings.append("vp: the finite SGD budget is not modelled for the symmetric variant "
+                            "(stationary SGD assumed)")
+        else:
+            budget = SGDBudget(int(sgd_steps), float(tau), int(batch_size), init)
+    return budget, warnings
+
+
+def _bias_terms(sampler, lam: torch.Tensor):
+    """The exact bias split into truncation Σ(√λ − √σ_ε)², discretisation (the scheme from p_T vs σ_ε) and
+    initialisation (from N(0, I) vs from p_T); and h, the output variance with the exact scores."""
+    h_exact = spectral_output_variance(sampler, lam)
+    h_prior = spectral_output_variance(_with_init(sampler, "prior"), lam)
+    se = sampler.schedule.marginal(lam, sampler.eps)
+    return {"truncation": _w2(lam, se), "discretization": _w2(lam, h_prior) - _w2(lam, se),
+            "initialization": _w2(lam, h_exact) - _w2(lam, h_prior)}, h_exact
+
+
+def _budget_transient(sampler, lam: torch.Tensor, budget, tau, v0: torch.Tensor):
+    """After a finite SGD budget: (mean scores (L, d), Var(Δ)/τ, Cov(Δ_ij, Δ_ji)/τ) of
+    `level_sgd_transient`, and the output variance with the mean scores."""
+    from gsm.theory.sgd import SGD_INIT, level_sgd_transient
+    alpha, s = sampler.schedule.alpha_std(sampler.times)
+    a_mean, var, cross = level_sgd_transient(lam, alpha ** 2, sampler.chain.n_levels, budget)
+    a_mean[s == 0] = SGD_INIT[budget.init]               # s = 0: the DSM gradient vanishes, A stays at A₀
+    return (a_mean, var / tau, cross / tau), sampler.chain.variance(a_mean, v0)
+
+
+def _n_kernel(sampler, lam: torch.Tensor, n, v0: torch.Tensor, budget, rho, W) -> torch.Tensor:
+    """K_N (d, d) from the output's divided differences in Σ̂'s eigenvalue (zero without N or a chain)."""
+    from gsm.theory.langevin import kernel_n
+    d = lam.numel()
+    if n is None or sampler.chain is None:
+        return torch.zeros(d, d, dtype=_F64)
+    alpha, s = sampler.schedule.alpha_std(sampler.times)
+    if bool((s == 0).any()) and n <= d:
+        raise ValueError(f"data.n must be > d = {d} for scheme={sampler.scheme} with eps = 0 "
+                         "(the plug-in score at t = 0 is Σ̂⁻¹)")
+    H1, H2 = output_divided_differences(sampler.chain, lam, alpha ** 2, s ** 2, v0, budget)
+    return kernel_n(lam, H1, H2, rho, W)
+
+
+def _tau_kernel(sampler, lam: torch.Tensor, batch_size, symmetric: bool, transient, v0: torch.Tensor,
+                rho, W) -> torch.Tensor:
+    """K_τ (d, d) per unit τ (`chain_tau_kernel`): stationary SGD at every level (`level_sgd_variance`), or
+    the `transient` of `_budget_transient` around the mean scores."""
+    if transient is not None:
+        return chain_tau_kernel(sampler.chain, transient[0], transient[1], rho, W, v0, cross=transient[2])
+    from gsm.theory.sgd import level_sgd_variance
+    alpha, _ = sampler.schedule.alpha_std(sampler.times)
+    V = level_sgd_variance(lam, alpha ** 2, batch_size, symmetric)
+    a = exact_scores(lam, sampler.schedule, sampler.times)
+    return chain_tau_kernel(sampler.chain, a, V, rho, W, v0, symmetric)
+
+
 def vp_prediction(lam, sampler, *, n=None, tau=0.0, batch_size=1, particles=None, symmetric=False,
                   sgd_steps=None, init="zeros") -> dict:
     """E[W2²(N(0, Σ), law of the VP sampler's output)] ≈ bias + (1/N)ΣK_N + τΣK_τ [+ (1/M)ΣK_M].
@@ -47,60 +114,28 @@ def vp_prediction(lam, sampler, *, n=None, tau=0.0, batch_size=1, particles=None
     the transient covariance and Cov(Δ_ij, Δ_ji) of `gsm.theory.sgd.level_sgd_transient` around the mean
     scores. A level at t = 0 (ε = 0, heun/rk4) has s = 0: SGD never moves it (E[a] = a₀).
     Keys as `gsm.theory.diffusion.diffusion_prediction`."""
-    from gsm.theory.sgd import SGDBudget, level_sgd_transient, level_sgd_variance
-    from gsm.theory.sgd import SGD_INIT
-    from gsm.theory.langevin import bures_second_order_weights, kernel_m, kernel_n
+    from gsm.theory.langevin import bures_second_order_weights, kernel_m
     lam = _check_eigenvalues(lam)
     d = lam.numel()
     _singular_score_check(sampler, lam)
-    sch, chain = sampler.schedule, sampler.chain
-    warnings = []
-    budget = None
-    if sgd_steps is not None and tau > 0 and chain is not None:
-        if init not in SGD_INIT:
-            raise ValueError(f"init must be one of {' | '.join(SGD_INIT)}, got {init}")
-        if symmetric:
-            warnings.append("vp: the finite SGD budget is not modelled for the symmetric variant (stationary SGD assumed)")
-        else:
-            budget = SGDBudget(int(sgd_steps), float(tau), int(batch_size), init)
-    h_exact = spectral_output_variance(sampler, lam)
-    h_prior = spectral_output_variance(_with_init(sampler, "prior"), lam)
-    se = sch.marginal(lam, sampler.eps)
-    w2 = lambda v: float(((lam.sqrt() - v.clamp_min(0).sqrt()) ** 2).sum())
-    out = {"truncation": w2(se), "discretization": w2(h_prior) - w2(se), "initialization": w2(h_exact) - w2(h_prior)}
-    v0 = sch.marginal(lam, sampler.T) if sampler.init == "prior" else torch.ones_like(lam)
+    budget, warnings = _finite_budget(sampler, tau, batch_size, symmetric, sgd_steps, init)
+    out, h_exact = _bias_terms(sampler, lam)
+    v0 = sampler.schedule.marginal(lam, sampler.T) if sampler.init == "prior" else torch.ones_like(lam)
     h, transient = h_exact, None
     if budget is not None:
-        alpha, s = sch.alpha_std(sampler.times)
-        a_mean, var, cross = level_sgd_transient(lam, alpha ** 2, chain.n_levels, budget)
-        a_mean[s == 0] = SGD_INIT[init]                      # s = 0: the DSM gradient vanishes, A stays at A₀
-        transient = (a_mean, var / tau, cross / tau)
-        h = chain.variance(a_mean, v0)
-    out["sgd_mean_offset"] = w2(h) - w2(h_exact)
+        transient, h = _budget_transient(sampler, lam, budget, tau, v0)
+    out["sgd_mean_offset"] = _w2(lam, h) - _w2(lam, h_exact)
     rho, W = bures_second_order_weights(lam, h)
     W = torch.nan_to_num(W, nan=0.0)     # λ_i = λ_j = 0: B² does not see that block at second order (Σ^½ kills it)
-    zero = torch.zeros(d, d, dtype=_F64)
-    K_N = zero
-    if n is not None and chain is not None:
-        alpha, s = sch.alpha_std(sampler.times)
-        if bool((s == 0).any()) and n <= d:
-            raise ValueError(f"data.n must be > d = {d} for scheme={sampler.scheme} with eps = 0 "
-                             "(the plug-in score at t = 0 is Σ̂⁻¹)")
-        H1, H2 = output_divided_differences(chain, lam, alpha ** 2, s ** 2, v0, budget)
-        K_N = kernel_n(lam, H1, H2, rho, W)
+    K_N = _n_kernel(sampler, lam, n, v0, budget, rho, W)
     out["generalization"] = float(K_N.sum()) / n if n is not None else 0.0
-    K_tau = zero
-    if tau > 0 and chain is not None:
-        alpha, s = sch.alpha_std(sampler.times)
-        if transient is None:
-            V = level_sgd_variance(lam, alpha ** 2, batch_size, symmetric)
-            K_tau = chain_tau_kernel(chain, exact_scores(lam, sch, sampler.times), V, rho, W, v0, symmetric)
-        else:
-            K_tau = chain_tau_kernel(chain, transient[0], transient[1], rho, W, v0, cross=transient[2])
+    K_tau = torch.zeros(d, d, dtype=_F64)
+    if tau > 0 and sampler.chain is not None:
+        K_tau = _tau_kernel(sampler, lam, batch_size, symmetric, transient, v0, rho, W)
     out["optimization"] = out["sgd_mean_offset"] + tau * float(K_tau.sum())
     K_M = kernel_m(h, W)
     out["particles"] = float(K_M.sum()) / particles if particles is not None else 0.0
-    out["total"] = w2(h_exact) + out["generalization"] + out["optimization"] + out["particles"]
+    out["total"] = _w2(lam, h_exact) + out["generalization"] + out["optimization"] + out["particles"]
     if n is not None and n < 5 * d:
         warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
     out.update(kernel_n=K_N, kernel_tau=K_tau, kernel_m=K_M, bias_per_eigenvalue=(lam.sqrt() - h.sqrt()) ** 2,

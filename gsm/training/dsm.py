@@ -11,6 +11,8 @@ K consecutive steps are taken at once by an exact rewriting (`_sgd_steps_blocked
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
@@ -52,7 +54,8 @@ def empirical_dsm_minimizer(x: torch.Tensor, alphas: torch.Tensor, stds: torch.T
 
 
 class _EpochStream:
-    """Data indices in shuffled passes (epochs, as a DataLoader with shuffle=True). Continues shuffled passes across chunks, so every epoch is a full permutation."""
+    """Data indices in shuffled passes (epochs, as a DataLoader with shuffle=True). Continues shuffled passes
+    across chunks, so every epoch is a full permutation."""
 
     def __init__(self, R, N, generator, device):
         self.R, self.N, self.g, self.device = R, N, generator, device
@@ -74,7 +77,7 @@ def _sgd_steps(A0, y, z, u, s0, tau_b, symmetric):
         if symmetric:                                     # ½(u yᵀ + y uᵀ) = ½ [u; y]ᵀ [y; u]
             A0.baddbmm_(torch.cat([u[k], y[k]], 1).transpose(-1, -2), torch.cat([y[k], u[k]], 1),
                         alpha=-0.5 * tau_b)
-        elif y.shape[2] == 1:                             # b = 1: the outer product, elementwise (faster than a k=1 GEMM)
+        elif y.shape[2] == 1:           # b = 1: the outer product, elementwise (faster than a k=1 GEMM)
             A0.addcmul_(u[k].transpose(-1, -2), y[k], value=-tau_b)
         else:
             A0.baddbmm_(u[k].transpose(-1, -2), y[k], alpha=-tau_b)
@@ -132,6 +135,144 @@ class _GraphedSteps:
         self.graph.replay()
 
 
+@dataclass(frozen=True)
+class _SGDRun:
+    """The settings of one `train_linear_dsm` run, resolved for the score matrices A (R, L, d, d): step τ,
+    batch b, `steps` SGD steps drawn `chunk` at a time, and how the steps are taken (module doc)."""
+
+    tau: float
+    b: int
+    steps: int
+    chunk: int
+    sampling: str
+    symmetric: bool
+    cuda_graph: bool
+    blocked: bool           # resolved: CPU, one level, no symmetrisation, 2b ≤ BLOCK_ROWS
+    background: bool        # resolved: `background_draws` when None
+
+    @classmethod
+    def resolve(cls, A, *, tau, batch_size, steps, chunk, sampling, symmetric, cuda_graph, blocked, background):
+        """The run of the keywords of `train_linear_dsm` on A; checks `sampling`."""
+        if sampling not in SAMPLING:
+            raise ValueError(f"train.sampling must be one of {' | '.join(SAMPLING)}, got {sampling}")
+        R, L, d, _ = A.shape
+        b = int(batch_size)
+        # CPU, one level: K steps per block (`_sgd_steps_blocked`); the symmetric update has no such form
+        blocked = blocked and L == 1 and A.device.type == "cpu" and not symmetric and 2 * b <= BLOCK_ROWS
+        if background is None:
+            background = background_draws(A.device, R * min(chunk, steps) * b * d)
+        return cls(tau, b, steps, chunk, sampling, symmetric, cuda_graph, blocked, background)
+
+
+class _LinearDSM:
+    """The state of `train_linear_dsm`: A (updated in place), the data, the levels, the chunk buffers, the
+    step count, the loss log and the divergence record."""
+
+    def __init__(self, A, x, alphas, stds, run: _SGDRun, generator, callback, log_every: int):
+        R, L, d, _ = A.shape
+        self.A, self.run, self.g, self.callback, self.log_every = A, run, generator, callback, log_every
+        self.R, self.L, self.d, self.N = R, L, d, x.shape[1]
+        dev, dt = A.device, A.dtype
+        self.x = x.to(dt)
+        self.a, self.s = alphas.to(dev, dt), stds.to(dev, dt)
+        self.a0, self.s0 = float(self.a[0]), float(self.s[0])
+        self.rows = torch.arange(R, device=dev).view(R, 1).expand(R, run.b)
+        self.epochs = _EpochStream(R, self.N, generator, dev) if run.sampling == "epochs" else None
+        self.diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
+        self.flatA, self.xflat = A.view(R * L, d, d), self.x.reshape(R * self.N, d)
+        self.graph, self.step = None, 0
+        # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws;
+        # two sets when the next chunk is drawn on a second core while this one trains (`gsm.prefetch`)
+        c = min(run.chunk, run.steps)
+        self.z_bufs = [torch.empty(c, R, run.b, d, device=dev, dtype=dt) for _ in range(1 + run.background)]
+        self.y_bufs = [torch.empty_like(zb) for zb in self.z_bufs] if L == 1 else None
+        self.u_buf = torch.empty_like(self.z_bufs[0]) if L == 1 and not run.blocked else None
+
+    def log(self, k: int, u, s_u):
+        """callback(k, ℓ) every `log_every` steps, ℓ = ½‖z − s A y‖² = ½‖u‖²/s², averaged over batch and live
+        replicates."""
+        if self.callback is not None and self.log_every and k % self.log_every == 0:
+            per_rep = 0.5 * ((u / s_u) ** 2).sum(-1).mean(-1)
+            alive = self.diverged_at < 0
+            if alive.any():
+                self.callback(k, float(per_rep[alive].mean()))
+
+    def draw(self, i: int):
+        """Chunk i's draws (indices, noise z, levels) and, for one level, its inputs y = αx + sz, which do not
+        depend on A; (R, c·b, d) in step order for the blocked steps, (c, R, b, d) otherwise."""
+        run, R, N, d, g, dev = self.run, self.R, self.N, self.d, self.g, self.A.device
+        b = run.b
+        c, zb = min(run.chunk, run.steps - i * run.chunk), self.z_bufs[i % len(self.z_bufs)]
+        idx = (self.epochs.take(c * b) if self.epochs else
+               torch.randint(N, (R, c * b), generator=g, device=dev)).view(R, c, b)
+        z = torch.randn(c, R, b, d, generator=g, device=dev, dtype=self.A.dtype, out=zb[:c])
+        if self.L > 1:
+            return c, idx, z, torch.randint(self.L, (c, R, b), generator=g, device=dev), None
+        rows_idx = idx + self.rows[:, :1].unsqueeze(-1) * N
+        yb = self.y_bufs[i % len(self.y_bufs)][:c].view(-1, d)
+        if run.blocked:
+            y = torch.index_select(self.xflat, 0, rows_idx.reshape(-1), out=yb).view(R, c * b, d)
+            z = z.permute(1, 0, 2, 3).reshape(R, c * b, d)          # a strided view for b = 1, else a copy
+        else:
+            y = torch.index_select(self.xflat, 0, rows_idx.transpose(0, 1).reshape(-1), out=yb).view(c, R, b, d)
+        return c, idx, z, None, y.mul_(self.a0).add_(z, alpha=self.s0)
+
+    def train_chunk(self, c: int, idx, z, lv, y):
+        """The chunk's c steps, by the fastest form that applies (module doc)."""
+        if lv is None and self.run.blocked:
+            _sgd_steps_blocked(self.A[:, 0], y, z, self.s0, self.run.tau / self.run.b, self.run.b,
+                               lambda j, u: self.log(self.step + j + 1, u, self.s0))
+            self.step += c
+        elif lv is None:
+            self._one_level_steps(c, z, y)
+        else:
+            self._per_sample_level_steps(c, idx, z, lv)
+
+    def _one_level_steps(self, c: int, z, y):
+        """One level: each step is two fused in-place products (no temporaries of A's size): u = s²Ay − sz
+        (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for b = 1, baddbmm_ otherwise)."""
+        run, A0 = self.run, self.A[:, 0]
+        if self.graph is not None and c == run.chunk:
+            self.graph.run(y, z)                          # a CUDA graph replay of the same steps
+            u = self.graph.u
+        else:
+            u = self.u_buf[:c]
+            _sgd_steps(A0, y, z, u, self.s0, run.tau / run.b, run.symmetric)
+            later = run.steps - self.step - c >= run.chunk            # a full chunk still to come
+            if run.cuda_graph and A0.device.type == "cuda" and self.graph is None and later:
+                self.graph = _GraphedSteps(A0, y, z, self.s0, run.tau / run.b, run.symmetric)
+        for k in range(c):
+            self.log(self.step + k + 1, u[k], self.s0)
+        self.step += c
+
+    def _per_sample_level_steps(self, c: int, idx, z, lv):
+        """A level per sample: gather each sample's A_l, scatter-add its gradient."""
+        rows, L, d, run = self.rows, self.L, self.d, self.run
+        for k in range(c):
+            xb = self.x[rows, idx[:, k]]                  # (R, b, d)
+            l = lv[k]
+            sl, al = self.s[l].unsqueeze(-1), self.a[l].unsqueeze(-1)   # (R, b, 1)
+            y = al * xb + sl * z[k]
+            Al = self.A[rows, l]                          # (R, b, d, d)
+            u = sl ** 2 * (Al @ y.unsqueeze(-1)).squeeze(-1) - sl * z[k]
+            G = u.unsqueeze(-1) * y.unsqueeze(-2)         # (R, b, d, d)
+            if run.symmetric:
+                G = 0.5 * (G + G.transpose(-1, -2))
+            self.flatA.index_add_(0, (rows * L + l).reshape(-1), G.reshape(-1, d, d), alpha=-run.tau / run.b)
+            self.step += 1
+            self.log(self.step, u, sl)
+
+    def record_divergence(self) -> bool:
+        """Marks the replicates whose A became non-finite by now; True when all have."""
+        # one pass: A_r is finite iff its float64 sum is (float32 entries cannot overflow it; float64 ones
+        # only from ~1e308/(L·d²), long after divergence)
+        bad = ~torch.isfinite(self.A.flatten(1).sum(1, dtype=torch.float64)) & (self.diverged_at < 0)
+        if bad.any():
+            self.diverged_at[bad] = self.step
+            return bool((self.diverged_at >= 0).all())
+        return False
+
+
 @torch.no_grad()
 def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor,
                      tau: float, batch_size: int = 1, steps: int, sampling: str = "with_replacement",
@@ -161,103 +302,17 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
         A diverged replicate's A stays non-finite (NaN propagates only within its own batch entry)
         while the others go on; the pipeline leaves it out of the means.
     """
-    if sampling not in SAMPLING:
-        raise ValueError(f"train.sampling must be one of {' | '.join(SAMPLING)}, got {sampling}")
-    R, L, d, _ = A.shape
-    N = x.shape[1]
-    dev, dt = A.device, A.dtype
-    x = x.to(dt)
-    a = alphas.to(dev, dt)
-    s = stds.to(dev, dt)
-    b = int(batch_size)
-    rows = torch.arange(R, device=dev).view(R, 1).expand(R, b)
-    epochs = _EpochStream(R, N, generator, dev) if sampling == "epochs" else None
-    diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
-    flatA = A.view(R * L, d, d)
-    xflat = x.reshape(R * N, d)
-    a0, s0 = float(a[0]), float(s[0])
-    graph = None
-    # CPU, one level: K steps per block (`_sgd_steps_blocked`); the symmetric update has no such form
-    blocked = blocked and L == 1 and dev.type == "cpu" and not symmetric and 2 * b <= BLOCK_ROWS
+    run = _SGDRun.resolve(A, tau=tau, batch_size=batch_size, steps=steps, chunk=chunk, sampling=sampling,
+                          symmetric=symmetric, cuda_graph=cuda_graph, blocked=blocked, background=background)
+    sgd = _LinearDSM(A, x, alphas, stds, run, generator, callback, log_every)
     bar = tqdm(total=steps, desc="DSM-SGD", disable=not progress, leave=False)
-    step = 0
-
-    def log(k, u, s_u):
-        if callback is not None and log_every and k % log_every == 0:
-            # ℓ = ½‖z − s A y‖² = ½‖u‖²/s², averaged over batch and live replicates
-            per_rep = 0.5 * ((u / s_u) ** 2).sum(-1).mean(-1)
-            alive = diverged_at < 0
-            if alive.any():
-                callback(k, float(per_rep[alive].mean()))
-
-    # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws;
-    # two sets when the next chunk is drawn on a second core while this one trains (`gsm.prefetch`)
-    background = background_draws(dev, R * min(chunk, steps) * b * d) if background is None else background
-    z_bufs = [torch.empty(min(chunk, steps), R, b, d, device=dev, dtype=dt) for _ in range(1 + background)]
-    y_bufs = [torch.empty_like(zb) for zb in z_bufs] if L == 1 else None
-    u_buf = torch.empty_like(z_bufs[0]) if L == 1 and not blocked else None
-
-    def draw(i):
-        """Chunk i's draws (indices, noise z, levels) and, for one level, its inputs y = αx + sz, which do not
-        depend on A; (R, c·b, d) in step order for the blocked steps, (c, R, b, d) otherwise."""
-        c, zb = min(chunk, steps - i * chunk), z_bufs[i % len(z_bufs)]
-        idx = (epochs.take(c * b) if epochs else
-               torch.randint(N, (R, c * b), generator=generator, device=dev)).view(R, c, b)
-        z = torch.randn(c, R, b, d, generator=generator, device=dev, dtype=dt, out=zb[:c])
-        if L > 1:
-            return c, idx, z, torch.randint(L, (c, R, b), generator=generator, device=dev), None
-        rows_idx = idx + rows[:, :1].unsqueeze(-1) * N
-        yb = y_bufs[i % len(y_bufs)][:c].view(-1, d)
-        if blocked:
-            y = torch.index_select(xflat, 0, rows_idx.reshape(-1), out=yb).view(R, c * b, d)
-            z = z.permute(1, 0, 2, 3).reshape(R, c * b, d)          # a strided view for b = 1, else a copy
-        else:
-            y = torch.index_select(xflat, 0, rows_idx.transpose(0, 1).reshape(-1), out=yb).view(c, R, b, d)
-        return c, idx, z, None, y.mul_(a0).add_(z, alpha=s0)
-
-    for c, idx, z, lv, y in prefetched(draw, -(-steps // chunk), background):
-        if lv is None and blocked:
-            _sgd_steps_blocked(A[:, 0], y, z, s0, tau / b, b, lambda j, u: log(step + j + 1, u, s0))
-            step += c
-        elif lv is None:
-            # each step is two fused in-place products (no temporaries of A's size): u = s²Ay − sz
-            # (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for b = 1, baddbmm_
-            # otherwise)
-            if graph is not None and c == chunk:
-                graph.run(y, z)                           # a CUDA graph replay of the same steps
-                u = graph.u
-            else:
-                u = u_buf[:c]
-                _sgd_steps(A[:, 0], y, z, u, s0, tau / b, symmetric)
-                if cuda_graph and dev.type == "cuda" and graph is None and steps - step - c >= chunk:
-                    graph = _GraphedSteps(A[:, 0], y, z, s0, tau / b, symmetric)
-            for k in range(c):
-                log(step + k + 1, u[k], s0)
-            step += c
-        else:
-            for k in range(c):                            # a level per sample: gather, scatter-add
-                xb = x[rows, idx[:, k]]                   # (R, b, d)
-                l = lv[k]
-                sl, al = s[l].unsqueeze(-1), a[l].unsqueeze(-1)   # (R, b, 1)
-                y = al * xb + sl * z[k]
-                Al = A[rows, l]                           # (R, b, d, d)
-                u = sl ** 2 * (Al @ y.unsqueeze(-1)).squeeze(-1) - sl * z[k]
-                G = u.unsqueeze(-1) * y.unsqueeze(-2)     # (R, b, d, d)
-                if symmetric:
-                    G = 0.5 * (G + G.transpose(-1, -2))
-                flatA.index_add_(0, (rows * L + l).reshape(-1), G.reshape(-1, d, d), alpha=-tau / b)
-                step += 1
-                log(step, u, sl)
-        bar.update(c)
-        # one pass: A_r is finite iff its float64 sum is (float32 entries cannot overflow it; float64 ones
-        # only from ~1e308/(L·d²), long after divergence)
-        bad = ~torch.isfinite(A.flatten(1).sum(1, dtype=torch.float64)) & (diverged_at < 0)
-        if bad.any():
-            diverged_at[bad] = step
-            if bool((diverged_at >= 0).all()):
-                break
+    for draws in prefetched(sgd.draw, -(-steps // chunk), run.background):
+        sgd.train_chunk(*draws)
+        bar.update(draws[0])
+        if sgd.record_divergence():
+            break
     bar.close()
-    return {"diverged_at": diverged_at}
+    return {"diverged_at": sgd.diverged_at}
 
 
 def train_score_net(model, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor, optimizer,

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import gsm.pipeline.matrix
+import gsm.pipeline.record
 import gsm.pipeline.run
 from gsm.pipeline.run import run
 from gsm.pipeline.interrupt import Terminated, deferred, interruptible
@@ -339,13 +341,13 @@ def test_a_second_sigterm_is_ignored_and_a_second_sigint_raises(default_signals)
 
 @pytest.mark.parametrize("exc,name", [(Terminated, "SIGTERM"), (KeyboardInterrupt, "SIGINT")])
 def test_interrupted_run_writes_results_and_tensorboard(compose_cfg, tmp_path, monkeypatch, exc, name):
-    real = gsm.pipeline.run.train_linear_dsm
+    real = gsm.pipeline.matrix.train_linear_dsm
 
     def interrupted_training(*args, callback=None, **kw):
         real(*args, callback=callback, **{**kw, "steps": 100, "log_every": 10})
         raise exc()
 
-    monkeypatch.setattr(gsm.pipeline.run, "train_linear_dsm", interrupted_training)
+    monkeypatch.setattr(gsm.pipeline.matrix, "train_linear_dsm", interrupted_training)
     with pytest.raises(exc):
         run(compose_cfg(*TINY), tmp_path)
     res = json.loads((tmp_path / "results.json").read_text())

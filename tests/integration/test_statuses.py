@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import gsm.pipeline.matrix
+import gsm.pipeline.record
 import gsm.pipeline.run
 from gsm.pipeline.run import run
 from gsm.cli.report import report
@@ -46,7 +48,7 @@ def test_an_exception_in_the_run_ends_failed_with_its_type_and_first_line(compos
     def out_of_memory(*args, **kwargs):
         raise MemoryError("simulated allocation failure\nsecond line")
 
-    monkeypatch.setattr(gsm.pipeline.run, "train_linear_dsm", out_of_memory)
+    monkeypatch.setattr(gsm.pipeline.matrix, "train_linear_dsm", out_of_memory)
     with pytest.raises(MemoryError):
         run(compose_cfg(*TINY), tmp_path)
     res = strict_json(tmp_path / "results.json")
@@ -67,7 +69,7 @@ def test_an_exception_before_the_run_body_also_ends_failed(compose_cfg, tmp_path
 
 
 def test_while_running_results_json_names_the_process_and_a_heartbeat_is_kept(compose_cfg, tmp_path, monkeypatch):
-    real, seen = gsm.pipeline.run.train_linear_dsm, {}
+    real, seen = gsm.pipeline.matrix.train_linear_dsm, {}
 
     def spy(*args, **kwargs):
         seen["results"] = strict_json(tmp_path / "results.json")
@@ -75,7 +77,7 @@ def test_while_running_results_json_names_the_process_and_a_heartbeat_is_kept(co
         seen["status"] = job_status(tmp_path, seen["results"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gsm.pipeline.run, "train_linear_dsm", spy)
+    monkeypatch.setattr(gsm.pipeline.matrix, "train_linear_dsm", spy)
     res = run(compose_cfg(*TINY), tmp_path)
     assert seen["results"]["status"] == "running" and seen["status"] == "running" and seen["heartbeat"]
     assert seen["results"]["process"]["pid"] == os.getpid()
@@ -280,7 +282,7 @@ def test_a_sigterm_as_the_running_record_is_written_ends_interrupted_not_running
     """The fault injection signals a job as soon as it reads `running`: a signal arriving before the
     heartbeat is in place must still end in a final record (before the fix: left `running`, shown lost)."""
     from gsm.pipeline.interrupt import Terminated
-    real = gsm.pipeline.run.process_record
+    real = gsm.pipeline.record.process_record
 
     def record_then_signal():
         rec = real()
@@ -288,7 +290,7 @@ def test_a_sigterm_as_the_running_record_is_written_ends_interrupted_not_running
         time.sleep(0.2)           # the handler has run by now; the run must not stop inside the write
         return rec
 
-    monkeypatch.setattr(gsm.pipeline.run, "process_record", record_then_signal)
+    monkeypatch.setattr(gsm.pipeline.record, "process_record", record_then_signal)
     with pytest.raises(Terminated):
         run(compose_cfg(*TINY), tmp_path)
     res = strict_json(tmp_path / "results.json")

@@ -272,7 +272,7 @@ TINY = ["data=texture", "model=fourier_linear", "data.size=16", "data.n=8", "rep
 
 
 @pytest.mark.parametrize("overrides", [
-    [], ["model.oracle=true"], ["train.solver=exact"], ["model.init=zeros"], ["data.image=grass", "data.fit=resize"],
+    [], ["model=fourier_oracle"], ["model.oracle=true"], ["train.solver=exact"], ["model.init=zeros"], ["data.image=grass", "data.fit=resize"],
     ["sampler=ddpm", "sampler.steps=5"], ["sampler=ddim", "sampler.steps=5"], ["dtype=float64"],
 ], ids=lambda o: ",".join(o) or "default")
 def test_texture_pipeline_runs(compose_cfg, tmp_path, overrides):
@@ -283,9 +283,17 @@ def test_texture_pipeline_runs(compose_cfg, tmp_path, overrides):
     for k in ("w2_exact", "w2_empirical"):
         assert math.isfinite(res[k]["mean"]) and res[k]["mean"] >= 0
     assert math.isfinite(res["w2_predicted"])
-    if "model.oracle=true" in overrides:      # the exact score: W2 is the bias, the same for every replicate
+    if {"model=fourier_oracle", "model.oracle=true"} & set(overrides):   # the exact score: W2 is the bias
         assert res["w2_exact"]["mean"] == pytest.approx(res["w2_predicted"], rel=1e-9)
     assert json.loads((tmp_path / "results.json").read_text())["w2_exact"] == res["w2_exact"]
+
+
+def test_oracle_flag_is_deprecated_for_the_oracle_class(compose_cfg, tmp_path):
+    """model.oracle=true (the old flag) warns and gives the same run as model=fourier_oracle."""
+    with pytest.warns(FutureWarning, match="model=fourier_oracle"):
+        old = run_cfg(compose_cfg(*TINY, "sampler.steps=30", "model.oracle=true"), tmp_path / "old")
+    new = run_cfg(compose_cfg(*TINY, "sampler.steps=30", "model=fourier_oracle"), tmp_path / "new")
+    assert old["w2_exact"] == new["w2_exact"] and old["w2_predicted"] == new["w2_predicted"]
 
 
 def run_cfg(cfg, path):

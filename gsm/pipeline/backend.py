@@ -1,0 +1,57 @@
+"""The stages every backend of the pipeline implements (`gsm.pipeline.run.run_stages` calls them in order):
+
+    data → score (fit) → sample (law, particles) → evaluate (W2²) → predict (theory) → record → log
+
+A backend owns one representation of the covariances: full d×d matrices (`gsm.pipeline.matrix`),
+per eigenvalue of Σ (`gsm.pipeline.spectral`) or per frequency of a stationary texture
+(`gsm.pipeline.texture`). `gsm.pipeline.run.backend_for` picks it from the declared `data.kind`, the
+sampler's `spectral_path` and the model's declared `linear`.
+"""
+from __future__ import annotations
+
+import abc
+
+from gsm.pipeline.record import record_prediction
+from gsm.theory.regime import linear_regime
+
+
+class Backend(abc.ABC):
+    """Holds the run's config (only the pipeline's own modules read it), its results dict and warn(msg)."""
+
+    def __init__(self, cfg, results: dict, warn):
+        self.cfg, self.results, self.warn = cfg, results, warn
+
+    @abc.abstractmethod
+    def draw_data(self):
+        """1. R independent data sets of N samples (or what the backend keeps of them)."""
+
+    @abc.abstractmethod
+    def fit_score(self, data, writer) -> dict:
+        """2. The score at the sampler's noise levels: oracle, train.solver=exact or DSM-SGD. Returns the
+        trainer's record ({"diverged_at": (R,)} when trained)."""
+
+    @abc.abstractmethod
+    def sample(self, fit: dict) -> bool:
+        """3. The exact law and the particles, unstable replicates left out; False when none is left
+        (the run is then `diverged`)."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> None:
+        """4. w2_exact, w2_empirical (mean ± s.e. over the stable replicates) into results."""
+
+    @abc.abstractmethod
+    def predict(self) -> dict:
+        """5. The theory's prediction, term by term (`Sampler.prediction` or the backend's own)."""
+
+    @abc.abstractmethod
+    def regime_inputs(self) -> dict:
+        """The run's numbers the regime verdict weighs (`gsm.theory.regime.linear_regime`), but `terms`."""
+
+    def record(self, pred: dict) -> None:
+        """The prediction's terms and the regime verdict into results."""
+        terms = record_prediction(self.results, pred, self.warn)
+        self.results["regime"] = linear_regime(terms=terms, **self.regime_inputs())
+
+    @abc.abstractmethod
+    def log(self, writer, pred: dict) -> None:
+        """6. TensorBoard scalars, figures (and their PNGs)."""

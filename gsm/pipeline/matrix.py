@@ -1,0 +1,263 @@
+"""The full-matrix backend (data.kind=gaussian): Σ, the score matrices A (R, L, d, d) and the laws C
+(R, d, d) as dense matrices, any A (non-symmetric, non-commuting). `MatrixBackend` is the linear score
+(exact law, closed-form prediction); `NeuralBackend` a non-linear one (Gaussian fits of the particles)."""
+from __future__ import annotations
+
+import sys
+
+import matplotlib
+import torch
+from hydra.utils import instantiate
+
+from gsm.data.gaussian import make_gaussian
+from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
+from gsm.pipeline.backend import Backend
+from gsm.pipeline.record import (finite, log_regime, log_w2, mean_stderr, none_left, record_divergence,
+                                 record_relaxation, _scalar)
+from gsm.pipeline.validate import as_config_error
+from gsm.scores.linear import dsm_optimum
+from gsm.scores.nets import build_score_model
+from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction, gaussian_fit, gaussian_fit_w2,
+                              second_moment)
+from gsm.theory.regime import neural_regime
+from gsm.training.dsm import empirical_dsm_minimizer, train_linear_dsm, train_score_net
+
+matplotlib.use("Agg")      # figures without a display (none on a cluster node)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto → cuda if available else cpu; cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of auto | cpu | cuda, got {name}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is available (use device=cpu or device=auto)")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be one of float32 | float64, got {name}")
+    return getattr(torch, name)
+
+
+def sgd_budget(cfg) -> dict:
+    """The prediction's arguments for the finite SGD budget (train.steps from A₀ = model.init), which
+    enters exactly through the mean offset and at first order through the transient variance; 0 steps:
+    the untrained score A₀, a valid baseline."""
+    return dict(sgd_steps=int(cfg.train.steps), init=cfg.model.get("init", "zeros"))
+
+
+class MatrixBackend(Backend):
+    """Linear scores s_l(y) = −A_l y on a d-dimensional target."""
+
+    def __init__(self, cfg, results, warn, sampler):
+        super().__init__(cfg, results, warn)
+        self.device, self.dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+        self.progress = bool(cfg.progress) and sys.stderr.isatty()
+        self.R, self.N = int(cfg.replicates), int(cfg.data.n)
+        self.spectrum = instantiate(cfg.data.spectrum)
+        self.target = make_gaussian(self.spectrum, cfg.data.basis, cfg.seed)
+        self.d, self.Sigma = self.target.dim, self.target.covariance.to(self.device)
+        self.sampler = sampler
+        results.update(sampler.bind(self.Sigma))     # e.g. sampler=vp: init=prior needs Σ; reports nfe, steps
+        self.alphas, self.stds = sampler.noise_levels(cfg.train.sigma)
+        with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
+            model = build_score_model(cfg.model, dim=self.d, replicates=self.R, alphas=self.alphas, stds=self.stds,
+                                      seed=int(cfg.seed))
+        self.learned = model.requires_training and cfg.train.solver == "sgd"
+        # closed-form scores (oracle, solver=exact) are kept in float64: no training dtype applies
+        self.model = model.to(device=self.device, dtype=self.dtype if self.learned else torch.float64)
+        self.gen = torch.Generator(self.device).manual_seed(int(cfg.seed))
+        self.times = None
+
+    def draw_data(self):
+        return self.target.sample((self.R, self.N), generator=self.gen, device=self.device)
+
+    def fit_score(self, x, writer) -> dict:
+        """Oracle (exact Σ), solver=exact (the empirical DSM minimiser of Σ̂) or DSM-SGD."""
+        model, t = self.model, self.cfg.train
+        if not model.requires_training:
+            model.set_matrices(dsm_optimum(self.target.covariance.to(x.device), self.alphas, self.stds)
+                               .expand_as(model.A))
+            return {}
+        if t.solver == "exact":
+            model.set_matrices(empirical_dsm_minimizer(x, self.alphas, self.stds))
+            return {}
+        out = train_linear_dsm(model.A.data, x, alphas=self.alphas, stds=self.stds, tau=t.tau,
+                               batch_size=t.batch_size, steps=t.steps, sampling=t.sampling,
+                               symmetric=model.symmetric, generator=self.gen, log_every=t.log_every,
+                               progress=self.progress,
+                               callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
+        self._record_training()
+        return {"diverged_at": out["diverged_at"].cpu()}
+
+    @property
+    def budget(self) -> dict:
+        """The finite SGD budget the prediction models (SGD-trained, non-symmetric scores)."""
+        return sgd_budget(self.cfg) if self.learned and not self.model.symmetric else {}
+
+    def _record_training(self) -> None:
+        t = self.cfg.train
+        self.times = record_relaxation(
+            self.results, self.warn, t, self.alphas, self.stds, float(self.spectrum.min()),
+            "the prediction includes the SGD transient (exact mean, first order in τ)" if self.budget else
+            "the τ prediction assumes it is; raise train.steps or train.tau")
+        if t.sampling == "epochs":
+            self.warn("train.sampling=epochs lowers the SGD noise by up to ~20% (theory note §8): "
+                      "the τ prediction assumes sampling with replacement")
+
+    def sample(self, fit) -> bool:
+        A = self.model.matrices()
+        unstable = self.sampler.unstable(A).cpu() | record_divergence(self.results, fit)
+        if none_left(self.results, unstable, self.warn):
+            return False
+        C = self.sampler.covariance(A)
+        x = self.sampler.sample(self.model, self.R, self.d, generator=self.gen, device=self.device,
+                                progress=self.progress, dtype=self.dtype)
+        # a finite but huge A can still overflow its law or its (float32) particles: counted unstable too
+        unstable |= ~(finite(C) & finite(x)).cpu()
+        if none_left(self.results, unstable, self.warn):
+            return False
+        ok = (~unstable).to(self.device)
+        self.A, self.C, self.particles = A[ok], C[ok], x[ok]
+        return True
+
+    def evaluate(self) -> None:
+        r, Sigma = self.results, self.Sigma.to(torch.float64)
+        r["w2_exact"] = mean_stderr(bures_wasserstein2(Sigma, self.C).cpu())
+        Cs = self.sampler.covariance_stationary(self.A)
+        if Cs is not None:
+            Cs = Cs[finite(Cs)]     # NaN where the doubling did not converge
+            if len(Cs):
+                r["w2_exact_stationary"] = mean_stderr(bures_wasserstein2(Sigma, Cs).cpu())
+        r["w2_empirical"] = mean_stderr(bures_wasserstein2(Sigma, second_moment(self.particles)).cpu())
+        r["covariance_estimator"] = "(1/M) Σ x xᵀ over M independent particles (known zero mean)"
+        r.update(self.sampler.results_extra())     # e.g. law_method
+
+    def predict(self) -> dict:
+        t, trained = self.cfg.train, self.model.requires_training
+        return self.sampler.prediction(self.spectrum, n=self.N if trained else None, sigma=t.sigma,
+                                       tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
+                                       particles=self.sampler.particles, symmetric=self.model.symmetric,
+                                       **self.budget)
+
+    def regime_inputs(self) -> dict:
+        t = self.cfg.train
+        return dict(d=self.d, n=self.N if self.model.requires_training else None,
+                    eps_tau=self.results["diagnostics"].get("eps_tau"), times=self.times, steps=int(t.steps),
+                    tau=t.tau if self.learned else 0.0, unstable=self.results["unstable_replicates"],
+                    replicates=self.R, sampling=t.sampling)
+
+    def log(self, writer, pred) -> None:
+        step = int(self.cfg.train.steps)
+        log_w2(writer, self.results, self.results["prediction_terms"], step)
+        self.sampler.log_extra(writer, self.A, self.Sigma.to(torch.float64), step)
+        log_figures(writer, self.spectrum, self.C, pred, step)
+
+
+class NeuralBackend(MatrixBackend):
+    """A non-linear score (model=mlp, user models). The sampler's law is not Gaussian and has no closed
+    form: w2_exact is null; w2_empirical = |m̂|² + B²(Σ, Ĉ) between N(0, Σ) and the Gaussian fit N(m̂, Ĉ)
+    of the M particles (a lower bound on the true W2²), with its 1/M bias (`gaussian_fit_w2`) subtracted
+    in w2_empirical_debiased. w2_predicted_linear is the theory's prediction for a linear score with the
+    same (N, σ, τ, γ), for comparison."""
+
+    def fit_score(self, x, writer) -> dict:
+        t = self.cfg.train
+        if t.solver != "sgd":
+            raise ValueError(f"train.solver=exact needs a linear model (model=linear), got train.solver={t.solver}")
+        optimizer = instantiate(self.cfg.optim)(self.model.parameters())
+        out = train_score_net(self.model, x, alphas=self.alphas, stds=self.stds, optimizer=optimizer,
+                              batch_size=t.batch_size, steps=t.steps, generator=self.gen, log_every=t.log_every,
+                              progress=self.progress,
+                              callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
+        return {"diverged_at": out["diverged_at"].cpu()}
+
+    def sample(self, fit) -> bool:
+        with torch.no_grad():
+            x = self.sampler.sample(self.model, self.R, self.d, generator=self.gen, device=self.device,
+                                    progress=self.progress, dtype=self.dtype)
+        unstable = record_divergence(self.results, fit) | ~finite(x).cpu()
+        if none_left(self.results, unstable, self.warn):
+            return False
+        self.particles = x[(~unstable).to(self.device)]
+        return True
+
+    def evaluate(self) -> None:
+        r = self.results
+        w2, bias = (v.cpu() for v in gaussian_fit_w2(self.Sigma, self.particles))
+        r["w2_exact"] = None
+        r["w2_empirical"] = mean_stderr(w2)
+        r["w2_empirical_debiased"] = mean_stderr(w2 - bias)
+        r["particle_bias"] = mean_stderr(bias)
+        r["w2_empirical_per_replicate"] = w2.tolist()     # non-linear scores can have outlier replicates
+        # the reference is the law the same sampler has with the exact score (Langevin at σ > 0 is wider than
+        # N(0, Σ): its own particles would "escape" Σ's tail)
+        exact = dsm_optimum(self.Sigma.to(torch.float64), self.alphas, self.stds).unsqueeze(0)
+        self.escaped = escaped_fraction(self.sampler.covariance(exact)[0], self.particles).cpu()
+        r["escaped_fraction_per_replicate"] = self.escaped.tolist()
+        if (self.escaped > 0).any():
+            self.warn(f"{int((self.escaped > 0).sum())} of {len(self.escaped)} replicates have particles beyond the "
+                      f"{ESCAPE_TAIL:g} tail of the exact-score sampler's law (up to {100 * float(self.escaped.max()):.2g}"
+                      " % of M): the learned score does not hold the sampler far from the data, and a few such "
+                      "particles can dominate a replicate's w2_empirical (compare escaped_fraction_per_replicate "
+                      "with w2_empirical_per_replicate)")
+        r["w2_metric"] = ("W2² between the Gaussian fits of the two laws, |m̂|² + B²(Σ, Ĉ), with m̂ and Ĉ the mean "
+                          "and centred (1/M) covariance of the M particles: a lower bound on the true W2² "
+                          "(the sampler's law is not Gaussian); w2_empirical_debiased subtracts the first-order "
+                          "1/M bias of a Gaussian law (particle_bias)")
+
+    def predict(self) -> dict:
+        t = self.cfg.train
+        return self.sampler.prediction(self.spectrum, n=self.N, sigma=t.sigma, tau=t.tau,
+                                       batch_size=t.batch_size, particles=None, **sgd_budget(self.cfg))
+
+    def regime_inputs(self) -> dict:
+        return dict(escaped=self.escaped, unstable=self.results["unstable_replicates"], replicates=self.R,
+                    tail=ESCAPE_TAIL)
+
+    def record(self, pred) -> None:
+        r = self.results
+        r["regime"] = neural_regime(**self.regime_inputs())
+        r["w2_predicted_linear"] = float(pred["total"])
+        r["w2_predicted"] = r["w2_predicted_empirical"] = None
+
+    def log(self, writer, pred) -> None:
+        step, r = int(self.cfg.train.steps), self.results
+        for k in ("w2_empirical", "w2_empirical_debiased", "particle_bias", "w2_predicted_linear"):
+            writer.add_scalar(f"eval/{k}", _scalar(r[k]), step)
+        writer.add_scalar("eval/escaped_fraction_max", float(self.escaped.max()), step)
+        log_regime(writer, r["regime"], step)
+        writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
+            "neural score (Gaussian fit, debiased) vs linear-score prediction":
+                ["Multiline", ["eval/w2_empirical_debiased", "eval/w2_predicted_linear"]]}})
+        log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
+
+
+def log_figures(writer, spectrum, C, pred, step):
+    """spectrum/target_vs_learned and theory/kernels, in TensorBoard and as PNGs in <run>/figures/."""
+    log_figure(writer, "spectrum/target_vs_learned", spectrum_figure(spectrum, C), step)
+    log_figure(writer, "theory/kernels", plot_kernels(pred), step)
+
+
+def spectrum_figure(spectrum, C):
+    """The eigenvalues of the sampler covariances C (R, d, d) against the target's, both sorted
+    decreasingly and plotted against their rank i (log–log)."""
+    import matplotlib.pyplot as plt
+
+    lam = spectrum.sort(descending=True).values
+    learned = torch.linalg.eigvalsh(0.5 * (C + C.transpose(-1, -2))).flip(-1).cpu()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    i = torch.arange(1, lam.numel() + 1)
+    for r in range(min(learned.shape[0], 32)):
+        ax.plot(i, learned[r], color="tab:orange", alpha=0.2, lw=0.8)
+    ax.plot(i, learned.mean(0), color="tab:orange", label="sampler covariance (mean over replicates)")
+    ax.plot(i, lam, "k--", label="target spectrum λ")
+    ax.set(yscale="log", xlabel="index i (eigenvalues sorted decreasingly)", ylabel="eigenvalue")
+    index_ticks(ax, lam.numel())
+    log_ticks(ax, "y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,227 @@
+"""What a run records: results.json (statuses, means with standard errors, the prediction's terms,
+the regime verdict), TensorBoard scalars and the console summary. Shared by every backend of the
+pipeline (`gsm.pipeline.run`), so each number is recorded once, the same way."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gsm.pipeline.interrupt import Terminated, deferred
+from gsm.pipeline.status import Heartbeat, error_record, process_record, write_results
+from gsm.theory.regime import RELAXATION_TIMES_MIN, relaxation_times, verdict_lines
+
+log = logging.getLogger("gsm")
+
+
+W2_KEYS = ("w2_exact", "w2_empirical", "w2_predicted", "w2_predicted_empirical")
+
+
+DIAGNOSTICS = ("d_over_n", "eps_tau")     # numbers of a prediction that are not terms of it
+
+
+def mean_stderr(values: torch.Tensor) -> dict:
+    """Mean and standard error (ddof = 1) over replicates; NaN-free input expected. An undefined number is
+    None (JSON null) with `<key>_reason`: the s.e. of one replicate, the mean of none."""
+    v = values.to(torch.float64)
+    n = v.numel()
+    out = {"mean": float(v.mean()) if n else None, "stderr": float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else None,
+           "n": n}
+    if n == 0:
+        out["mean_reason"] = "no replicate"
+    if n < 2:
+        out["stderr_reason"] = f"{n} replicate{'s' * (n != 1)}: a standard error needs 2 or more"
+    return out
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+
+
+def record_failure(out: Path, cfg: DictConfig, checks: list, e: Exception) -> None:
+    """results.json with status `failed` for an exception raised before `recorded` took over (building
+    the sampler, the writer, ...); `recorded` has written it already for one raised inside."""
+    path = out / "results.json"
+    try:
+        if path.exists() and json.loads(path.read_text()).get("status") != "running":
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        write_results(path, {"status": "failed", "error": error_record(e),
+                             "config": OmegaConf.to_container(cfg, resolve=True), "warnings": list(checks)})
+    except (OSError, ValueError):     # nowhere to write: gsm's message and exit status still say it
+        pass
+
+
+def start(cfg: DictConfig, output_dir, checks: list):
+    """The run's folder (created), its results dict (status running, the resolved config) and its
+    warn(msg), which logs msg and keeps it in results["warnings"]; the validation warnings go first."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"status": "running", "config": OmegaConf.to_container(cfg, resolve=True), "warnings": []}
+
+    def warn(msg):
+        log.warning(msg)
+        results["warnings"].append(msg)
+
+    for msg in checks:     # e.g. τ beyond the SGD stability limit
+        warn(msg)
+    return out, results, warn
+
+
+@contextmanager
+def recorded(writer, results: dict, t0: float, out: Path):
+    """The body of a run. On entry results.json says `running`, with the process (`gsm.status`: a job
+    killed without a final write is then reported `lost`). However the body ends, hparams (finished runs)
+    go to TensorBoard, which is flushed, and results.json is written: after SIGINT or SIGTERM with status
+    `interrupted` and the signal's name, after any other exception with status `failed` and `error`
+    (type, message). A first signal arriving during that write is raised once it is done (a finished run
+    keeps its status)."""
+    beat, ended = None, False
+    try:
+        with deferred():     # a signal arriving before the record and heartbeat are in place is raised here
+            write_results(out / "results.json", {**results, "process": process_record()})
+            beat = Heartbeat(out)
+        yield
+        ended = True
+    except KeyboardInterrupt as e:     # SIGINT, or SIGTERM (Terminated)
+        results["status"] = "interrupted"
+        results["signal"] = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        raise
+    except Exception as e:             # OOM, a user model's error, a disk error, ...
+        results["status"], results["error"] = "failed", error_record(e)
+        raise
+    finally:
+        with deferred():
+            if beat is not None:
+                beat.stop()
+            results["seconds"] = time.time() - t0
+            closing = _close_writer(writer, results)
+            if results["status"] == "running":     # a pipeline returned without a verdict: a bug, said as such
+                results["status"], results["error"] = "failed", {"type": "RuntimeError", "message": "no status set"}
+            write_results(out / "results.json", results)
+            if closing is not None and ended:
+                raise closing
+
+
+def _close_writer(writer, results: dict):
+    """hparams (finished runs) and close; an error is recorded as the run's failure (unless it has already
+    ended otherwise) and returned, so that results.json is written first."""
+    try:
+        if results["status"] in ("ok", "diverged"):
+            writer.add_hparams(_flatten(results["config"]),
+                               {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+        writer.close()
+    except Exception as e:
+        if results["status"] in ("ok", "diverged", "running"):
+            results["status"], results["error"] = "failed", error_record(e)
+        return e
+    return None
+
+
+def record_divergence(results: dict, fit: dict) -> torch.Tensor:
+    """Records the trainer's per-replicate divergence step (−1: never); returns the (R,) mask of
+    diverged replicates (all False when nothing was trained)."""
+    if "diverged_at" not in fit:
+        return torch.zeros((), dtype=torch.bool)
+    at = fit["diverged_at"].cpu()
+    results["diverged_at"] = at.tolist()
+    results["diverged_replicates"] = int((at >= 0).sum())
+    return at >= 0
+
+
+def none_left(results: dict, unstable: torch.Tensor, warn) -> bool:
+    """Records unstable_replicates; when every replicate is out, status `diverged` and True."""
+    results["unstable_replicates"] = int(unstable.sum())
+    if unstable.all():
+        results["status"] = "diverged"
+        warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+    return bool(unstable.all())
+
+
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """Per replicate (leading dim): every entry finite. (R, ...) → (R,) bool."""
+    return torch.isfinite(x).flatten(1).all(1)
+
+
+def _scalar(v):
+    if isinstance(v, dict):
+        v = v.get("mean")
+    return float("nan") if v is None else float(v)
+
+
+def log_w2(writer, results: dict, terms: dict, step: int) -> None:
+    """eval/<w2 key> and theory/<term> scalars, and the Custom Scalars charts that overlay measured and
+    predicted W2². Plain (float32) scalar summaries: TensorBoard's default loader skips double-precision
+    tensors; the full-precision numbers are in results.json."""
+    for k in (*W2_KEYS, "w2_exact_stationary"):
+        if k in W2_KEYS or k in results:
+            writer.add_scalar(f"eval/{k}", _scalar(results.get(k)), step)
+    for k, v in terms.items():
+        writer.add_scalar(f"theory/{k}", v, step)
+    writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
+        "measured vs predicted": ["Multiline", ["eval/w2_exact", "eval/w2_predicted"]],
+        "particles vs predicted with 1/M": ["Multiline", ["eval/w2_empirical", "eval/w2_predicted_empirical"]],
+    }})
+    log_regime(writer, results.get("regime"), step)
+
+
+def log_regime(writer, regime: dict | None, step: int) -> None:
+    """regime/ok (1 or 0) as a scalar and the verdict with its reasons as text (TensorBoard's Text tab)."""
+    if regime:
+        writer.add_scalar("regime/ok", float(regime["ok"]), step)
+        writer.add_text("regime/verdict", "  \n".join(verdict_lines(regime)), step)
+
+
+def summary_table(results: dict) -> str:
+    """The short table printed at the end of a run."""
+    lines = [*verdict_lines(results.get("regime")),
+             f"status: {results['status']}   unstable replicates: {results.get('unstable_replicates', 0)}"
+             f"   seconds: {results.get('seconds', 0):.1f}"]
+    for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear"):   # the last two: neural scores
+        v = results.get(k)
+        if isinstance(v, dict):
+            se = "n/a" if v["stderr"] is None else format(v["stderr"], ".2g")
+            lines.append(f"  {k:<24} {v['mean']:.6g} ± {se} (s.e., {v['n']} replicates)")
+        elif v is not None:
+            lines.append(f"  {k:<24} {v:.6g}")
+    return "\n".join(lines)
+
+
+def record_prediction(results: dict, pred: dict, warn) -> dict:
+    """The prediction's float terms (results["prediction_terms"]), w2_predicted (without the 1/M term:
+    compare with w2_exact), w2_predicted_empirical (with it: compare with w2_empirical), the diagnostics
+    and the prediction's warnings. Returns the terms."""
+    terms = {k: float(v) for k, v in pred.items() if isinstance(v, (int, float)) and k not in DIAGNOSTICS}
+    results["prediction_terms"] = terms
+    results["w2_predicted"] = terms["total"] - terms.get("particles", 0.0)
+    results["w2_predicted_empirical"] = terms["total"]
+    results["diagnostics"] = {k: pred[k] for k in DIAGNOSTICS if k in pred}
+    for w in pred.get("warnings", []):
+        warn(w)
+    return terms
+
+
+def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, transient: str):
+    """How far DSM-SGD ran toward stationarity (theory note §12): relaxation_times (the slowest level) and
+    per level, with a warning below RELAXATION_TIMES_MIN saying how the prediction treats it (`transient`).
+    Returns the per-level times (L,)."""
+    times = relaxation_times(int(train.steps), train.tau, alphas, stds, lam_min)
+    results["relaxation_times"] = float(times.min())
+    results["relaxation_times_per_level"] = times.tolist()
+    if results["relaxation_times"] < RELAXATION_TIMES_MIN:
+        warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< {RELAXATION_TIMES_MIN:g}) at "
+             f"the slowest level: the score is not stationary; {transient}")
+    return times
