@@ -67,6 +67,16 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module):
         pass
 
+    def is_package(self, fullname):
+        return False
+
+    def get_code(self, fullname):
+        """`python -m <old name>` (runpy) runs the module that now holds it, e.g. gsm.report → gsm.cli.report."""
+        warnings.warn(f"python -m {fullname} is deprecated: use python -m {MOVED[fullname][0]}", FutureWarning,
+                      stacklevel=2)
+        new = MOVED[fullname][0]
+        return importlib.util.find_spec(new).loader.get_code(new)
+
 
 def install() -> None:
     if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):

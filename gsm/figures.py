@@ -8,8 +8,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import ticker
 import torch
+from matplotlib import ticker
 
 from gsm.io import atomic_path
 

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from gsm.theory.bures import bures_wasserstein2
 from gsm.samplers.langevin import langevin_covariance, langevin_sample, linear_langevin_sample
+from gsm.theory.bures import bures_wasserstein2
 from gsm.training.dsm import train_linear_dsm
 
 FULL = dict(sgd_d=64, sgd_R=256, sgd_steps=2048, loop_reps=2, loop_steps=300,
@@ -226,9 +226,10 @@ def bench_end_to_end(p, device="cpu"):
     same work, extrapolated from `e2e_loop_reps` replicates × `e2e_loop_steps` SGD steps (+ one
     replicate's particles), since the whole loop would take tens of minutes."""
     import numpy as np
+    from hydra.utils import instantiate
+
     from gsm.data.gaussian import make_gaussian
     from gsm.pipeline.run import run
-    from hydra.utils import instantiate
 
     def study(cfgs):
         t = time.perf_counter()
@@ -275,6 +276,7 @@ def bench_vp(p, device="cpu"):
     Wall seconds of the run (results.json `seconds`), imports excluded (a warm-up run first)."""
     import numpy as np
     from hydra import compose, initialize_config_module
+
     from gsm.pipeline.run import run
 
     d, K = p["vp_d"], p["vp_K"]
@@ -330,7 +332,9 @@ def bench_pipelines(p, device="cpu"):
     the machine as it is and beside 2 CPU-bound processes. Seconds (results.json `seconds`), each with
     the 1-minute load average just before it. Which threads choice wins, and how much load costs it."""
     import os
+
     from hydra import compose, initialize_config_module
+
     from gsm.pipeline.run import run
 
     runs = SMOKE_PIPELINES if p is SMOKE else PIPELINES

@@ -1,4 +1,4 @@
-"""`python -m gsm.job <config.yaml> <output dir>`: one job of a joblib multirun in a process of its own
+"""`python -m gsm.cli.job <config.yaml> <output dir>`: one job of a joblib multirun in a process of its own
 (`gsm.cli.main._isolated`), with the exit statuses of a single `gsm` run."""
 import logging
 import sys

@@ -34,8 +34,8 @@ def _task(cfg) -> float:
 
 def run_job(cfg, out: str, multirun: bool) -> float:
     """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective."""
-    from gsm.pipeline.run import run, summary_table
     from gsm.pipeline.interrupt import Terminated
+    from gsm.pipeline.run import run, summary_table
     from gsm.pipeline.status import RunFailed, error_record
     from gsm.pipeline.validate import ConfigError
 
@@ -67,7 +67,7 @@ def _objective(results: dict) -> float:
 
 
 def _isolated(cfg, out: str) -> float:
-    """A joblib job run as `python -m gsm.job` in a child process. A job killed by SIGKILL or the OOM
+    """A joblib job run as `python -m gsm.cli.job` in a child process. A job killed by SIGKILL or the OOM
     killer then takes down only that child (its results.json says running, gsm-report shows it lost),
     not the launcher's worker, whose death aborts the whole sweep (loky's TerminatedWorkerError). Every
     ending that is not ok or diverged raises RunFailed: the sweep goes on and exits 1 at the end."""
@@ -82,7 +82,7 @@ def _isolated(cfg, out: str) -> float:
     path = Path(out) / ".gsm_job.yaml"
     OmegaConf.save(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), path)
     try:
-        code = subprocess.call([sys.executable, "-m", "gsm.job", str(path), str(out)])
+        code = subprocess.call([sys.executable, "-m", "gsm.cli.job", str(path), str(out)])
     finally:
         path.unlink(missing_ok=True)
     if code == 0:

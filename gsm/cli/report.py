@@ -40,8 +40,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gsm.io import savefig_atomic, write_text_atomic
 from gsm.cli.tables import load_jobs
+from gsm.io import savefig_atomic, write_text_atomic
 
 MEASURED = ("w2_exact", "w2_empirical", "w2_empirical_debiased")       # {mean, stderr, n} in results.json
 PREDICTED = ("w2_predicted", "w2_predicted_empirical", "w2_predicted_linear")

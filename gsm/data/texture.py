@@ -25,10 +25,10 @@ per sample. Sampling (Langevin, DDPM, DDIM) runs per frequency, x̂ ← f(a) x̂
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 
 from gsm.checks import choice, number
-
 
 BUNDLED = ("brick", "grass", "gravel", "camera")
 

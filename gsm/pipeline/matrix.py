@@ -12,13 +12,13 @@ from hydra.utils import instantiate
 from gsm.data.gaussian import make_gaussian
 from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
 from gsm.pipeline.backend import Backend
-from gsm.pipeline.record import (finite, log_regime, log_w2, mean_stderr, none_left, record_divergence,
-                                 record_relaxation, _scalar)
+from gsm.pipeline.record import (_scalar, finite, log_regime, log_w2, mean_stderr, none_left,
+                                 record_divergence, record_relaxation)
 from gsm.pipeline.validate import as_config_error
 from gsm.scores.linear import dsm_optimum
 from gsm.scores.nets import build_score_model
-from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction, gaussian_fit, gaussian_fit_w2,
-                              second_moment)
+from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction, gaussian_fit,
+                              gaussian_fit_w2, second_moment)
 from gsm.theory.regime import neural_regime
 from gsm.training.dsm import empirical_dsm_minimizer, train_linear_dsm, train_score_net
 

@@ -1,16 +1,21 @@
-"""gsm.samplers.ddpm: TODO docstring."""
+"""The DDPM and DDIM samplers (`sampler=ddpm`, `sampler=ddim`): `gsm.samplers.base.Sampler` classes over
+the reverse chains of `gsm.samplers.reverse_chain` (schedule, timestep grid, exact law), with the
+prediction of `gsm.theory.diffusion` and the W2² trajectory along the chain in TensorBoard."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-import torch
-from gsm.theory.bures import bures_wasserstein2
-from gsm.samplers.reverse_chain import alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance, ddpm_variance, exact_score_matrices, grid_coefficients, linear_beta_schedule, linear_reverse_sample, reverse_sample, timestep_grid
-from gsm.theory.diffusion import diffusion_prediction
-from gsm.samplers.base import Sampler
-from gsm.samplers.reverse_chain import FINALS, VARIANCES
-from gsm.checks import choice, number
 
+import torch
+
+from gsm.checks import choice, number
+from gsm.samplers.base import Sampler
+from gsm.samplers.reverse_chain import (FINALS, VARIANCES, alphas_cumprod, ddim_chain, ddpm_chain,
+                                        ddpm_covariance, ddpm_variance, exact_score_matrices,
+                                        grid_coefficients, linear_beta_schedule, linear_reverse_sample,
+                                        reverse_sample, timestep_grid)
+from gsm.theory.bures import bures_wasserstein2
+from gsm.theory.diffusion import diffusion_prediction
 
 # ----------------------------------------------------------------------------- pipeline samplers
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gsm.samplers.base import Sampler
 from gsm.samplers.linear_chain import exact_law
 from gsm.theory.linear_chain import linear_sampler_prediction
-from gsm.samplers.base import Sampler
 
 F64 = torch.float64
 TESTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gsm.checks import choice, number
+from gsm.samplers.base import Sampler
 from gsm.samplers.linear_chain import LinearChain, explicit_rk_step
 from gsm.theory.linear_chain import linear_sampler_prediction
-from gsm.samplers.base import Sampler
-from gsm.checks import choice, number
 
 F64 = torch.float64
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from gsm.checks import choice, number
+from gsm.samplers.base import Sampler
 from gsm.theory.bures import psd_sqrt
 from gsm.training.prefetch import background_draws, prefetched
-from gsm.samplers.base import Sampler
-from gsm.checks import choice, number
 
 
 def langevin_sample(score_fn, x0: torch.Tensor, gamma: float, steps: int,

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 import torch
+
 from gsm.samplers.linear_chain import noisy_linear_step
 from gsm.scores.linear import dsm_optimum
-
 
 VARIANCES = ("beta", "beta_tilde")
 

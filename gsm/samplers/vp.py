@@ -48,15 +48,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-import torch
-from gsm.figures import log_figure
-from gsm.samplers.vp_schemes import EVALS_PER_STEP, EXACT_SCHEMES, INITS, SCHEMES, VPSchedule, vp_chain, vp_grid
-from gsm.theory.vp import vp_prediction
-from gsm.samplers.vp_schemes import ODE_SCHEMES, SDE_SCHEMES
-from gsm.theory.vp import spectral_output_variance
-from gsm.samplers.base import Sampler
-from gsm.checks import choice, number
 
+import torch
+
+from gsm.checks import choice, number
+from gsm.figures import log_figure
+from gsm.samplers.base import Sampler
+from gsm.samplers.vp_schemes import (EVALS_PER_STEP, EXACT_SCHEMES, INITS, ODE_SCHEMES, SCHEMES, SDE_SCHEMES,
+                                     VPSchedule, vp_chain, vp_grid)
+from gsm.theory.vp import spectral_output_variance, vp_prediction
 
 _F64 = torch.float64
 

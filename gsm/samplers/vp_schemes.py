@@ -1,9 +1,14 @@
-"""gsm.samplers.vp_schemes: TODO docstring."""
+"""The VP SDE and its discretisations as linear chains (Pierret & Galerne, arXiv 2405.14250; docs/vp.md):
+the schedule β(t) (`VPSchedule`), the uniform grid from T to ε (`vp_grid`), each scheme's chain
+x ← M_k x + √q_k ξ (`vp_chain`: em, ei, ddpm, euler, heun, rk4), the exact scores and the exact
+continuous laws (sde, ode) per eigenvalue (`continuous_variance`)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
+
 from gsm.samplers.linear_chain import LinearChain, affine_step, explicit_rk_step
 
 _F64 = torch.float64

@@ -1,4 +1,7 @@
-"""gsm.scores.fourier: TODO docstring."""
+"""Linear scores diagonal in the 2-D Fourier basis (data.kind=texture): s(y) = −A y with A a real
+symmetric circulant, A = F* diag(a) F, i.e. s(y) = −irfft2(a · rfft2(y)), a circular convolution.
+`FourierLinearScore` is trained (state a (R, L, n, n//2+1)); `FourierOracleScore` is the exact score
+a_l(ω) = 1/(α_l² λ(ω) + s_l²) of the noised texture (docs/textures.md)."""
 from __future__ import annotations
 
 import warnings

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import inspect
 import math
+
 import torch
 from hydra.utils import get_object, instantiate
 from torch import nn
 from torch.nn import functional as F
 
-from gsm.scores.base import ScoreModel, UserScore
 from gsm.checks import choice, number
-
+from gsm.scores.base import ScoreModel, UserScore
 
 ACTIVATIONS = ("silu", "relu", "gelu", "tanh", "softplus")
 

@@ -1,11 +1,15 @@
-"""gsm.theory.diffusion: TODO docstring."""
+"""The prediction of E[W2²] for DDPM / DDIM with linear scores (docs/theory.md §6, §11):
+bias from the exact-score chain per eigenvalue; the 1/N kernel from the divided differences of the
+output variance as a matrix function of Σ̂ (`ddpm_divided_differences`); the τ kernel from the per-level
+SGD covariance pushed through the chain (`ddpm_tau_kernel`), with the finite SGD budget's mean offset
+and transient (`gsm.theory.sgd`); the 1/M particle kernel. The chains are `gsm.samplers.reverse_chain`."""
 from __future__ import annotations
 
 import torch
-from gsm.theory.sgd import SGD_INIT
-from gsm.theory.langevin import _check, _check_spectrum, bures_second_order_weights, kernel_m, kernel_n
+
 from gsm.samplers.reverse_chain import ReverseChain, ddpm_variance, exact_score_eigenvalues
-from gsm.theory.sgd import SGDBudget, level_sgd_transient, level_sgd_variance, sgd_mean_score
+from gsm.theory.langevin import _check, _check_spectrum, bures_second_order_weights, kernel_m, kernel_n
+from gsm.theory.sgd import SGD_INIT, SGDBudget, level_sgd_transient, level_sgd_variance, sgd_mean_score
 
 
 def _ddpm_map_on_matrix(J: torch.Tensor, chain: ReverseChain, init_var: float,

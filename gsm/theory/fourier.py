@@ -1,12 +1,17 @@
-"""gsm.theory.fourier: TODO docstring."""
+"""The prediction of E[W2²] in the Fourier-diagonal case (data.kind=texture, docs/theory.md §13): every
+frequency ω is a scalar model with eigenvalue λ(ω) and weight `multiplicity`, so the kernels of the
+full-matrix theory reduce to their diagonals, Σ_ω instead of Σ_ij; the periodogram's fourth moment κ
+enters the 1/N and τ terms (`sgd_variance_fourier`). Also the Bures distance between circulants
+(`fourier_bures_wasserstein2`)."""
 from __future__ import annotations
 
 import torch
-from gsm.theory.bures import bures_wasserstein2_commuting
+
 from gsm.data.texture import kappa, multiplicity
 from gsm.samplers.fourier import sampler_variance
 from gsm.samplers.reverse_chain import grid_coefficients
 from gsm.scores.fourier import dsm_optimum_fourier, initial_coefficients
+from gsm.theory.bures import bures_wasserstein2_commuting
 
 _F64 = torch.float64
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.func import jvp, vmap
+
 from gsm.theory.sgd import (dsm_score_matrix, sgd_mean_square_stable, sgd_transient_variance, sgd_variance,
                             sgd_variance_exact)
-
 
 _F64 = torch.float64
 

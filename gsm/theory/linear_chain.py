@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from gsm.samplers.linear_chain import MATRIX_JET, LinearChain, _jet_mm, _jet_one, output_law, output_variance
 from gsm.theory.langevin import bures_second_order_weights, kernel_m, kernel_n
 from gsm.theory.sgd import sgd_variance
-from gsm.samplers.linear_chain import LinearChain, MATRIX_JET, _jet_mm, _jet_one, output_law, output_variance
 
 _F64 = torch.float64
 

@@ -1,9 +1,14 @@
-"""gsm.theory.sgd: TODO docstring."""
+"""The DSM-SGD fluctuation model (docs/theory.md §2, §11): the stationary covariance of A − A*
+(`sgd_variance`, exact-in-τ `sgd_variance_exact`, mean-square stability), the mean score after S steps
+from A₀ (`dsm_score_matrix`, `sgd_mean_score`, `SGDBudget`), the transient covariance
+(`sgd_transient_variance`) and their per-noise-level versions for diffusion samplers
+(`level_sgd_variance`, `level_sgd_transient`). Eigenbasis of Σ, float64."""
 from __future__ import annotations
 
 import math
-import torch
 from dataclasses import dataclass
+
+import torch
 
 _F64 = torch.float64
 

@@ -1,14 +1,19 @@
-"""gsm.theory.vp: TODO docstring."""
+"""The prediction of E[W2²] for the VP schemes of Pierret & Galerne (docs/vp.md, docs/theory.md §9):
+bias = Σ(√λ − √h(λ))², h the exact-score output variance (`spectral_output_variance`), split into
+truncation, initialisation and discretisation; 1/N from the divided differences of h as a function of
+Σ̂'s eigenvalue (`output_divided_differences`); τ from `gsm.theory.linear_chain.chain_tau_kernel` with the
+per-level SGD variance (`gsm.theory.sgd`); 1/M particles. The schemes are `gsm.samplers.vp_schemes`."""
 from __future__ import annotations
 
-import math
 import copy
+import math
 
 import torch
+
 from gsm.samplers.linear_chain import LinearChain
+from gsm.samplers.vp_schemes import (_check_eigenvalues, _singular_score_check, continuous_variance,
+                                     exact_scores)
 from gsm.theory.linear_chain import chain_tau_kernel, divided_differences_from_jets, inverse_affine_series
-from gsm.samplers.vp_schemes import _singular_score_check
-from gsm.samplers.vp_schemes import _check_eigenvalues, continuous_variance, exact_scores
 
 _F64 = torch.float64
 
@@ -37,7 +42,7 @@ def _w2(lam: torch.Tensor, v: torch.Tensor) -> float:
 
 def _finite_budget(sampler, tau, batch_size, symmetric: bool, sgd_steps, init: str):
     """The finite SGD budget of `vp_prediction` (None: stationary SGD) and the warnings it raises."""
-    from gsm.theory.sgd import SGDBudget, SGD_INIT
+    from gsm.theory.sgd import SGD_INIT, SGDBudget
     warnings, budget = [], None
     if sgd_steps is not None and tau > 0 and sampler.chain is not None:
         if init not in SGD_INIT:

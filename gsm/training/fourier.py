@@ -1,7 +1,11 @@
-"""gsm.training.fourier: TODO docstring."""
+"""DSM-SGD for Fourier-diagonal linear scores (data.kind=texture): the trainer of
+`gsm.training.dsm.train_linear_dsm` (convention (L)) with the gradient projected on symmetric
+circulants, ĝ(ω) = Re(û(ω) conj ŷ(ω))/d, u = s² A y − s z: O(d log d) per sample, the state
+a (R, L, n, n//2+1) on the rfft2 half-plane (docs/textures.md, docs/theory.md §13)."""
 from __future__ import annotations
 
 import torch
+
 from gsm.data.texture import multiplicity
 
 _F64 = torch.float64

@@ -78,7 +78,7 @@ def test_sweep_with_a_diverging_job_finishes_and_the_report_lists_it(tmp_path):
     res = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in (0, 1)]
     assert [r["status"] for r in res] == ["ok", "diverged"]
     shutil.copytree(tmp_path / "1" / ".hydra", tmp_path / "2" / ".hydra")    # a job that never wrote results
-    proc = subprocess.run([sys.executable, "-m", "gsm.report", str(tmp_path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "gsm.cli.report", str(tmp_path)], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "finished, diverged: job 1 (train.tau=100): every replicate diverged" in proc.stdout
@@ -105,7 +105,7 @@ def test_report_with_two_swept_parameters_draws_one_figure_per_combination(tmp_p
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     """hydra/launcher=joblib through the `gsm` console script: 4 jobs on 2 loky workers. Each job runs in
-    a process of its own (`python -m gsm.job`, so that a killed job cannot break the worker pool): 4
+    a process of its own (`python -m gsm.cli.job`, so that a killed job cannot break the worker pool): 4
     distinct processes; parallel: two of them overlap in time."""
     exe = shutil.which("gsm", path=os.path.dirname(sys.executable)) or shutil.which("gsm")
     if exe is None:
