@@ -204,8 +204,12 @@ def compose_config(overrides=()):
 
 def problem_from_config(cfg, max_eps_tau: float = 0.03) -> Problem:
     """The Problem of a Langevin + linear-score + DSM-SGD config (ValueError for any other pipeline)."""
-    from hydra.utils import instantiate
-    if "image" in cfg.data or not str(cfg.sampler._target_).endswith("Langevin"):
+    from hydra.utils import get_object, instantiate
+
+    from gsm.pipeline.kinds import data_kind
+    from gsm.samplers.langevin import Langevin
+    sampler_cls = get_object(cfg.sampler._target_)
+    if data_kind(cfg) != "gaussian" or not (isinstance(sampler_cls, type) and issubclass(sampler_cls, Langevin)):
         raise ValueError("gsm-advise supports the Langevin sampler on a d×d Gaussian (no textures, DDPM or DDIM)")
     if not str(cfg.model._target_).endswith(".LinearScore") or cfg.model.symmetric:
         raise ValueError("gsm-advise needs model=linear with model.symmetric=false (the trained linear score)")

@@ -35,6 +35,12 @@ def model_declares(cfg) -> tuple[bool, bool]:
     return False, True
 
 
+def model_data_kind(cfg) -> str:
+    """The data.kind the model class is built for (`ScoreModel.data_kind`; a user class: gaussian)."""
+    cls = get_object(cfg.model._target_)
+    return cls.data_kind if isinstance(cls, type) and issubclass(cls, ScoreModel) else "gaussian"
+
+
 def score_is_spectral(cfg) -> bool:
     """The score is a function of Σ (an oracle) or of Σ̂ (train.solver=exact): it shares Σ̂'s eigenbasis."""
     linear, trained = model_declares(cfg)

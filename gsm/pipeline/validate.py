@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gsm.checks import choice, number
+from gsm.pipeline.kinds import data_kind, model_data_kind
 from gsm.theory.sgd import sgd_mean_square_stable
 
 _ABSENT = object()
@@ -143,7 +144,6 @@ def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False):
 def validate_config(cfg: DictConfig) -> list[str]:
     """Checks `cfg` (a composed gsm config); raises ConfigError for the first bad value (module docstring).
     Returns the warnings to record before training (SGD beyond its mean-square stability limit)."""
-    from gsm.pipeline.kinds import data_kind
     from gsm.training.settings import TrainSettings
     _check_resolvable(cfg)
     _check_top_level(cfg)
@@ -221,11 +221,10 @@ def _target_spectrum(cfg, texture: bool) -> torch.Tensor:
 
 def _check_model_fits_data(cfg, texture: bool) -> None:
     """A Fourier-diagonal score (model=fourier_linear) goes with data.kind=texture, and only with it."""
-    from gsm.scores.fourier import FourierLinearScore
-    cls = _model_class(cfg)
-    fourier = isinstance(cls, type) and issubclass(cls, FourierLinearScore)
+    _model_class(cfg)     # an importable class, or a one-line error
+    fourier = model_data_kind(cfg) == "texture"
     if texture and not fourier:
-        raise ConfigError(f"model must be fourier_linear with data=texture (model=fourier_linear), "
+        raise ConfigError(f"model must be fourier_linear or fourier_oracle with data=texture (model=fourier_linear), "
                           f"got model._target_={cfg.model._target_}")
     if fourier and not texture:
         raise ConfigError(f"model._target_ must be a d-dimensional score model with data.dim "
@@ -264,14 +263,10 @@ def _check_neural(cfg, model, train) -> None:
 
 
 def _check_langevin_step(sampler, lam, sigma) -> None:
-    """ULA, the sampler with a stationary law (`covariance_stationary`), diverges even with the exact score
-    when γ ≥ 2(λ_min + σ²) (theory note §3); λ_min of a texture is its floor."""
-    if sampler.covariance_stationary(torch.eye(1, dtype=torch.float64).view(1, 1, 1, 1)) is None:
-        return
-    bound = 2 * (float(lam.min()) + float(sigma) ** 2)
-    if not sampler.gamma < bound:
-        raise ConfigError(f"sampler.gamma must be < 2(λ_min + σ²) = {bound:.6g} (Langevin diverges even with "
-                          f"the exact score, theory note §3), got {sampler.gamma}")
+    """The sampler's step against the target (`Sampler.check_step`: ULA's γ < 2(λ_min + σ²), theory note §3);
+    λ_min of a texture is its floor."""
+    with as_config_error("sampler"):
+        sampler.check_step(float(lam.min()), sigma)
 
 
 def _tau_warning(train, lam, alphas, stds, fourier: bool) -> list[str]:

@@ -1,7 +1,16 @@
-"""Samplers: the `Sampler` interface (`base`), Langevin (ULA), DDPM/DDIM, VP schemes, EDM and diffusers
-schedulers, and the linear chains that give their exact laws."""
+"""Samplers: the `Sampler` interface (`base`), Langevin (ULA), DDPM/DDIM, the VP schemes, EDM and diffusers
+schedulers, and the linear chains that give their exact laws. A sampler is one `Sampler` subclass, named in
+the config by `sampler._target_` (docs/extending.md)."""
 from gsm._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "gsm.samplers.langevin": ("langevin_sample", "linear_langevin_sample", "lyapunov_sum", "discrete_lyapunov", "langevin_covariance", "langevin_unstable", "gaussian_sample", "Langevin",),
+    "gsm.samplers.base": ("Sampler",),
+    "gsm.samplers.langevin": ("Langevin", "langevin_sample", "linear_langevin_sample", "lyapunov_sum",
+                              "discrete_lyapunov", "langevin_covariance", "langevin_unstable", "gaussian_sample",
+                              "langevin_k_step_variance"),
+    "gsm.samplers.ddpm": ("DDPM", "DDIM"),
+    "gsm.samplers.vp": ("VP",),
+    "gsm.samplers.edm": ("EDM",),
+    "gsm.samplers.diffusers_scheduler": ("Diffusers",),
+    "gsm.samplers.linear_chain": ("LinearChain",),
 })

@@ -64,6 +64,11 @@ class Sampler(abc.ABC):
     def log_extra(self, writer, A: torch.Tensor, cov: torch.Tensor, step: int) -> None:
         """Extra TensorBoard output (e.g. the W2² trajectory along a reverse chain)."""
 
+    def check_step(self, lam_min: float, sigma: float) -> None:
+        """Raises ValueError (naming the parameter and its range) when the step diverges even with the exact
+        score of a target with smallest eigenvalue λ_min (σ: the training noise); a cross-group rule that
+        `gsm.pipeline.validate` applies. Default: no such bound."""
+
     def spectral_path(self, score_is_spectral: bool) -> bool:
         """True when the run can be computed per eigenvalue of Σ (the `spectral` backend of
         `gsm.pipeline.backends`): the score is a function of Σ or Σ̂ and the sampler supports it."""

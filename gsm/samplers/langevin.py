@@ -185,6 +185,13 @@ class Langevin(Sampler):
                                    batch_size=batch_size, steps=self.steps, init_var=self.init_var,
                                    particles=particles, symmetric=symmetric, sgd_steps=sgd_steps, init=init)
 
+    def check_step(self, lam_min: float, sigma: float) -> None:
+        """ULA diverges even with the exact score when γ ≥ 2(λ_min + σ²) (theory note §3)."""
+        bound = 2 * (float(lam_min) + float(sigma) ** 2)
+        if not self.gamma < bound:
+            raise ValueError(f"gamma must be < 2(λ_min + σ²) = {bound:.6g} (Langevin diverges even with the exact "
+                             f"score, theory note §3), got {self.gamma}")
+
     def diagonal_variance(self, a: torch.Tensor) -> torch.Tensor:
         """c_K per coefficient, a (..., 1, F) → (..., F) (`langevin_k_step_variance`)."""
         return langevin_k_step_variance(a[..., 0, :], self.gamma, self.steps, self.init_var)

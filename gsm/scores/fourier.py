@@ -37,6 +37,7 @@ class FourierLinearScore(ScoreModel):
 
     linear = True
     symmetric = True
+    data_kind = "texture"
 
     def __init__(self, size: int | None = None, replicates: int = 1, levels: int = 1, init: str = "zeros",
                  noise_stds: torch.Tensor | None = None, dim: int | None = None, oracle: bool | None = None,
