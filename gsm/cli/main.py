@@ -9,6 +9,7 @@ cases. Ctrl-C at any moment, start-up included (importing torch takes seconds), 
 
 Nothing heavy is imported at module level, so that `main` is running before torch and Hydra load.
 """
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,9 @@ from contextlib import contextmanager
 
 def _exit(code: int, message: str):
     print(message, file=sys.stderr, flush=True)
+    # gsm's line is the last: a library's exit hook (torch's FakeTensor cache stats, at INFO when a signal
+    # arrives while torch's loggers are not yet set up) must not log after it
+    logging.disable(logging.CRITICAL)
     sys.exit(code)      # SystemExit passes through Hydra's job runner (it catches Exception only)
 
 
@@ -34,10 +38,14 @@ def _task(cfg) -> float:
 
 def run_job(cfg, out: str, multirun: bool) -> float:
     """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective."""
-    from gsm.pipeline.interrupt import Terminated
-    from gsm.pipeline.run import run, summary_table
-    from gsm.pipeline.status import RunFailed, error_record
-    from gsm.pipeline.validate import ConfigError
+    try:
+        with _sigint_held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
+            from gsm.pipeline.interrupt import Terminated
+            from gsm.pipeline.run import run, summary_table
+            from gsm.pipeline.status import RunFailed, error_record
+            from gsm.pipeline.validate import ConfigError
+    except KeyboardInterrupt:
+        _exit(130, "gsm: interrupted by SIGINT")
 
     try:
         results = run(cfg, out)
