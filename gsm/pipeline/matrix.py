@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from gsm.data.gaussian import make_gaussian
 from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
 from gsm.pipeline.backend import Backend
-from gsm.pipeline.record import (_scalar, finite, log_regime, log_w2, mean_stderr, none_left,
-                                 record_divergence, record_relaxation)
+from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
+                                 none_left, record_divergence, record_relaxation)
 from gsm.pipeline.validate import as_config_error
 from gsm.scores.linear import dsm_optimum
 from gsm.scores.nets import build_score_model
@@ -89,7 +89,7 @@ class MatrixBackend(Backend):
                                batch_size=t.batch_size, steps=t.steps, sampling=t.sampling,
                                symmetric=model.symmetric, generator=self.gen, log_every=t.log_every,
                                progress=self.progress,
-                               callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
+                               callback=dsm_loss_logger(writer))
         self._record_training()
         return {"diverged_at": out["diverged_at"].cpu()}
 
@@ -172,7 +172,7 @@ class NeuralBackend(MatrixBackend):
         out = train_score_net(self.model, x, alphas=self.alphas, stds=self.stds, optimizer=optimizer,
                               batch_size=t.batch_size, steps=t.steps, generator=self.gen, log_every=t.log_every,
                               progress=self.progress,
-                              callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
+                              callback=dsm_loss_logger(writer))
         return {"diverged_at": out["diverged_at"].cpu()}
 
     def sample(self, fit) -> bool:
@@ -227,7 +227,7 @@ class NeuralBackend(MatrixBackend):
     def log(self, writer, pred) -> None:
         step, r = int(self.cfg.train.steps), self.results
         for k in ("w2_empirical", "w2_empirical_debiased", "particle_bias", "w2_predicted_linear"):
-            writer.add_scalar(f"eval/{k}", _scalar(r[k]), step)
+            writer.add_scalar(f"eval/{k}", as_scalar(r[k]), step)
         writer.add_scalar("eval/escaped_fraction_max", float(self.escaped.max()), step)
         log_regime(writer, r["regime"], step)
         writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {

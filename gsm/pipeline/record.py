@@ -122,7 +122,7 @@ def _close_writer(writer, results: dict):
     try:
         if results["status"] in ("ok", "diverged"):
             writer.add_hparams(_flatten(results["config"]),
-                               {f"hparam/{k}": _scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+                               {f"hparam/{k}": as_scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
         writer.close()
     except Exception as e:
         if results["status"] in ("ok", "diverged", "running"):
@@ -156,7 +156,7 @@ def finite(x: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(x).flatten(1).all(1)
 
 
-def _scalar(v):
+def as_scalar(v):
     if isinstance(v, dict):
         v = v.get("mean")
     return float("nan") if v is None else float(v)
@@ -168,7 +168,7 @@ def log_w2(writer, results: dict, terms: dict, step: int) -> None:
     tensors; the full-precision numbers are in results.json."""
     for k in (*W2_KEYS, "w2_exact_stationary"):
         if k in W2_KEYS or k in results:
-            writer.add_scalar(f"eval/{k}", _scalar(results.get(k)), step)
+            writer.add_scalar(f"eval/{k}", as_scalar(results.get(k)), step)
     for k, v in terms.items():
         writer.add_scalar(f"theory/{k}", v, step)
     writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
@@ -225,3 +225,8 @@ def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, 
         warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< {RELAXATION_TIMES_MIN:g}) at "
              f"the slowest level: the score is not stationary; {transient}")
     return times
+
+
+def dsm_loss_logger(writer):
+    """The trainers' callback(step, loss): the train/dsm_loss scalar."""
+    return lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k)

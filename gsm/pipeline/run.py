@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.interrupt import SummaryWriter, interruptible
-from gsm.pipeline.kinds import backend_name, data_dim, data_kind, score_is_spectral
+from gsm.pipeline.kinds import backend_name, data_dim, data_kind
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
 from gsm.pipeline.memory import check_memory
 from gsm.pipeline.record import mean_stderr, record_failure, recorded, start, summary_table
@@ -106,4 +106,4 @@ def run_stages(cfg: DictConfig, output_dir, checks: list) -> dict:
     return results
 
 
-__all__ = ["run", "run_stages", "backend_for", "auto_threads", "summary_table", "mean_stderr", "score_is_spectral"]
+__all__ = ["run", "run_stages", "backend_for", "auto_threads", "summary_table", "mean_stderr"]

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 
 from gsm.figures import log_figure
 from gsm.pipeline.backend import Backend
+from gsm.pipeline.kinds import model_declares
 from gsm.pipeline.record import log_w2, mean_stderr
 from gsm.pipeline.validate import as_config_error
 from gsm.samplers.linear_chain import DIAG
@@ -44,7 +45,7 @@ class SpectralBackend(Backend):
         self.R, self.N = int(cfg.replicates), int(cfg.data.n)
         self.lam = torch.as_tensor(instantiate(cfg.data.spectrum), dtype=_F64)
         self.sampler = sampler
-        self.oracle = not self.score_requires_training(cfg)
+        self.oracle = not model_declares(cfg)[1]
         results.update(nfe=sampler.evaluations, steps=sampler.K, path="spectral")
         self.gen = torch.Generator().manual_seed(int(cfg.seed))
         d = self.lam.numel()
@@ -52,11 +53,6 @@ class SpectralBackend(Backend):
             _singular_score_check(sampler, self.lam)
             if not self.oracle:
                 _singular_score_check(sampler, self.lam if self.N > d else torch.zeros(1), "Σ̂ (N ≤ d)")
-
-    @staticmethod
-    def score_requires_training(cfg) -> bool:
-        from hydra.utils import get_object
-        return bool(get_object(cfg.model._target_).requires_training)
 
     def draw_data(self):
         return None     # Σ̂ is drawn per replicate in `sample` (Bartlett), with its law and particles

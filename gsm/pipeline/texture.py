@@ -11,7 +11,8 @@ from gsm.data.texture import adsn_sample, adsn_spectrum, load_texture, multiplic
 from gsm.figures import log_figure, log_image
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.matrix import resolve_device, resolve_dtype
-from gsm.pipeline.record import finite, log_w2, mean_stderr, none_left, record_divergence, record_relaxation
+from gsm.pipeline.record import (dsm_loss_logger, finite, log_w2, mean_stderr, none_left, record_divergence,
+                                 record_relaxation)
 from gsm.samplers.fourier import fourier_sample, sampler_unstable, sampler_variance
 from gsm.scores.fourier import dsm_optimum_fourier
 from gsm.theory.fourier import fourier_bures_wasserstein2, fourier_prediction
@@ -56,7 +57,7 @@ class TextureBackend(Backend):
             return {}
         fit = train_fourier_dsm(model.a.data, xhat, alphas=self.alphas, stds=self.stds, tau=t.tau,
                                 batch_size=t.batch_size, steps=t.steps, generator=self.gen, log_every=t.log_every,
-                                callback=lambda k, loss: writer.add_scalar("train/dsm_loss", loss, k))
+                                callback=dsm_loss_logger(writer))
         self.times = record_relaxation(self.results, self.warn, t, self.alphas, self.stds, float(self.lam.min()),
                                        "the prediction's 'transient' term accounts for it at first order only")
         if t.sampling != "with_replacement":

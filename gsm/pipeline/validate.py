@@ -24,12 +24,11 @@ one-line ValueErrors (`gsm.checks`) become ConfigErrors. What is left here:
 """
 from __future__ import annotations
 
-import importlib
 import re
 from contextlib import contextmanager
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -73,19 +72,10 @@ def _model_class(cfg):
     target = cfg.model._target_
     if not isinstance(target, str):
         return target
-    parts = target.split(".")
-    for i in range(len(parts) - 1, 0, -1):      # the longest importable module prefix, then attributes
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        try:
-            for p in parts[i:]:
-                obj = getattr(obj, p)
-            return obj
-        except AttributeError:
-            break
-    raise ConfigError(f"model._target_ must be an importable class path, got {target}")
+    try:
+        return get_object(target)     # Hydra's own lookup, as instantiate does it
+    except Exception:
+        raise ConfigError(f"model._target_ must be an importable class path, got {target}") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -163,8 +153,7 @@ def validate_config(cfg: DictConfig) -> list[str]:
     if not model.linear:
         _check_neural(cfg, model, train)
         return []
-    with as_config_error("sampler"):      # a sampler missing a member of the interface: one line too
-        _check_langevin_step(sampler, lam, train.sigma)
+    _check_langevin_step(sampler, lam, train.sigma)
     if train.solver != "sgd" or not model.requires_training:
         return []
     return _tau_warning(train, lam, alphas, stds, texture)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from gsm.checks import choice, number
+from gsm.training.dsm import SAMPLING
 
 SOLVERS = ("sgd", "exact")
-SAMPLINGS = ("with_replacement", "epochs")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class TrainSettings:
         number("train.tau", self.tau, 0, low_open=True)
         number("train.batch_size", self.batch_size, 1, integer=True)
         number("train.steps", self.steps, 0, integer=True)
-        choice("train.sampling", self.sampling, SAMPLINGS)
+        choice("train.sampling", self.sampling, SAMPLING)
         number("train.log_every", self.log_every, 0, integer=True)
 
     @classmethod
