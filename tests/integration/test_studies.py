@@ -110,7 +110,9 @@ def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     exe = shutil.which("gsm", path=os.path.dirname(sys.executable)) or shutil.which("gsm")
     if exe is None:
         pytest.skip("the gsm console script is not installed")
-    sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "train.steps=10000",
+    # each job's run must outlast the stagger of the workers' start-ups (a child imports torch: ~2 s, more
+    # under load); at 10 000 steps (~1 s) a CI run saw the two workers' jobs one after the other
+    sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "train.steps=40000",
           "seed=0,1,2,3", cmd=(exe,))
     jobs = [job_interval(tmp_path / str(i)) for i in range(4)]
     assert len({pid for pid, _, _ in jobs}) == 4 and os.getpid() not in {pid for pid, _, _ in jobs}, jobs
