@@ -38,7 +38,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from gsm.theory.langevin import langevin_prediction
-from gsm.theory.sgd import sgd_mean_square_stable
+from gsm.training.objectives import sgd_mean_square_stable
 
 SYMBOL = {"sigma": "σ", "tau": "τ", "gamma": "γ"}
 TERMS = ("noise", "discretization", "mixing", "generalization", "optimization", "total")

@@ -19,6 +19,7 @@ from gsm.scores.linear import dsm_optimum
 from gsm.scores.nets import build_score_model
 from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction, gaussian_fit,
                               gaussian_fit_w2, second_moment)
+from gsm.theory.prediction import sampler_prediction
 from gsm.theory.regime import neural_regime
 from gsm.training.dsm import empirical_dsm_minimizer, train_linear_dsm, train_score_net
 
@@ -95,8 +96,8 @@ class MatrixBackend(Backend):
 
     @property
     def budget(self) -> dict:
-        """The finite SGD budget the prediction models (SGD-trained, non-symmetric scores)."""
-        return sgd_budget(self.cfg) if self.learned and not self.model.symmetric else {}
+        """The finite SGD budget the prediction models (SGD-trained scores)."""
+        return sgd_budget(self.cfg) if self.learned else {}
 
     def _record_training(self) -> None:
         t = self.cfg.train
@@ -138,10 +139,9 @@ class MatrixBackend(Backend):
 
     def predict(self) -> dict:
         t, trained = self.cfg.train, self.model.requires_training
-        return self.sampler.prediction(self.spectrum, n=self.N if trained else None, sigma=t.sigma,
-                                       tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
-                                       particles=self.sampler.particles, symmetric=self.model.symmetric,
-                                       **self.budget)
+        return sampler_prediction(self.sampler, self.spectrum, n=self.N if trained else None, sigma=t.sigma,
+                                  tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
+                                  particles=self.sampler.particles, symmetric=self.model.symmetric, **self.budget)
 
     def regime_inputs(self) -> dict:
         t = self.cfg.train
@@ -211,8 +211,8 @@ class NeuralBackend(MatrixBackend):
 
     def predict(self) -> dict:
         t = self.cfg.train
-        return self.sampler.prediction(self.spectrum, n=self.N, sigma=t.sigma, tau=t.tau,
-                                       batch_size=t.batch_size, particles=None, **sgd_budget(self.cfg))
+        return sampler_prediction(self.sampler, self.spectrum, n=self.N, sigma=t.sigma, tau=t.tau,
+                                  batch_size=t.batch_size, particles=None, **sgd_budget(self.cfg))
 
     def regime_inputs(self) -> dict:
         return dict(escaped=self.escaped, unstable=self.results["unstable_replicates"], replicates=self.R,

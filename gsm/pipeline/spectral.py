@@ -27,10 +27,10 @@ from gsm.pipeline.backend import Backend
 from gsm.pipeline.kinds import model_declares
 from gsm.pipeline.record import log_w2, mean_stderr
 from gsm.pipeline.validate import as_config_error
-from gsm.samplers.linear_chain import DIAG
+from gsm.algebra import DIAG
 from gsm.samplers.vp import VP, trajectory_figure
-from gsm.samplers.vp_schemes import _singular_score_check, exact_scores, vp_grid
-from gsm.theory.vp import spectral_output_variance, vp_prediction
+from gsm.samplers.vp_schemes import exact_scores, vp_grid
+from gsm.theory.prediction import sampler_prediction
 
 _F64 = torch.float64
 
@@ -50,9 +50,9 @@ class SpectralBackend(Backend):
         self.gen = torch.Generator().manual_seed(int(cfg.seed))
         d = self.lam.numel()
         with as_config_error("sampler"):     # a singular Σ (Σ̂) read at t = 0: a one-line config error, nothing run
-            _singular_score_check(sampler, self.lam)
+            sampler.check_singular(self.lam)
             if not self.oracle:
-                _singular_score_check(sampler, self.lam if self.N > d else torch.zeros(1), "Σ̂ (N ≤ d)")
+                sampler.check_singular(self.lam if self.N > d else torch.zeros(1), "Σ̂ (N ≤ d)")
 
     def draw_data(self):
         return None     # Σ̂ is drawn per replicate in `sample` (Bartlett), with its law and particles
@@ -78,7 +78,7 @@ class SpectralBackend(Backend):
     def _replicate_law(self):
         """(basis, scores a (L, d), law C) of one replicate: the oracle's diagonal law, or Σ̂'s."""
         if self.oracle:
-            return None, None, spectral_output_variance(self.sampler, self.lam)
+            return None, None, self.sampler.spectral_variance(self.lam)
         mu, basis = torch.linalg.eigh(_empirical_covariance(self.lam, self.N, self.gen))
         mu = mu.clamp_min(0)
         alpha, s = self.sampler.noise_levels()
@@ -97,8 +97,8 @@ class SpectralBackend(Backend):
 
     def predict(self) -> dict:
         none = self.sampler.particles_from == "none"
-        return vp_prediction(self.lam, self.sampler, n=None if self.oracle else self.N,
-                             particles=None if none else self.sampler.particles)
+        return sampler_prediction(self.sampler, self.lam, n=None if self.oracle else self.N,
+                                  particles=None if none else self.sampler.particles)
 
     def regime_inputs(self) -> dict:
         return dict(d=self.lam.numel(), n=None if self.oracle else self.N, eps_tau=None, times=None, steps=0,
@@ -111,7 +111,7 @@ class SpectralBackend(Backend):
             return
         log_figure(writer, "vp/trajectory_all_schemes", trajectory_figure(self.lam, s), 0)
         t = vp_grid(s.T, s.eps, s.K)
-        traj = spectral_output_variance(s, self.lam, trajectory=True)
+        traj = s.spectral_variance(self.lam, trajectory=True)
         marg = s.schedule.marginal(self.lam, t)
         wt = ((marg.sqrt() - traj.clamp_min(0).sqrt()) ** 2).sum(-1)
         for k in torch.unique(torch.linspace(0, s.K, min(50, s.K + 1)).round().long()).tolist():

@@ -34,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gsm.checks import choice, number
 from gsm.pipeline.kinds import data_kind, model_data_kind, model_declares
-from gsm.theory.sgd import sgd_mean_square_stable
+from gsm.training.objectives import sgd_mean_square_stable
 
 _ABSENT = object()
 

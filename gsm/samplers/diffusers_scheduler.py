@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from gsm.samplers.base import Sampler
-from gsm.samplers.linear_chain import exact_law
-from gsm.theory.linear_chain import linear_sampler_prediction
+from gsm.theory.chain import exact_law
+from gsm.theory.law import PushLaw
 
 F64 = torch.float64
 TESTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
@@ -45,7 +45,7 @@ LINEAR = {"clip_sample": False, "thresholding": False}     # diffusers' clipping
 # the training schedule of every scheduler unless sampler.config overrides it: diffusers' DDPM default
 # (HeunDiscreteScheduler's own default is Stable Diffusion's β 0.00085..0.012)
 # schedulers whose step keeps no state but x (and the step index): their law is the per-step recursion
-# C ← F_k C F_kᵀ + G_k G_kᵀ (gsm.samplers.linear_chain.output_law, stepwise), O(K) instead of O(K·J) for stochastic ones
+# C ← F_k C F_kᵀ + G_k G_kᵀ (gsm.theory.chain.output_law, stepwise), O(K) instead of O(K·J) for stochastic ones
 HISTORY_FREE = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 TRAINING = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
@@ -164,7 +164,8 @@ def _noise_from(module, supply):
 
 @dataclass
 class Diffusers(Sampler):
-    """A diffusers scheduler as a gsm sampler (the interface of gsm.experiment)."""
+    """A diffusers scheduler as a gsm sampler: its own step function is the push (run on basis rows), from
+    which the exact law and the prediction derive (`gsm.theory.law.PushLaw`)."""
 
     scheduler: str = "DPMSolverMultistepScheduler"
     steps: int = 20
@@ -173,6 +174,8 @@ class Diffusers(Sampler):
     nfe: int | None = None
     step_kwargs: dict = field(default_factory=dict)
     law_particles: int = 100_000
+
+    has_diagonal_law = False        # data.kind=texture: not supported
 
     def __post_init__(self):
         if int(self.steps) != self.steps or self.steps < 1:
@@ -294,31 +297,20 @@ class Diffusers(Sampler):
             return y.transpose(-1, -2) @ y / y.shape[-2]
         return exact_law(self.push, A, self.J, self.init_var, stepwise=self.stepwise)
 
-    def unstable(self, A: torch.Tensor) -> torch.Tensor:
-        """Only non-finite A is flagged (a finite linear chain has a finite law). (R,) bool."""
-        return ~torch.isfinite(A).flatten(1).all(1)
-
     def results_extra(self) -> dict:
         """What results.json records about the sampler: law_method, nfe, the queried timesteps."""
         return {"law_method": self.law_method, "nfe": len(self.call_timesteps),
                 "scheduler_timesteps": self.call_timesteps}
 
-    def prediction(self, eigenvalues, *, n, sigma=None, tau=0.0, batch_size=1, particles=None, symmetric=False,
-                   sgd_steps=None, init="zeros") -> dict:
-        """`gsm.theory.linear_chain.linear_sampler_prediction` through this scheduler (sgd_steps, init: a finite SGD
-        budget, modelled for VP levels)."""
-        lam = torch.as_tensor(eigenvalues, dtype=F64)
-        out = linear_sampler_prediction(self.push, lam, self.alphas, self.stds, J=self.J, init_var=self.init_var,
-                                        n=n, tau=tau, batch_size=batch_size, particles=particles, symmetric=symmetric,
-                                        sgd_steps=sgd_steps, init=init, stepwise=self.stepwise)
+    def law(self, lam):
+        """The push's law map: Opitz' formula and lifted scores through the scheduler's own steps."""
+        return PushLaw(self.push, self.J, self.init_var, self.stepwise)
+
+    def prediction_warnings(self, lam, *, n=None, sigma=None) -> list[str]:
         if self.law_method == "particles":
-            out["warnings"].append(f"{self.scheduler} draws noise gsm cannot intercept: the prediction treats it as "
-                                   "deterministic and w2_exact comes from law_particles particles")
-        return out
-
-    def log_extra(self, writer, A, cov, step) -> None:
-        pass
-
+            return [f"{self.scheduler} draws noise gsm cannot intercept: the prediction treats it as deterministic "
+                    "and w2_exact comes from law_particles particles"]
+        return []
 
 @contextmanager
 def _nothing():

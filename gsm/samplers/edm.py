@@ -13,8 +13,9 @@ x' = x̂ + h d(x̂; σ̂_i), h = σ_{i+1} − σ̂_i; Heun x ← x̂ + h(d(x̂; 
     E = I + hσ̂_i Â,   M_i = E (last step) or I + (h/2)(σ̂_i Â + σ_{i+1} A_{i+1} E),   L_i = ℓ_i M_i,
     ℓ_i = s_noise √(σ̂_i² − σ_i²),
 
-so the law is C ← M_i (C + ℓ_i² I) M_iᵀ from C = σ_0² I: `gsm.samplers.linear_chain.LinearChain` with, per step i, a noise
-step (M = I, q = ℓ_i²) and the Heun step (`explicit_rk_step`, stages σ̂_iÂ and σ_{i+1}A_{i+1}, q = 0). The score is learned at the levels the steps
+so the law is C ← M_i (C + ℓ_i² I) M_iᵀ from C = σ_0² I: the step map is a `gsm.theory.chain.LinearChain` with,
+per step i, a noise step (M = I, q = ℓ_i²) and the Heun step (`explicit_rk_step`, stages σ̂_iÂ and
+σ_{i+1}A_{i+1}, q = 0); the exact law and the prediction derive from it. The score is learned at the levels the steps
 read (σ̂_i and σ_{i+1} > 0) by DSM on y = x + σz: α = 1, s = σ (`noise_levels`). NFE = 2K − 1 (no churn).
 `score_levels: vp` trains instead at the equivalent VP level y/√(1+σ²): α = 1/√(1+σ²), s = σ/√(1+σ²)
 (Karras' c_in preconditioning), whose score A_vp gives A = α²A_vp; the same plug-in and exact scores, but
@@ -29,8 +30,7 @@ import torch
 
 from gsm.checks import choice, number
 from gsm.samplers.base import Sampler
-from gsm.samplers.linear_chain import LinearChain, explicit_rk_step
-from gsm.theory.linear_chain import linear_sampler_prediction
+from gsm.theory.chain import LinearChain, explicit_rk_step
 
 F64 = torch.float64
 
@@ -50,22 +50,9 @@ def churn_sigmas(sigmas: torch.Tensor, churn: float, s_tmin: float, s_tmax: floa
     return s * (1 + gamma)
 
 
-def edm_step_matrices(A_hat: torch.Tensor, A_next, sigma: float, sigma_hat: float, sigma_next: float,
-                      s_noise: float = 1.0):
-    """(M_i, L_i) of step i, x ← M_i x + L_i ξ (module doc). A_hat: the score at σ̂_i, A_next: at σ_{i+1}
-    (None when σ_{i+1} = 0, the Euler step), both (..., n, n) (any square matrices: the products are
-    taken in the algorithm's order). Returns (..., n, n) each."""
-    eye = torch.eye(A_hat.shape[-1], dtype=A_hat.dtype, device=A_hat.device)
-    h = sigma_next - sigma_hat
-    E = eye + h * sigma_hat * A_hat
-    M = E if A_next is None else eye + 0.5 * h * (sigma_hat * A_hat + sigma_next * A_next @ E)
-    return M, s_noise * math.sqrt(max(sigma_hat ** 2 - sigma ** 2, 0.0)) * M
-
-
 @dataclass
 class EDM(Sampler):
-    """Karras et al.'s Heun sampler (Algorithm 1; stochastic churn of Algorithm 2), the sampler interface
-    of gsm.experiment."""
+    """Karras et al.'s Heun sampler (Algorithm 1; stochastic churn of Algorithm 2) as its step map."""
 
     steps: int = 18
     sigma_min: float = 0.002
@@ -77,6 +64,8 @@ class EDM(Sampler):
     s_noise: float = 1.0
     particles: int = 2000
     score_levels: str = "ve"
+
+    has_diagonal_law = False        # data.kind=texture: not supported
 
     def __post_init__(self):
         number("sampler.steps", self.steps, 2, integer=True)
@@ -104,8 +93,9 @@ class EDM(Sampler):
         self.chain = self.linear_chain()
 
     def linear_chain(self) -> LinearChain:
-        """The sampler as a `gsm.samplers.linear_chain.LinearChain` on the VE scores: per step i a noise step (M = I,
-        q = ℓ_i²) and the Heun step (Butcher a = [[0], [1]], b = [½, ½]; Euler b = [1] at σ_{i+1} = 0)."""
+        """The step map on the trained scores: per step i a noise step (M = I, q = ℓ_i²) and the Heun step
+        (Butcher a = [[0], [1]], b = [½, ½]; Euler b = [1] at σ_{i+1} = 0) on the VE scores α_l² A_l."""
+        c2 = (self.noise_levels()[0] ** 2).tolist()           # A_ve = α² A (1 for ve levels)
         fns, q, levels = [], [], []
         for i in range(int(self.steps)):
             hat, nxt = int(self.hat_level[i]), int(self.next_level[i])
@@ -114,11 +104,12 @@ class EDM(Sampler):
             q.append(float(self.ell[i]) ** 2)
             levels.append([hat])
             if nxt < 0:
-                fns.append(lambda A, alg, hat=hat, sh=sh, sn=sn: explicit_rk_step([sh * A(hat)], sn - sh, [[0.0]], [1.0], alg))
+                fns.append(lambda A, alg, hat=hat, sh=sh, sn=sn: explicit_rk_step(
+                    [sh * c2[hat] * A(hat)], sn - sh, [[0.0]], [1.0], alg))
                 levels.append([hat])
             else:
                 fns.append(lambda A, alg, hat=hat, nxt=nxt, sh=sh, sn=sn: explicit_rk_step(
-                    [sh * A(hat), sn * A(nxt)], sn - sh, [[0.0], [1.0]], [0.5, 0.5], alg))
+                    [sh * c2[hat] * A(hat), sn * c2[nxt] * A(nxt)], sn - sh, [[0.0], [1.0]], [0.5, 0.5], alg))
                 levels.append([hat, nxt])
             q.append(0.0)
         return LinearChain(fns, torch.tensor(q, dtype=F64), levels, self.levels.numel())
@@ -135,57 +126,6 @@ class EDM(Sampler):
             return c, self.levels * c
         return torch.ones_like(self.levels), self.levels.clone()
 
-    def ve_scores(self, A: torch.Tensor) -> torch.Tensor:
-        """The VE score matrices the steps use, α_l² A_l (..., L, n, n) (identity for ve levels)."""
-        return A * self.noise_levels()[0].to(A.dtype).view(-1, 1, 1) ** 2
-
-    def step_matrices(self, A: torch.Tensor, i: int):
-        """(M_i, L_i) of step i for level-indexed A (..., L, n, n)."""
-        nxt = int(self.next_level[i])
-        return edm_step_matrices(A[..., int(self.hat_level[i]), :, :], A[..., nxt, :, :] if nxt >= 0 else None,
-                                 float(self.sigmas[i]), float(self.sigma_hat[i]), float(self.sigmas[i + 1]),
-                                 self.s_noise)
-
-    def push(self, A: torch.Tensor, x: torch.Tensor, noise=None, generator=None) -> torch.Tensor:
-        """Runs the sampler on the rows of x (B, m, n) with scores A (B, L, n, n); noise(j) gives the j-th
-        churn injection (None: drawn from `generator`)."""
-        j = 0
-        A = self.ve_scores(A.to(x.dtype))
-        for i in range(int(self.steps)):
-            if self.ell[i] > 0:
-                xi = noise(j) if noise is not None else torch.randn(x.shape, generator=generator, dtype=x.dtype,
-                                                                    device=x.device)
-                x = x + float(self.ell[i]) * xi
-                j += 1
-            M, _ = self.step_matrices(A, i)
-            x = x @ M.transpose(-1, -2)
-        return x
-
-    def covariance(self, A: torch.Tensor) -> torch.Tensor:
-        """Exact law of the output, C ← M_i (C + ℓ_i² I) M_iᵀ from σ_0² I (`linear_chain`):
-        A (R, L, d, d) → (R, d, d)."""
-        return self.chain.covariance(self.ve_scores(A.to(F64)), self.init_var)
-
-    def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False,
-               dtype=F64):
-        """M particles per replicate, (R, M, d), in float64 (linear scores: the model's matrices)."""
-        x = self.sigmas[0].item() * torch.randn(replicates, self.particles, dim, generator=generator, device=device,
-                                                dtype=F64)
-        return self.push(model.matrices().to(device), x, generator=generator)
-
-    def unstable(self, A: torch.Tensor) -> torch.Tensor:
-        """A finite chain has a finite law for any finite A: only non-finite A is flagged. (R,) bool."""
-        return ~torch.isfinite(A).flatten(1).all(1)
-
-    def prediction(self, eigenvalues, *, n, sigma=None, tau=0.0, batch_size=1, particles=None, symmetric=False,
-                   sgd_steps=None, init="zeros") -> dict:
-        """`gsm.theory.linear_chain.linear_sampler_prediction` for this sampler (sgd_steps, init: a finite SGD
-        budget, modelled for VP levels)."""
-        alphas, stds = self.noise_levels()
-        out = linear_sampler_prediction(self.push, eigenvalues, alphas, stds, J=self.J, init_var=self.init_var,
-                                        n=n, tau=tau, batch_size=batch_size, particles=particles,
-                                        symmetric=symmetric, sgd_steps=sgd_steps, init=init)
-        return out
-
-    def log_extra(self, writer, A, cov, step) -> None:
-        pass
+    def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False, dtype=F64):
+        """M particles per replicate through the step map, in float64 (the VE levels span σ² ∈ [4e-6, 6400])."""
+        return super().sample(model, replicates, dim, generator, device, progress, F64)

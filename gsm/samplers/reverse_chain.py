@@ -20,7 +20,8 @@ Every step is linear in x for a linear score s_k(x) = −A_k x (A_k the score ma
 and the final map (grid index 0, q₀ = 0) is of the same form: `none` (c₀ = 1, g₀ = 0), `rescale`
 x/√ᾱ₀, `tweedie` E[x₀|x_{t_min}] = (x + (1−ᾱ₀) s₀(x))/√ᾱ₀. From x_T ~ N(0, v_T I) the output is
 exactly N(0, C) with the chain C ← F_k C F_kᵀ + q_k I (k = K..1), C ← F₀ C F₀ᵀ, for any A_k,
-non-symmetric and non-commuting included (`ddpm_covariance`).
+non-symmetric and non-commuting included: `ReverseChain.linear_chain`, the step map every law and
+prediction of DDPM/DDIM derives from (`gsm.theory.chain.LinearChain`, `gsm.theory.law.ChainLaw`).
 
 Score matrices are indexed by the grid: A has shape (..., K+1, d, d), A[..., k] at ᾱ_k (A[..., 0] is
 read only by `tweedie` with t_min > 0). The pipeline's score model has L levels: the grid indices
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gsm.samplers.linear_chain import noisy_linear_step
+from gsm.theory.chain import LinearChain, affine_step
 from gsm.scores.linear import dsm_optimum
 
 VARIANCES = ("beta", "beta_tilde")
@@ -98,6 +99,21 @@ class ReverseChain:
     def K(self) -> int:
         return self.alpha_bar.numel() - 1
 
+    def linear_chain(self) -> LinearChain:
+        """The step map: steps k = K..0 in application order, x ← (c_k I − g_k A_l) x + √q_k ξ with A_l the
+        score of grid index k = levels[l] (a step with g_k = 0 reads no score: x ← c_k x)."""
+        level_of = {int(k): l for l, k in enumerate(self.levels.tolist())}
+        fns, reads = [], []
+        for k in range(self.K, -1, -1):
+            c, g = float(self.c[k]), float(self.g[k])
+            if g != 0:
+                fns.append(lambda A, alg, c=c, g=g, l=level_of[k]: affine_step(c, g, A(l), alg))
+                reads.append([level_of[k]])
+            else:
+                fns.append(lambda A, alg, c=c: c * alg.one(A(0)))
+                reads.append([])
+        return LinearChain(fns, self.q.flip(0).clone(), reads, self.levels.numel())
+
 
 def _check_alpha_bar(ab: torch.Tensor) -> torch.Tensor:
     ab = torch.as_tensor(ab, dtype=torch.float64)
@@ -161,12 +177,6 @@ def exact_score_matrices(cov: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Te
     return dsm_optimum(cov, ab.sqrt(), (1 - ab).sqrt())
 
 
-def exact_score_eigenvalues(lam: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Per-eigenvalue exact score a_k(λ) = 1/(ᾱ_k λ + 1 − ᾱ_k): (d,), (K+1,) → (K+1, d)."""
-    ab = alpha_bar.to(torch.float64).unsqueeze(-1)
-    return 1 / (ab * lam.to(torch.float64) + 1 - ab)
-
-
 # ---------------------------------------------------------------------------------------- samplers
 
 def reverse_sample(score_fn, x: torch.Tensor, chain: ReverseChain,
@@ -179,72 +189,3 @@ def reverse_sample(score_fn, x: torch.Tensor, chain: ReverseChain,
         if q > 0:
             x = x + math.sqrt(q) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x
-
-
-def ddpm_sample(score_fn, x_T: torch.Tensor, alpha_bar: torch.Tensor, variance: str = "beta",
-                final: str = "none", noise_last: bool = False, generator=None) -> torch.Tensor:
-    """DDPM ancestral sampling from x_T (..., M, d) on the grid ᾱ (K+1,) (see `ddpm_chain`)."""
-    return reverse_sample(score_fn, x_T, ddpm_chain(alpha_bar, variance, final, noise_last), generator)
-
-
-def ddim_sample(score_fn, x_T: torch.Tensor, alpha_bar: torch.Tensor, eta: float = 0.0,
-                final: str = "none", generator=None) -> torch.Tensor:
-    """DDIM sampling from x_T (..., M, d) on the grid ᾱ (K+1,) (see `ddim_chain`)."""
-    return reverse_sample(score_fn, x_T, ddim_chain(alpha_bar, eta, final), generator)
-
-
-def linear_reverse_sample(A: torch.Tensor, x: torch.Tensor, chain: ReverseChain,
-                          generator=None) -> torch.Tensor:
-    """`reverse_sample` for linear scores, one fused step x ← x F_kᵀ + √q_k ξ. A: (R, K+1, d, d)
-    (grid-indexed), x: (R, M, d)."""
-    A = A.to(x.dtype)
-    eye = torch.eye(A.shape[-1], dtype=x.dtype, device=x.device)
-    for k in range(chain.K, -1, -1):
-        Ft = (float(chain.c[k]) * eye - float(chain.g[k]) * A[:, k]).transpose(-1, -2)
-        x = noisy_linear_step(x, Ft, float(chain.q[k]), generator)
-    return x
-
-
-# ------------------------------------------------------------------------------------ exact laws
-
-def ddpm_covariance(A: torch.Tensor, chain: ReverseChain, init_cov=1.0, trajectory: bool = False) -> torch.Tensor:
-    """Exact covariance of the output of any linear reverse chain (DDPM or DDIM) with scores
-    s_k(x) = −A_k x, for any A_k (non-symmetric, non-commuting):
-
-        C_K = init_cov,  C_{k−1} = F_k C_k F_kᵀ + q_k I (k = K..1),  C_out = F₀ C₀ F₀ᵀ,  F_k = c_k I − g_k A_k.
-
-    A: (..., K+1, d, d) grid-indexed, float64. init_cov: a number v_T (C_K = v_T I) or (..., d, d).
-    Returns C_out (..., d, d), or with `trajectory` (C_0..C_K, C_out) as ((..., K+1, d, d), (..., d, d)),
-    C_k being the law of x at t_k (before the final map).
-    """
-    A = A.to(torch.float64)
-    d = A.shape[-1]
-    eye = torch.eye(d, dtype=torch.float64, device=A.device)
-    batch = A.shape[:-3]
-    C = (init_cov * eye).expand(*batch, d, d) if not torch.is_tensor(init_cov) else \
-        init_cov.to(torch.float64).expand(*batch, d, d)
-    traj = [None] * (chain.K + 1)
-    for k in range(chain.K, -1, -1):
-        if trajectory:
-            traj[k] = C
-        F = chain.c[k].item() * eye - chain.g[k].item() * A[..., k, :, :]
-        C = torch.matmul(F @ C, F.transpose(-1, -2)) + chain.q[k].item() * eye
-    return (torch.stack(traj, -3), C) if trajectory else C
-
-
-def ddpm_variance(a: torch.Tensor, chain: ReverseChain, init_var=1.0) -> torch.Tensor:
-    """(init_var: v_T, a number or (..., d).) The same law when every A_k = U diag(a_k) Uᵀ shares the eigenbasis of Σ (e.g. the exact score,
-    a_k = 1/(ᾱ_k λ + 1 − ᾱ_k)): v ← (c_k − g_k a_k)² v + q_k per eigenvalue. a: (..., K+1, d) → (..., d).
-    For DDPM with the exact score, c_k − g_k a_k = √α_k s_{k−1}/s_k (theory note §6)."""
-    a = a.to(torch.float64)
-    v = torch.as_tensor(init_var, dtype=torch.float64).expand_as(a[..., 0, :])
-    for k in range(chain.K, -1, -1):
-        v = (chain.c[k] - chain.g[k] * a[..., k, :]) ** 2 * v + chain.q[k]
-    return v
-
-
-def grid_coefficients(chain: ReverseChain, a: torch.Tensor) -> torch.Tensor:
-    """Level-indexed (..., L, F) → grid-indexed (..., K+1, F), zeros where the chain reads no score."""
-    out = a.new_zeros(*a.shape[:-2], chain.K + 1, a.shape[-1])
-    out[..., chain.levels, :] = a
-    return out

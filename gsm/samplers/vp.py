@@ -37,15 +37,14 @@ dσ/du = β(σ − 1); so w = v − σ obeys dw/du = β(1 − 2/σ)w, and with �
 dv/du = β(1 − 1/σ)v = v d ln σ/du, so v/σ is constant.) Initialisation: `normal` v_T = 1
 (N(0, I)) or `prior` Σ_T (then the continuous laws are exact, v_ε = σ_ε).
 
-Prediction (`vp_prediction`): bias = Σ(√λ − √h(λ))², h the exact-score output variance, split into
-truncation (Σ(√λ − √σ_ε)²), initialisation (N(0, I) instead of p_T, through the scheme) and
-discretisation (the rest); 1/N from the divided differences of h as a function of Σ̂'s eigenvalue
-(plug-in scores (α_l²Σ̂ + s_l²I)⁻¹ make the output h(Σ̂), `gsm.theory.linear_chain.divided_differences_from_jets`);
-τ from `gsm.theory.linear_chain.chain_tau_kernel` with the stationary per-level SGD variance of
-`gsm.theory.sgd.level_sgd_variance`; 1/M particles as `gsm.theory.diffusion.diffusion_prediction`.
+Prediction: derived from the step map (`gsm.theory.law.ChainLaw`, `gsm.theory.prediction`) as for every
+linear sampler; the bias Σ(√λ − √h(λ))² is split into truncation (Σ(√λ − √σ_ε)²), initialisation
+(N(0, I) instead of p_T, through the scheme) and discretisation (the rest). The exact continuous laws
+(sde, ode) are their own law map (`ContinuousLaw`, oracle scores only).
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -55,10 +54,27 @@ from gsm.checks import choice, number
 from gsm.figures import log_figure
 from gsm.samplers.base import Sampler
 from gsm.samplers.vp_schemes import (EVALS_PER_STEP, EXACT_SCHEMES, INITS, ODE_SCHEMES, SCHEMES, SDE_SCHEMES,
-                                     VPSchedule, vp_chain, vp_grid)
-from gsm.theory.vp import spectral_output_variance, vp_prediction
+                                     VPSchedule, continuous_variance, exact_scores, vp_chain, vp_grid)
+from gsm.theory.law import ChainLaw
+from gsm.theory.prediction import w2_commuting
 
 _F64 = torch.float64
+
+
+@dataclass
+class ContinuousLaw:
+    """The law map of the exact continuous VP laws (scheme sde | ode, P–G eqs. 7–8): the exact scores only."""
+
+    sampler: "VP"
+    lam: torch.Tensor
+
+    def variance(self, a: torch.Tensor) -> torch.Tensor:
+        return self.sampler.spectral_variance(self.lam)
+
+    def divided_differences(self, *args, **kwargs):
+        raise ValueError(f"sampler.scheme={self.sampler.scheme} is the exact continuous law: it needs model=oracle")
+
+    tau_cells = divided_differences
 
 
 # -------------------------------------------------------------------------------------------- sampler
@@ -83,6 +99,9 @@ class VP(Sampler):
     spectral: bool = True
     particles_from: str = "auto"
     figure: bool = True
+
+    allows_singular = True          # rank-deficient Σ: the score is read at t ≥ ε > 0
+    has_diagonal_law = False        # data.kind=texture: not supported
 
     def __post_init__(self):
         choice("sampler.particles_from", self.particles_from, ("auto", "chain", "law", "none"))
@@ -144,6 +163,9 @@ class VP(Sampler):
             raise ValueError(f"sampler.scheme={self.scheme} is the exact continuous law: it needs model=oracle "
                              "(and the spectral path, sampler.spectral=true)")
 
+    def initial_covariance(self):
+        return self._init()
+
     def covariance(self, A: torch.Tensor, trajectory: bool = False) -> torch.Tensor:
         """Exact law of the output for scores A (R, L, d, d) → (R, d, d) (any A: `LinearChain.covariance`)."""
         self._require_chain()
@@ -160,15 +182,46 @@ class VP(Sampler):
             return self.chain.sample(model.matrices().to(device), x, generator)
         raise ValueError("sampler=vp needs a linear score model (model=linear | oracle)")
 
-    def unstable(self, A: torch.Tensor) -> torch.Tensor:
-        """Only non-finite A is flagged (a finite chain has a finite law). (R,) bool."""
-        return ~torch.isfinite(A).flatten(1).all(1)
+    def initial_variance(self, lam: torch.Tensor):
+        """v_T per eigenvalue: 1 (init=normal) or σ_T(λ) (init=prior)."""
+        return self.schedule.marginal(lam, self.T) if self.init == "prior" else 1.0
 
-    def prediction(self, eigenvalues, *, n=None, sigma=None, tau=0.0, batch_size=1, particles=None,
-                   symmetric=False, sgd_steps=None, init="zeros") -> dict:
-        """`vp_prediction` for this sampler (σ unused; sgd_steps/init: the finite SGD budget)."""
-        return vp_prediction(eigenvalues, self, n=n, tau=tau, batch_size=batch_size, particles=particles,
-                             symmetric=symmetric, sgd_steps=sgd_steps, init=init)
+    def spectral_variance(self, lam: torch.Tensor, scores=None, trajectory: bool = False):
+        """Output variance per eigenvalue (O(d·K)): the chain with diagonal scores `scores` (..., L, d)
+        (None: exact scores of λ), or the continuous law for sde/ode. Initial variance 1 or σ_T(λ)."""
+        lam = lam.to(_F64)
+        v0 = self.initial_variance(lam)
+        if self.chain is None:
+            if scores is not None:
+                raise ValueError(f"sampler.scheme={self.scheme} is the exact continuous law: it needs model=oracle")
+            return continuous_variance(self.scheme, lam, self.schedule, self.eps, v0)
+        a = exact_scores(lam, self.schedule, self.times) if scores is None else scores
+        return self.chain.variance(a, v0, trajectory)
+
+    def check_singular(self, lam: torch.Tensor, what: str = "Σ") -> None:
+        """A scheme that reads the score at t = 0 (eps = 0) needs a non-singular Σ (or Σ̂): it is Σ⁻¹ there."""
+        if self.chain is not None and bool((self.times == 0).any()) and bool((lam <= 0).any()):
+            raise ValueError(f"sampler.eps must be > 0 for scheme={self.scheme} when {what} is singular "
+                             "(the scheme evaluates the score at t = 0, where it is Σ⁻¹)")
+
+    def check_prediction(self, lam: torch.Tensor, n=None) -> None:
+        self.check_singular(lam)
+        if n is not None and self.chain is not None and bool((self.times == 0).any()) and n <= lam.numel():
+            raise ValueError(f"data.n must be > d = {lam.numel()} for scheme={self.scheme} with eps = 0 "
+                             "(the plug-in score at t = 0 is Σ̂⁻¹)")
+
+    def law(self, lam: torch.Tensor):
+        """The chain's law map from v_T(λ), or the continuous law (sde | ode)."""
+        return ContinuousLaw(self, lam) if self.chain is None else ChainLaw(self.chain, self.initial_variance(lam))
+
+    def bias_terms(self, lam, h, sigma=None) -> dict:
+        """truncation Σ(√λ − √σ_ε)², discretization (the scheme from p_T vs the exact law σ_ε) and
+        initialization (from N(0, I) vs from p_T; 0 for init=prior)."""
+        prior = copy.copy(self)
+        prior.init = "prior"
+        w_prior, w_eps = w2_commuting(lam, prior.spectral_variance(lam)), \
+            w2_commuting(lam, self.schedule.marginal(lam, self.eps))
+        return {"truncation": w_eps, "discretization": w_prior - w_eps, "initialization": w2_commuting(lam, h) - w_prior}
 
     def log_extra(self, writer, A, cov, step, max_points: int = 50, max_replicates: int = 16) -> None:
         """W2²(law of x_{t_k}, p_{t_k}) along the trajectory for the learned scores (mean over ≤ 16
@@ -206,7 +259,7 @@ def trajectory_figure(lam: torch.Tensor, sampler: VP, schemes=SDE_SCHEMES + ODE_
             continue
         other = VP(scheme=sc, steps=sampler.K, eps=sampler.eps, init=sampler.init, beta_min=sampler.beta_min,
                    beta_max=sampler.beta_max, T=sampler.T, particles=sampler.particles)
-        traj = spectral_output_variance(other, lam, trajectory=True)
+        traj = other.spectral_variance(lam, trajectory=True)
         w = ((marg.sqrt() - traj.clamp_min(0).sqrt()) ** 2).sum(-1).sqrt()
         ax.plot(t.numpy(), w.numpy(), label=f"{sc} ({other.evaluations} NFE)")
     ax.set(xlabel="t", ylabel="W2(law of x_t, p_t)", yscale="log", title=f"K = {sampler.K}, ε = {sampler.eps:g}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gsm.samplers.linear_chain import LinearChain, affine_step, explicit_rk_step
+from gsm.theory.chain import LinearChain, affine_step, explicit_rk_step
 
 _F64 = torch.float64
 
@@ -162,16 +162,3 @@ def continuous_variance(scheme: str, lam: torch.Tensor, schedule: VPSchedule, ep
         return init_var * se / sT
     decay = math.exp(-(schedule.B(schedule.T) - schedule.B(eps)))
     return se + (init_var - sT) * decay * se ** 2 / sT ** 2
-
-
-def _check_eigenvalues(lam) -> torch.Tensor:
-    lam = torch.as_tensor(lam, dtype=_F64).detach().cpu()
-    if lam.ndim != 1 or lam.numel() == 0 or not torch.isfinite(lam).all() or not (lam >= 0).all():
-        raise ValueError("eigenvalues must be a non-empty 1-D tensor of finite values >= 0")
-    return lam
-
-
-def _singular_score_check(sampler, lam: torch.Tensor, what: str = "Σ"):
-    if sampler.chain is not None and bool((sampler.times == 0).any()) and bool((lam <= 0).any()):
-        raise ValueError(f"sampler.eps must be > 0 for scheme={sampler.scheme} when {what} is singular "
-                         "(the scheme evaluates the score at t = 0, where it is Σ⁻¹)")

@@ -42,6 +42,32 @@ def bures_wasserstein2_commuting(l1: torch.Tensor, l2: torch.Tensor) -> torch.Te
     return ((l1.sqrt() - l2.sqrt()) ** 2).sum(-1)
 
 
+def bures_second_order_weights(eigenvalues: torch.Tensor, h: torch.Tensor):
+    """Weights of the 2nd-order expansion of B² at a base diag(h) commuting with Σ = diag(λ) (note §4):
+
+        B²(Λ, diag h + E) = Σ(√λ_i − √h_i)² + Σ_i ρ_i E_ii + ½ Σ_ij W_ij E_ij² + O(E³),
+        ρ_i = 1 − √(λ_i/h_i),  W_ij = √(λ_iλ_j/(h_ih_j)) / (√(λ_ih_i) + √(λ_jh_j)).
+
+    Returns ρ (d,) and W (d, d); W_ij = 0 where λ_i = λ_j = 0 (Σ^½ kills that block at second order)."""
+    r = (eigenvalues / h).sqrt()
+    s = (eigenvalues * h).sqrt()
+    return 1.0 - r, torch.nan_to_num((r[:, None] * r[None, :]) / (s[:, None] + s[None, :]), nan=0.0)
+
+
+def kernel_n(eigenvalues, h1, h2, rho, W):
+    """1/N kernel (note §5.2) for a sampler map C = h(Σ̂), Σ̂ Wishart around Σ = diag(λ):
+    K_N(λ_i, λ_j) = (1+δ_ij) λ_iλ_j [½ W_ij h^{[1]}(λ_i,λ_j)² + ρ_i h^{[2]}(λ_i,λ_j,λ_i)]. (d, d)."""
+    d = eigenvalues.numel()
+    ll = (1.0 + torch.eye(d, dtype=torch.float64)) * eigenvalues[:, None] * eigenvalues[None, :]
+    return ll * (0.5 * W * h1 ** 2 + rho[:, None] * h2)
+
+
+def kernel_m(c, W):
+    """1/M particle kernel (note §5.4), Ĉ = (1/M)Σ x xᵀ: K_M(λ_i, λ_j) = ½(1+δ_ij) W_ij c_i c_j. (d, d)."""
+    d = c.numel()
+    return 0.5 * (1.0 + torch.eye(d, dtype=torch.float64)) * W * c[:, None] * c[None, :]
+
+
 def wasserstein2_gaussian(m1, S1, m2, S2) -> torch.Tensor:
     """W2² between N(m₁, S₁) and N(m₂, S₂): |m₁ − m₂|² + B²(S₁, S₂)."""
     return ((m1.to(torch.float64) - m2.to(torch.float64)) ** 2).sum(-1) + bures_wasserstein2(S1, S2)

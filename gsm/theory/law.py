@@ -1,25 +1,19 @@
-"""Exact laws and first-order predictions of any sampler that is linear in its state for a linear score.
+"""The law map of a linear sampler: its output law as a function of its score matrices, and the
+expansions of it that the prediction needs (docs/theory.md §4, §5, §9).
 
-A sampler is given by its *push*: `push(A, x, noise)` runs it from x = x_T (B, m, n) with the score
-matrices A (B, L, n, n) (level l: s_l(y) = −A_l y) and returns the output (B, m, n), float64. Row
-convention: each of the m rows of x is one state vector. `noise(j)` (a callable, j = 0..J−1) gives the
-j-th standard normal injection (B, m, n); `noise=None` lets the sampler draw its own (particles). For
-such a sampler the output is
+A law map answers, in the eigenbasis of Σ (eigenvalues λ, float64):
 
-    x_out = M x_T + Σ_j N_j ξ_j,   M, N_j (B, n, n) polynomial (or rational) in the A's,
+* `variance(a)`: the output variance h per eigenvalue for diagonal scores a (L, d);
+* `divided_differences(λ, objective, alphas, stds, budget)`: h^[1](λ_i, λ_j), h^[2](λ_i, λ_j, λ_i) of the
+  output as a matrix function of Σ̂ through the objective's scores (the 1/N term, note §5.2);
+* `tau_cells(λ, a, h, var, cross, symmetric)`: E[B²(Σ, C(A + Δ))] − B²(Σ, C(A)) at second order in the
+  score error Δ, per cell (the τ term, note §5.3);
+* `series(...)`, `diagonal_tau_cells(...)`: the same for circulant (Fourier-diagonal) scores.
 
-so from x_T ~ N(0, v I) the law is N(0, C), C = v M Mᵀ + Σ_j N_j N_jᵀ (`linear_maps`, `congruence_law`).
-The same push evaluated on other matrices gives the theory (eigenbasis of Σ, levels (α_l, s_l)):
-
-* bias: diagonal exact scores a_l(λ) = 1/(α_l²λ + s_l²) → h(λ) (n = 1, batched over eigenvalues);
-* 1/N (note §5.2): the plug-in scores (α_l²Σ̂ + s_l²I)⁻¹ make the output a matrix function h(Σ̂);
-  h^[1], h^[2] by Opitz' formula, the push run on 3×3 upper-bidiagonal J (`function_law`);
-* τ: SGD fluctuations Δ_l with uncorrelated entries (`gsm.theory.sgd.sgd_variance` at λ → α²λ, σ → s;
-  a finite budget: the mean and transient covariance of `gsm.theory.sgd.level_sgd_transient`);
-  a perturbation of entry (r, i) at level l only moves the 2×2 block {r, i}; the first and second
-  t-coefficients of C(A* + tE) come exactly from one push in the algebra t ↦ N (3×3 nilpotent shift):
-  the scores are lifted to 6×6 matrices A*⊗I₃ + E⊗N (`tau_cells`);
-* particles: K_M of note §5.4 with c = h.
+Two maps derive all of it from the sampler's step map: `ChainLaw` (a `gsm.theory.chain.LinearChain`:
+jets in the SERIES and MATRIX_JET algebras, O(d·K) and O(d²·K)) and `PushLaw` (a push run on rows: Opitz'
+formula on 3×3 Jordan blocks and lifted 6×6 scores). Samplers with a closed form (ULA, the continuous VP
+laws) supply their own map with the same members, tested equal to the derived one.
 """
 from __future__ import annotations
 
@@ -28,22 +22,14 @@ from typing import Callable
 
 import torch
 
-from gsm.samplers.linear_chain import MATRIX_JET, LinearChain, _jet_mm, _jet_one, output_law, output_variance
-from gsm.theory.langevin import bures_second_order_weights, kernel_m, kernel_n
-from gsm.theory.sgd import sgd_variance
+from gsm.algebra import MATRIX_JET, series_mm
+from gsm.theory.bures import bures_second_order_weights
+from gsm.theory.chain import LinearChain, output_law, output_variance
 
-_F64 = torch.float64
+F64 = torch.float64
 
 
 # ------------------------------------------------------------------------------ divided differences
-
-def inverse_affine_series(lam: torch.Tensor, alpha2: torch.Tensor, s2: torch.Tensor, order: int = 4) -> torch.Tensor:
-    """Series of the plug-in score f_l(λ) = 1/(α_l² λ + s_l²) at every λ: f^{(r)}/r! = (−α²)ʳ f^{r+1}.
-    lam (d,), alpha2, s2 (L,) → (L, d, order)."""
-    f = 1.0 / (alpha2.view(-1, 1) * lam.view(1, -1) + s2.view(-1, 1))
-    r = torch.arange(order, dtype=_F64)
-    return (-alpha2.view(-1, 1, 1)) ** r * f.unsqueeze(-1) ** (r + 1)
-
 
 def divided_differences_from_jets(lam: torch.Tensor, H: torch.Tensor, rel_gap: float = 1e-3):
     """h^[1](λ_i, λ_j) and h^[2](λ_i, λ_j, λ_i) for all pairs from the per-eigenvalue series
@@ -73,7 +59,7 @@ def opitz_divided_differences(h_on_matrix: Callable, lam: torch.Tensor):
     """Reference (exact, O(d²·K)): h of the bidiagonal J = [[λ_i, 1, 0], [0, λ_j, 1], [0, 0, λ_i]]
     holds h^[1](λ_i, λ_j) at (0, 1) and h^[2](λ_i, λ_j, λ_i) at (0, 2). h_on_matrix: (..., 3, 3) → same."""
     d = lam.numel()
-    J = torch.zeros(d, d, 3, 3, dtype=_F64)
+    J = torch.zeros(d, d, 3, 3, dtype=F64)
     J[..., 0, 0] = J[..., 2, 2] = lam.view(d, 1)
     J[..., 1, 1] = lam.view(1, d)
     J[..., 0, 1] = J[..., 1, 2] = 1.0
@@ -97,7 +83,7 @@ class _LevelRead:
 
 def _suffix_products(m: torch.Tensor, K: int) -> torch.Tensor:
     """after[k] = Π_{j≥k} m_j (after[K] = 1): the factors (K, d) → (K+1, d)."""
-    after = torch.ones(K + 1, m.shape[-1], dtype=_F64)
+    after = torch.ones(K + 1, m.shape[-1], dtype=F64)
     for k in range(K - 1, -1, -1):
         after[k] = after[k + 1] * m[k]
     return after
@@ -109,7 +95,7 @@ def _pair_jets(chain: LinearChain, a: torch.Tensor, lv: _LevelRead, *entries):
     d = a.shape[-1]
     ii, jj = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
     li, lj = lv.ell[ii], lv.ell[jj]
-    E = torch.zeros(2, 2, dtype=_F64)
+    E = torch.zeros(2, 2, dtype=F64)
     for p, r in entries:
         E[p, r] = 1.0
     Phi = _block_jet(chain, a, lv.l, lv.k1, lv.k2, lv.c_in, E, ii, jj)      # (d, d, 3, 2, 2)
@@ -135,15 +121,32 @@ def _off_diagonal_cells(chain: LinearChain, a, lv: _LevelRead, V, rho, W, symmet
 
 
 def _diagonal_cells(chain: LinearChain, a, lv: _LevelRead, V, rho, W):
-    """Cells (d, d, diagonal) of the diagonal Δ_ii at level lv.l: a 1×1 problem, the 2×2 block at (i, i)
-    with E = e_0 e_0ᵀ: ½W_ii V_ii (ℓ_i² Φ¹_00)² + ρ_i V_ii ℓ_i² Φ²_00."""
-    E = torch.zeros(2, 2, dtype=_F64)
+    """Cells (d,) of the diagonal Δ_ii at level lv.l: a 1×1 problem, the 2×2 block at (i, i) with
+    E = e_0 e_0ᵀ: ½W_ii V_ii (ℓ_i² Φ¹_00)² + ρ_i V_ii ℓ_i² Φ²_00. V (L, d): the diagonal variances."""
+    E = torch.zeros(2, 2, dtype=F64)
     E[0, 0] = 1.0
     idx = torch.arange(a.shape[-1])
     Phi = _block_jet(chain, a, lv.l, lv.k1, lv.k2, lv.c_in, E, idx, idx)
-    Vd, ell = V[lv.l].diagonal(), lv.ell
-    return torch.diag(0.5 * W.diagonal() * Vd * (ell ** 2 * Phi[..., 1, 0, 0]) ** 2
-                      + rho * Vd * ell ** 2 * Phi[..., 2, 0, 0])
+    Vd, ell = V[lv.l], lv.ell
+    return 0.5 * W * Vd * (ell ** 2 * Phi[..., 1, 0, 0]) ** 2 + rho * Vd * ell ** 2 * Phi[..., 2, 0, 0]
+
+
+def _level_reads(chain: LinearChain, a: torch.Tensor, init_var):
+    """The `_LevelRead` of every level some step reads, at diagonal scores a (L, d)."""
+    m = chain.factors(a)                                             # (K, d)
+    c = chain.variance(a, init_var, trajectory=True)                 # (K+1, d)
+    after = _suffix_products(m, chain.K)                             # after[k] = Π_{j≥k} m_j
+    return [_LevelRead(l, min(S), max(S), c[min(S)], after[max(S) + 1])
+            for l, S in enumerate(chain.steps_reading()) if S]
+
+
+def chain_diagonal_tau_cells(chain: LinearChain, a: torch.Tensor, V: torch.Tensor, rho: torch.Tensor, W: torch.Tensor,
+                             init_var=1.0) -> torch.Tensor:
+    """Σ_l V_l [½W (∂h/∂a_l)² + ½ρ ∂²h/∂a_l²] per coordinate (d,): the τ cells when only the diagonal of
+    each score fluctuates (circulant scores: the Fourier-diagonal case), V (L, d), ρ, W (d,) the diagonal
+    Bures weights."""
+    a = a.to(F64)
+    return sum(_diagonal_cells(chain, a, lv, V, rho, W) for lv in _level_reads(chain, a, init_var))
 
 
 def chain_tau_kernel(chain: LinearChain, a: torch.Tensor, V: torch.Tensor, rho: torch.Tensor, W: torch.Tensor,
@@ -172,19 +175,13 @@ def chain_tau_kernel(chain: LinearChain, a: torch.Tensor, V: torch.Tensor, rho: 
     M = I + (h/2)(G₁ + G₂ + h G₂G₁), δM = (h/2)(δG₁ + δG₂ + h(δG₂ G₁ + G₂ δG₁))), and its
     second-order change (RK4: a midpoint level in two stages) enters Φ² — both carried by the jets.
     """
-    a = a.to(_F64)
+    a = a.to(F64)
     d = a.shape[-1]
-    m = chain.factors(a)                                             # (K, d)
-    c = chain.variance(a, init_var, trajectory=True)                 # (K+1, d)
-    after = _suffix_products(m, chain.K)                             # after[k] = Π_{j≥k} m_j
-    out = torch.zeros(d, d, dtype=_F64)
-    offdiag = ~torch.eye(d, dtype=_F64).bool()
-    for l, S in enumerate(chain.steps_reading()):
-        if not S:
-            continue
-        lv = _LevelRead(l, min(S), max(S), c[min(S)], after[max(S) + 1])
+    out = torch.zeros(d, d, dtype=F64)
+    offdiag = ~torch.eye(d, dtype=F64).bool()
+    for lv in _level_reads(chain, a, init_var):
         out += torch.where(offdiag, _off_diagonal_cells(chain, a, lv, V, rho, W, symmetric, cross), 0.0)
-        out += _diagonal_cells(chain, a, lv, V, rho, W)
+        out += torch.diag(_diagonal_cells(chain, a, lv, V.diagonal(dim1=-2, dim2=-1), rho, W.diagonal()))
     return out
 
 
@@ -194,7 +191,7 @@ def _block_jet(chain, a, l, k1, k2, c_in, E, ii, jj):
     shape = ii.shape
 
     def level(lv):
-        X = torch.zeros(*shape, 3, 2, 2, dtype=_F64)
+        X = torch.zeros(*shape, 3, 2, 2, dtype=F64)
         X[..., 0, 0, 0] = a[lv][ii]
         X[..., 0, 1, 1] = a[lv][jj]
         if lv == l:
@@ -208,36 +205,21 @@ def _block_jet(chain, a, l, k1, k2, c_in, E, ii, jj):
             cache[lv] = level(lv)
         return cache[lv]
 
-    Phi = torch.zeros(*shape, 3, 2, 2, dtype=_F64)
+    Phi = torch.zeros(*shape, 3, 2, 2, dtype=F64)
     Phi[..., 0, 0, 0] = c_in[ii]
     Phi[..., 0, 1, 1] = c_in[jj]
     for k in range(k1, k2 + 1):
         M = chain.step_fns[k](A, MATRIX_JET)
         Mt = M.transpose(-1, -2)
-        Phi = _jet_mm(_jet_mm(M, Phi), Mt) + float(chain.q[k]) * _jet_one(M)
+        Phi = MATRIX_JET.mm(MATRIX_JET.mm(M, Phi), Mt) + float(chain.q[k]) * MATRIX_JET.one(M)
     return Phi
 
 
 F64 = torch.float64
 
 
-def level_scores(lam: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
-    """Per-eigenvalue exact scores a_l(λ) = 1/(α_l²λ + s_l²): (d,), (L,), (L,) → (L, d)."""
-    return 1 / (alphas.view(-1, 1) ** 2 * lam.view(1, -1) + stds.view(-1, 1) ** 2)
 
-
-def plugin_scores(X: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor, budget=None) -> torch.Tensor:
-    """The scores as matrix functions of the data second moment X (..., n, n) → (..., L, n, n): the DSM
-    minimiser (α_l²X + s_l²I)⁻¹, or with a finite SGD budget (`gsm.theory.sgd.SGDBudget`, VP levels
-    α² + s² = 1) its mean after the budget, `gsm.theory.sgd.sgd_mean_score`."""
-    if budget is None:
-        eye = torch.eye(X.shape[-1], dtype=F64)
-        return torch.linalg.inv(alphas.view(-1, 1, 1) ** 2 * X.unsqueeze(-3) + stds.view(-1, 1, 1) ** 2 * eye)
-    from gsm.theory.sgd import sgd_mean_score
-    return torch.stack([sgd_mean_score(X, float(a) ** 2, alphas.numel(), budget) for a in alphas], -3)
-
-
-def divided_differences(push, lam, score_fn, J, init_var, chunk: int = 4096, stepwise=None):
+def push_divided_differences(push, lam, score_fn, J, init_var, chunk: int = 4096, stepwise=None):
     """h^[1](λ_i, λ_j) and h^[2](λ_i, λ_j, λ_i) (d, d) of h: Σ̂ ↦ output law with the scores score_fn(Σ̂)
     ((..., n, n) → (..., L, n, n), e.g. `plugin_scores`), by Opitz' formula on J = [[λ_i, 1, 0], [0, λ_j, 1],
     [0, 0, λ_i]]."""
@@ -343,7 +325,7 @@ def _half_second_derivatives(push, lam, a, J, init_var, h, both: bool, chunk, st
     return out
 
 
-def tau_cells(push, lam, a, J, init_var, h, var, cross=None, symmetric=False, chunk=2048,
+def push_tau_cells(push, lam, a, J, init_var, h, var, cross=None, symmetric=False, chunk=2048,
               stepwise=None) -> torch.Tensor:
     """E[B²(Σ, C(A + Δ))] − B²(Σ, C(A)) at second order in Δ, per cell (d, d) summed over levels: A = diag(a_l)
     per level (a (L, d)), Δ_l centred, independent across levels, entries uncorrelated except
@@ -362,63 +344,77 @@ def tau_cells(push, lam, a, J, init_var, h, var, cross=None, symmetric=False, ch
     return out.sum(0)
 
 
-def linear_sampler_prediction(push, lam, alphas, stds, *, J=0, init_var=1.0, n=None, tau=0.0, batch_size=1,
-                              particles=None, symmetric=False, sgd_steps=None, init="zeros", stepwise=None) -> dict:
-    """E[W2²(N(0, Σ), law of the output)] ≈ bias + (1/N) Σ K_N + τ Σ K_τ [+ (1/M) Σ K_M] for the linear
-    sampler `push` whose score is read at the levels (α_l, s_l) (module doc). bias = Σ(√λ − √h)² with the
-    exact scores, reported as `discretization` (all of the sampler's own error: grid, stopping, start).
+# ------------------------------------------------------------------------------------------ law maps
 
-    sgd_steps = S (tau > 0, VP levels α² + s² = 1, not symmetric): SGD ran S steps from A₀ = a₀I (`init`),
-    each sample at a uniform level (as gsm.diffusion): the scores' mean (`gsm.theory.sgd.sgd_mean_score`,
-    exact, a function of Σ̂) gives `sgd_mean_offset` (a part of `optimization`) and enters the 1/N term;
-    the τ term uses the transient covariance of `gsm.theory.sgd.level_sgd_transient` around it.
-    stepwise: the per-step recursion of `output_law` (history-free samplers).
-    Keys as `gsm.theory.diffusion.diffusion_prediction`: floats, kernels (d, d), diagnostics, warnings."""
-    from gsm.theory.sgd import SGDBudget, level_sgd_transient
-    lam = torch.as_tensor(lam, dtype=F64)
-    alphas, stds = torch.as_tensor(alphas, dtype=F64), torch.as_tensor(stds, dtype=F64)
-    d, L = lam.numel(), alphas.numel()
-    warnings = []
-    budget = SGDBudget(int(sgd_steps), tau, batch_size, init) if sgd_steps is not None and tau > 0 else None
-    if budget is not None and (symmetric or (alphas ** 2 + stds ** 2 - 1).abs().max() > 1e-12):
-        warnings.append("the finite SGD budget is modelled for VP levels (α² + s² = 1) and non-symmetric A only: "
-                        "the τ term assumes stationary SGD")
-        budget = None
-    a_exact = level_scores(lam, alphas, stds)
-    h_exact = output_variance(push, a_exact, J, init_var, stepwise)
-    bias_exact = float(((lam.sqrt() - h_exact.sqrt()) ** 2).sum())
-    if budget is None:
-        a, h = a_exact, h_exact
-    else:
-        a, var, cross = level_sgd_transient(lam, alphas ** 2, L, budget)
-        h = output_variance(push, a, J, init_var, stepwise)
-    rho, W = bures_second_order_weights(lam, h)
-    bias_per = (lam.sqrt() - h.sqrt()) ** 2
-    out = {"discretization": bias_exact}
-    K_N = torch.zeros(d, d, dtype=F64)
-    if n is not None:
-        H1, H2 = divided_differences(push, lam, lambda X: plugin_scores(X, alphas, stds, budget), J, init_var,
-                                     stepwise=stepwise)
-        K_N = kernel_n(lam, H1, H2, rho, W)
-    out["generalization"] = float(K_N.sum()) / n if n is not None else 0.0
-    out["sgd_mean_offset"] = float(bias_per.sum()) - bias_exact        # 0 at stationarity
-    K_tau = torch.zeros(d, d, dtype=F64)
-    if budget is not None:
-        K_tau = tau_cells(push, lam, a, J, init_var, h, var, cross, stepwise=stepwise) / tau
-    elif tau > 0:
-        V, X = zip(*[sgd_variance(float(al) ** 2 * lam, sigma=float(s), tau=1.0, batch_size=batch_size,
-                                  symmetric=symmetric) for al, s in zip(alphas, stds)])
-        K_tau = tau_cells(push, lam, a, J, init_var, h, torch.stack(V), symmetric=symmetric, stepwise=stepwise)
-    out["optimization"] = out["sgd_mean_offset"] + tau * float(K_tau.sum())
-    K_M = kernel_m(h, W)
-    out["particles"] = float(K_M.sum()) / particles if particles is not None else 0.0
-    out["total"] = bias_exact + out["generalization"] + out["optimization"] + out["particles"]
-    a2 = alphas.view(-1, 1) ** 2 * lam.view(1, -1)
-    eps_tau = tau * float((a2 * (a2 + stds.view(-1, 1) ** 2)).max()) / (2 * batch_size)
-    if n is not None and n < 5 * d:
-        warnings.append(f"N = {n} < 5d = {5 * d}: the 1/N term may be off by more than ~5% (note §5.5)")
-    if tau > 0 and eps_tau > 0.005:
-        warnings.append(f"eps_tau = {eps_tau:.3g} > 0.005: the first-order τ term may be off by more than ~5%")
-    out.update(kernel_n=K_N, kernel_tau=K_tau, kernel_m=K_M, bias_per_eigenvalue=bias_per, sampler_variance=h,
-               eigenvalues=lam, eps_tau=eps_tau, d_over_n=d / n if n is not None else 0.0, warnings=warnings)
-    return out
+def _jet_divided_differences(lam, P, Q, v0):
+    """h^[1], h^[2] (d, d) of C = P(Σ̂) C_0 P(Σ̂)ᵀ + Q(Σ̂) under Σ̂ = Σ + E, with C_0 = diag(v0) fixed (e.g.
+    VP's init=prior: Σ_T of the true Σ, not a function of Σ̂). In Σ's eigenbasis, to second order in E,
+
+        C¹_ij = E_ij [p^[1]_ij (v0_i p_i + v0_j p_j) + Q^[1]_ij],
+        C²_ii = Σ_m E_im² [2 p_i p^[2]_imi v0_i + (p^[1]_im)² v0_m + Q^[2]_imi],
+
+    the brackets replacing h^[1] and h^[2] in K_N (for constant v0 they are the divided differences of
+    h = p² v0 + Q, by the product rule). P, Q: series (d, n) of `LinearChain.propagator_series`."""
+    p1, p2 = divided_differences_from_jets(lam, P)
+    Q1, Q2 = divided_differences_from_jets(lam, Q)
+    vp = v0 * P[:, 0]
+    return p1 * (vp.view(-1, 1) + vp.view(1, -1)) + Q1, 2 * vp.view(-1, 1) * p2 + p1 ** 2 * v0.view(1, -1) + Q2
+
+
+@dataclass
+class ChainLaw:
+    """The law map of a `LinearChain` started from N(0, diag(init_var)) (a number or (d,) per eigenvalue)."""
+
+    chain: LinearChain
+    init_var: float | torch.Tensor = 1.0
+
+    def _v0(self, lam):
+        return torch.as_tensor(self.init_var, dtype=F64).expand_as(lam).clone()
+
+    def variance(self, a: torch.Tensor) -> torch.Tensor:
+        """h per eigenvalue for diagonal scores a (..., L, d) → (..., d)."""
+        return self.chain.variance(a, self.init_var)
+
+    def series(self, lam, objective, alphas, stds, budget=None) -> torch.Tensor:
+        """(h, h′, h″/2, h‴/6) (d, 4) of the output variance as a function of Σ̂'s eigenvalue, through the
+        objective's scores (constant init_var)."""
+        P, Q = self.chain.propagator_series(objective.score_series(lam, alphas, stds, budget))
+        return float(self.init_var) * series_mm(P, P) + Q
+
+    def divided_differences(self, lam, objective, alphas, stds, budget=None):
+        """h^[1], h^[2] (d, d) through the chain's jets (`_jet_divided_differences`)."""
+        P, Q = self.chain.propagator_series(objective.score_series(lam, alphas, stds, budget))
+        return _jet_divided_differences(lam, P, Q, self._v0(lam))
+
+    def tau_cells(self, lam, a, h, var, cross=None, symmetric=False) -> torch.Tensor:
+        """Second-order cells (d, d) of the score error Δ (var, cross (L, d, d), τ included): `chain_tau_kernel`."""
+        rho, W = bures_second_order_weights(lam, h)
+        return chain_tau_kernel(self.chain, a, var, rho, W, self.init_var, symmetric,
+                                cross if not symmetric else None)
+
+    def diagonal_tau_cells(self, lam, a, var, rho, W) -> torch.Tensor:
+        """The cells (d,) of diagonal fluctuations only (circulant scores): `chain_diagonal_tau_cells`."""
+        return chain_diagonal_tau_cells(self.chain, a, var, rho, W, self.init_var)
+
+
+@dataclass
+class PushLaw:
+    """The law map of a push (a sampler run on rows, `gsm.theory.chain.output_law`): J noise injections,
+    start N(0, init_var·I), `stepwise` the per-step recursion of history-free samplers (or None)."""
+
+    push: Callable
+    J: int
+    init_var: float = 1.0
+    stepwise: Callable | None = None
+
+    def variance(self, a: torch.Tensor) -> torch.Tensor:
+        return output_variance(self.push, a, self.J, self.init_var, self.stepwise)
+
+    def divided_differences(self, lam, objective, alphas, stds, budget=None):
+        """Opitz' formula through the push on 3×3 Jordan blocks (`push_divided_differences`)."""
+        return push_divided_differences(self.push, lam, lambda X: objective.score_function(X, alphas, stds, budget),
+                                        self.J, self.init_var, stepwise=self.stepwise)
+
+    def tau_cells(self, lam, a, h, var, cross=None, symmetric=False) -> torch.Tensor:
+        return push_tau_cells(self.push, lam, a, self.J, self.init_var, h, var, None if symmetric else cross,
+                              symmetric, stepwise=self.stepwise)

@@ -10,16 +10,20 @@ a one-stage step is M = c I − g A_l, an explicit Runge–Kutta step on y' = G(
 stage matrices G_i (`explicit_rk_step`). `LinearChain` keeps, per step, a function building M_k from
 the levels' matrices in a given *algebra*:
 
-* `FULL`  — (..., d, d) matrices, any A_l (non-symmetric, non-commuting): `covariance`, `sample`;
+* `FULL`  — (..., d, d) matrices, any A_l (non-symmetric, non-commuting): `covariance`, `sample`, `push`;
 * `DIAG`  — (..., d) eigenvalues, when every A_l is diagonal in one basis (a function of Σ or Σ̂):
-  O(d·K) `variance` / `sample_diagonal`;
-* `jet_algebra(n)` — truncated Taylor series f(λ + x) = Σ_{r<n} f^{(r)}(λ)/r! xʳ per eigenvalue, i.e.
-  the matrix function on a Jordan block (Opitz): h, h′, h″, h‴ of the output-variance map in O(d·K),
-  from which `divided_differences_from_jets` gets h^[1], h^[2] for all pairs in O(d²);
-* `matrix_jet` — second-order jets X₀ + εX₁ + ε²X₂ of 2×2 matrices, for the τ kernel (`chain_tau_kernel`).
+  O(d·K) `variance` / `sample_diagonal` / `run_diagonal` (also the Fourier-diagonal case);
+* `SERIES` — truncated Taylor series f(λ + x) = Σ_{r<n} f^{(r)}(λ)/r! xʳ per eigenvalue, i.e.
+  the matrix function on a Jordan block (Opitz): h, h′, h″/2, h‴/6 of the output-variance map in O(d·K)
+  (`propagator_series`), from which `gsm.theory.law.divided_differences_from_jets` gets h^[1], h^[2];
+* `MATRIX_JET` — second-order jets X₀ + εX₁ + ε²X₂ of 2×2 matrices, for the τ kernel
+  (`gsm.theory.law.chain_tau_kernel`).
 
-Reuse: a sampler (EDM Heun, a diffusers scheduler, ...) needs only `step_fns` — one callable
-(A, alg) ↦ M_k per step, where A(l) returns level l's score in the algebra — and the noise q_k.
+A linear sampler *is* its step map: `step_fns`, one callable (A, alg) ↦ M_k per step, where A(l) returns
+level l's score in the algebra, and the noise q_k. The exact laws (full, per eigenvalue, Fourier-diagonal)
+and the whole prediction (`gsm.theory.law.ChainLaw`, `gsm.theory.prediction`) derive from it. A sampler
+whose state is not x alone (multistep schedulers) is a *push* instead: `push(A, x, noise)` run on rows
+(`linear_maps`, `output_law`, `exact_law`; `gsm.theory.law.PushLaw`).
 """
 from __future__ import annotations
 
@@ -29,65 +33,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from gsm.algebra import DIAG, FULL, SERIES, Algebra, series_mm, series_one
+
 F64 = torch.float64
-
-
-_F64 = torch.float64
-
-
-# ------------------------------------------------------------------------------------------ algebras
-
-@dataclass(frozen=True)
-class Algebra:
-    """How step matrices are multiplied: mm(X, Y) and the unit `one(like)` (shaped like an element)."""
-
-    name: str
-    mm: Callable
-    one: Callable
-
-
-def _eye_like(X):
-    return torch.eye(X.shape[-1], dtype=X.dtype, device=X.device).expand_as(X)
-
-
-def _series_mm(X, Y):
-    """Product of truncated series (..., n): Z_r = Σ_{p+q=r} X_p Y_q (upper-triangular Toeplitz product)."""
-    n = X.shape[-1]
-    Z = torch.zeros(torch.broadcast_shapes(X.shape, Y.shape), dtype=X.dtype, device=X.device)
-    for p in range(n):
-        Z[..., p:] += X[..., p:p + 1] * Y[..., :n - p]
-    return Z
-
-
-def _series_one(X):
-    one = torch.zeros_like(X)
-    one[..., 0] = 1.0
-    return one
-
-
-def _jet_mm(X, Y):
-    """(X₀ + εX₁ + ε²X₂)(Y₀ + εY₁ + ε²Y₂) mod ε³, elements (..., 3, n, n)."""
-    X0, X1, X2 = X.unbind(-3)
-    Y0, Y1, Y2 = Y.unbind(-3)
-    return torch.stack([X0 @ Y0, X0 @ Y1 + X1 @ Y0, X0 @ Y2 + X1 @ Y1 + X2 @ Y0], -3)
-
-
-def _jet_one(X):
-    one = torch.zeros_like(X)
-    one[..., 0, :, :] = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
-    return one
-
-
-FULL = Algebra("full", torch.matmul, _eye_like)
-
-
-DIAG = Algebra("diag", torch.mul, torch.ones_like)
-
-
-SERIES = Algebra("series", _series_mm, _series_one)
-
-
-MATRIX_JET = Algebra("matrix_jet", _jet_mm, _jet_one)
 
 
 # ------------------------------------------------------------------------------------- step matrices
@@ -166,10 +114,10 @@ class LinearChain:
     def covariance(self, A: torch.Tensor, init_cov=1.0, trajectory: bool = False):
         """C_K for scores A (..., L, d, d) from C_0 = init_cov (a number: ·I, or (..., d, d)):
         C ← M_k C M_kᵀ + q_k I. With `trajectory`, (C_0..C_K) stacked as (..., K+1, d, d)."""
-        A = A.to(_F64)
+        A = A.to(F64)
         d = A.shape[-1]
-        eye = torch.eye(d, dtype=_F64, device=A.device)
-        C = (init_cov * eye if not torch.is_tensor(init_cov) else init_cov.to(_F64)).expand(*A.shape[:-3], d, d)
+        eye = torch.eye(d, dtype=F64, device=A.device)
+        C = (init_cov * eye if not torch.is_tensor(init_cov) else init_cov.to(F64)).expand(*A.shape[:-3], d, d)
         traj = [C]
         for k in range(self.K):
             M = self.matrices(k, A, FULL)
@@ -181,8 +129,8 @@ class LinearChain:
     def variance(self, a: torch.Tensor, init_var=1.0, trajectory: bool = False):
         """The same law when every A_l = U diag(a_l) Uᵀ (one basis): v ← m_k² v + q_k per eigenvalue,
         a (..., L, d) → (..., d), or (..., K+1, d) with `trajectory`. O(d·K)."""
-        a = a.to(_F64)
-        v = torch.as_tensor(init_var, dtype=_F64, device=a.device).expand_as(a[..., 0, :])
+        a = a.to(F64)
+        v = torch.as_tensor(init_var, dtype=F64, device=a.device).expand_as(a[..., 0, :])
         traj = [v]
         for k in range(self.K):
             m = self.matrices(k, a, DIAG)
@@ -193,19 +141,19 @@ class LinearChain:
 
     def factors(self, a: torch.Tensor) -> torch.Tensor:
         """The step factors m_k (eigenvalues of M_k) for diagonal scores a (..., L, d) → (..., K, d)."""
-        return torch.stack([self.matrices(k, a.to(_F64), DIAG) for k in range(self.K)], -2)
+        return torch.stack([self.matrices(k, a.to(F64), DIAG) for k in range(self.K)], -2)
 
     def propagator_series(self, f: torch.Tensor):
         """The output law as a function of the eigenvalue λ, when each level's score is a function of λ
         given as truncated series f (L, d, n) (f_l(λ + x) = Σ_r f[l, :, r] xʳ): C_K = P C_0 Pᵀ + Q with
         P = Π_k m_k and Q from q ← m_k² q + q_k (q = 0 at the start), both as series (d, n) (coefficients
         h, h′, h″/2, ...). For C_0 = v·I the output variance map is h = P² v + Q."""
-        one = _series_one(f[0])
+        one = series_one(f[0])
         P, Q = one, torch.zeros_like(one)
         for k in range(self.K):
             m = self.matrices(k, f, SERIES)
-            P = _series_mm(m, P)
-            Q = _series_mm(_series_mm(m, m), Q) + float(self.q[k]) * one
+            P = series_mm(m, P)
+            Q = series_mm(series_mm(m, m), Q) + float(self.q[k]) * one
         return P, Q
 
     def sample(self, A: torch.Tensor, x: torch.Tensor, generator=None) -> torch.Tensor:
@@ -217,12 +165,36 @@ class LinearChain:
 
     def sample_diagonal(self, a: torch.Tensor, x: torch.Tensor, generator=None) -> torch.Tensor:
         """The chain in the scores' eigenbasis: x (..., M, d) coordinates, a (..., L, d): x ← m_k x + √q_k ξ."""
-        a = a.to(x.dtype)
+        noise = lambda: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return self.run_diagonal(a.unsqueeze(-3), x.clone(), noise)
+
+    def run_diagonal(self, a: torch.Tensor, x: torch.Tensor, noise) -> torch.Tensor:
+        """x ← m_k x + √q_k ξ in place, per coefficient: x (..., d) (real or complex, e.g. Fourier
+        coefficients), a (..., L, d) broadcasting against x's leading dims, noise() a fresh ξ like x."""
+        a = a.to(x.real.dtype)
         for k in range(self.K):
-            x = x * self.matrices(k, a, DIAG).unsqueeze(-2)
+            x.mul_(self.matrices(k, a, DIAG))
             q = float(self.q[k])
             if q > 0:
-                x = x + math.sqrt(q) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x.add_(noise(), alpha=math.sqrt(q))
+        return x
+
+    @property
+    def J(self) -> int:
+        """The number of noise injections (steps with q_k > 0)."""
+        return int((self.q > 0).sum())
+
+    def push(self, A: torch.Tensor, x: torch.Tensor, noise=None, generator=None) -> torch.Tensor:
+        """Runs the chain on the rows of x (B, m, n) with scores A (B, L, n, n); noise(j) gives the j-th
+        injection (None: drawn from `generator`). The chain as a push (`output_law`, `exact_law`)."""
+        j = 0
+        for k in range(self.K):
+            x = x @ self.matrices(k, A.to(x.dtype), FULL).transpose(-1, -2)
+            q = float(self.q[k])
+            if q > 0:
+                xi = noise(j) if noise is not None else torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                                                                    device=x.device)
+                x, j = x + math.sqrt(q) * xi, j + 1
         return x
 
 
