@@ -53,7 +53,7 @@ def empirical_dsm_minimizer(x: torch.Tensor, alphas: torch.Tensor, stds: torch.T
     return dsm_optimum(empirical_second_moment(x), alphas, stds)
 
 
-class _EpochStream:
+class EpochStream:
     """Data indices in shuffled passes (epochs, as a DataLoader with shuffle=True). Continues shuffled passes
     across chunks, so every epoch is a full permutation."""
 
@@ -177,7 +177,7 @@ class _LinearDSM:
         self.a, self.s = alphas.to(dev, dt), stds.to(dev, dt)
         self.a0, self.s0 = float(self.a[0]), float(self.s[0])
         self.rows = torch.arange(R, device=dev).view(R, 1).expand(R, run.b)
-        self.epochs = _EpochStream(R, self.N, generator, dev) if run.sampling == "epochs" else None
+        self.epochs = EpochStream(R, self.N, generator, dev) if run.sampling == "epochs" else None
         self.diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
         self.flatA, self.xflat = A.view(R * L, d, d), self.x.reshape(R * self.N, d)
         self.graph, self.step = None, 0

@@ -158,8 +158,8 @@ def test_sgd_divergence_is_recorded_per_replicate():
 
 
 def test_epoch_sampling_visits_every_point_once_per_epoch():
-    from gsm.training.dsm import _EpochStream
-    s = _EpochStream(3, 10, torch.Generator().manual_seed(0), "cpu")
+    from gsm.training.dsm import EpochStream
+    s = EpochStream(3, 10, torch.Generator().manual_seed(0), "cpu")
     idx = torch.cat([s.take(7), s.take(13)], dim=1)             # two epochs across chunk borders
     for r in range(3):
         assert sorted(idx[r, :10].tolist()) == list(range(10)) == sorted(idx[r, 10:].tolist())
