@@ -145,7 +145,7 @@ def bench_langevin(p, device="cpu"):
     Pt = torch.eye(d, device=device) - gamma * A.transpose(-1, -2)
     t_mm = median_time(lambda: torch.bmm(x0, Pt, out=buf), 3 * p["repeat"], device)
     rate, bound = M * K / t, M / t_randn
-    # randn and the product may run on two cores at once (gsm.prefetch): the larger one bounds a step
+    # randn and the product may run on two cores at once (gsm.training.prefetch): the larger one bounds a step
     return {"gsm particle-steps/s": rate, "randn bound particle-steps/s": bound,
             "fraction of randn bound": rate / bound, "× hand-written step": t_hand / t,
             "matmul share of a step": t_mm / (t / K),

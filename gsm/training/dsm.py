@@ -182,7 +182,7 @@ class _LinearDSM:
         self.flatA, self.xflat = A.view(R * L, d, d), self.x.reshape(R * self.N, d)
         self.graph, self.step = None, 0
         # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws;
-        # two sets when the next chunk is drawn on a second core while this one trains (`gsm.prefetch`)
+        # two sets when the next chunk is drawn on a second core while this one trains (`gsm.training.prefetch`)
         c = min(run.chunk, run.steps)
         self.z_bufs = [torch.empty(c, R, run.b, d, device=dev, dtype=dt) for _ in range(1 + run.background)]
         self.y_bufs = [torch.empty_like(zb) for zb in self.z_bufs] if L == 1 else None
@@ -295,7 +295,7 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
             no per-step launch cost).
         blocked: on the CPU with one level and no symmetrisation, take BLOCK_ROWS // b steps at once
             (`_sgd_steps_blocked`: the same iterates up to rounding, ~1.6–2× faster at d = 64, b = 1).
-        background: draw chunk i + 1 on a second core while chunk i trains (`gsm.prefetch`; the same
+        background: draw chunk i + 1 on a second core while chunk i trains (`gsm.training.prefetch`; the same
             numbers). None: when on the CPU, large, and torch's threads leave a core idle.
     Returns:
         {"diverged_at": (R,) long, the step after which A_r became non-finite (−1 if never)}.

@@ -127,7 +127,7 @@ def test_blocked_sgd_takes_the_per_step_iterates(b, sampling):
 @pytest.mark.parametrize("L,blocked,sampling", [(1, True, "with_replacement"), (1, False, "epochs"),
                                                 (2, False, "with_replacement")])
 def test_draws_on_a_second_core_give_the_same_numbers(L, blocked, sampling):
-    """gsm.prefetch: chunk i + 1 drawn in a background thread while chunk i trains, and ULA's next noise
+    """gsm.training.prefetch: chunk i + 1 drawn in a background thread while chunk i trains, and ULA's next noise
     while a step runs, consume the generator in the same order: bit-identical results."""
     d, N, R = 5, 20, 4
     x = torch.randn(R, N, d, generator=torch.Generator().manual_seed(0))
