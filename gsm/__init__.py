@@ -3,10 +3,7 @@
 Layout by concern (docs/architecture.md): `data`, `scores`, `training`, `samplers`, `theory`, `pipeline`,
 `cli`. The names below load on first use (PEP 562), so that `gsm` (gsm.cli) is running before torch loads.
 """
-from gsm import _compat
 from gsm._lazy import lazy_exports
-
-_compat.install()      # the module names before the layout by concern (gsm.experiment, gsm.diffusion, ...)
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "gsm.data.gaussian": ("Gaussian", "custom_spectrum", "isotropic_spectrum", "make_gaussian", "powerlaw_spectrum",

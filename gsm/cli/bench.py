@@ -5,8 +5,9 @@
     python -m gsm.bench --smoke          # tiny sizes, seconds (CI): checks that every ratio prints
 
 Every figure is a median over repeats measured in this process; ratios compare numbers from the
-same run. The baselines (issue 7): one replicate at a time, `nn.Linear` + `torch.optim.SGD` on
-single samples, Langevin on particles, `scipy.linalg.sqrtm` for the distance.
+same run. The baselines (issue 7): one replicate at a time, the reference DSM-SGD loop
+(`gsm.training.reference`, one step on a single sample at a time), Langevin on particles,
+`scipy.linalg.sqrtm` for the distance.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from gsm.samplers.langevin import langevin_covariance, langevin_sample, linear_langevin_sample
 from gsm.theory.bures import bures_wasserstein2
 from gsm.training.dsm import train_linear_dsm
+from gsm.training.reference import reference_linear_dsm
 
 FULL = dict(sgd_d=64, sgd_R=256, sgd_steps=2048, loop_reps=2, loop_steps=300,
             lang_d=256, lang_M=10_000, lang_steps=20, bw_d=1024, law_d=256, law_T=1000,
@@ -70,20 +72,12 @@ def _stable_nonsymmetric(d, device, dtype, seed=0, spread=0.3):
 # ------------------------------------------------------------------------------------- baselines
 
 def loop_dsm_sgd(x: torch.Tensor, sigma: float, tau: float, steps: int, generator=None) -> torch.Tensor:
-    """The hand-written loop for one replicate: nn.Linear (W = −A) and torch.optim.SGD on single
-    samples, loss ½‖σ W(x + σz) + z‖². x: (N, d) → A (d, d)."""
-    N, d = x.shape
-    lin = torch.nn.Linear(d, d, bias=False, dtype=x.dtype)
-    torch.nn.init.zeros_(lin.weight)
-    opt = torch.optim.SGD(lin.parameters(), lr=tau)
-    for _ in range(steps):
-        xi = x[torch.randint(N, (1,), generator=generator)]
-        z = torch.randn(1, d, generator=generator, dtype=x.dtype)
-        loss = 0.5 * ((sigma * lin(xi + sigma * z) + z) ** 2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return -lin.weight.detach()
+    """The baseline for one replicate: the reference loop (`gsm.training.reference`, one SGD step at a time
+    on single samples, loss ½‖σ A(x + σz) − z‖²) from A = 0. x: (N, d) → A (d, d)."""
+    d = x.shape[1]
+    A = torch.zeros(1, 1, d, d, dtype=x.dtype)
+    one, sig = torch.ones(1, dtype=torch.float64), torch.full((1,), sigma, dtype=torch.float64)
+    return reference_linear_dsm(A, x[None], alphas=one, stds=sig, tau=tau, steps=steps, generator=generator)[0, 0]
 
 
 def scipy_bures2(S1, S2) -> float:
@@ -145,7 +139,7 @@ def bench_langevin(p, device="cpu"):
     Pt = torch.eye(d, device=device) - gamma * A.transpose(-1, -2)
     t_mm = median_time(lambda: torch.bmm(x0, Pt, out=buf), 3 * p["repeat"], device)
     rate, bound = M * K / t, M / t_randn
-    # randn and the product may run on two cores at once (gsm.prefetch): the larger one bounds a step
+    # randn and the product may run on two cores at once (gsm.training.prefetch): the larger one bounds a step
     return {"gsm particle-steps/s": rate, "randn bound particle-steps/s": bound,
             "fraction of randn bound": rate / bound, "× hand-written step": t_hand / t,
             "matmul share of a step": t_mm / (t / K),

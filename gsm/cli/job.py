@@ -6,9 +6,9 @@ from pathlib import Path
 
 
 def main(argv) -> None:
-    from gsm.cli.main import _exit, _sigint_held, run_job
+    from gsm.cli.main import exit_with, run_job, sigint_held
     try:
-        with _sigint_held():
+        with sigint_held():
             from omegaconf import OmegaConf
 
         config, out = argv
@@ -19,7 +19,7 @@ def main(argv) -> None:
         logging.getLogger().setLevel(logging.INFO)
         run_job(OmegaConf.load(config), out, multirun=False)
     except KeyboardInterrupt:
-        _exit(130, "gsm: interrupted by SIGINT")
+        exit_with(130, "gsm: interrupted by SIGINT")
 
 
 if __name__ == "__main__":

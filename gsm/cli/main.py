@@ -15,8 +15,11 @@ import signal
 import sys
 from contextlib import contextmanager
 
+from gsm.cli.targets import update_targets
 
-def _exit(code: int, message: str):
+
+def exit_with(code: int, message: str):
+    """Ends the process with `message` as gsm's last line on stderr and exit status `code`."""
     print(message, file=sys.stderr, flush=True)
     # gsm's line is the last: a library's exit hook (torch's FakeTensor cache stats, at INFO when a signal
     # arrives while torch's loggers are not yet set up) must not log after it
@@ -39,27 +42,28 @@ def _task(cfg) -> float:
 def run_job(cfg, out: str, multirun: bool) -> float:
     """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective."""
     try:
-        with _sigint_held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
+        with sigint_held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
             from gsm.pipeline.interrupt import Terminated
             from gsm.pipeline.run import run, summary_table
             from gsm.pipeline.status import RunFailed, error_record
             from gsm.pipeline.validate import ConfigError
     except KeyboardInterrupt:
-        _exit(130, "gsm: interrupted by SIGINT")
+        exit_with(130, "gsm: interrupted by SIGINT")
 
     try:
+        update_targets(cfg)             # 0.1 `_target_` paths (gsm.diffusion.DDPM, ...), until 0.3.0
         results = run(cfg, out)
     except ConfigError as e:
-        _exit(2, f"gsm: error: {e}")
+        exit_with(2, f"gsm: error: {e}")
     except KeyboardInterrupt as e:     # SIGINT, or SIGTERM while the run was active (Terminated)
         name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-        _exit(code, f"gsm: interrupted by {name}; partial results in {out}/results.json")
+        exit_with(code, f"gsm: interrupted by {name}; partial results in {out}/results.json")
     except Exception as e:             # results.json says failed
         err = error_record(e)
         message = (f"gsm: error: the run failed with {err['type']}: {err['message']} "
                    f"(results.json, status failed, in {out})")
         if not multirun:
-            _exit(1, message)
+            exit_with(1, message)
         # a multirun goes on: Hydra's sweeper raises the first failure after the batch (exit 1)
         print(message, file=sys.stderr, flush=True)
         raise RunFailed(message) from None
@@ -110,17 +114,17 @@ def main():
     if not {"", os.getcwd()} & set(sys.path):
         sys.path.insert(0, os.getcwd())
     try:
-        with _sigint_held():
+        with sigint_held():
             import hydra
 
         app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
         return app()
     except KeyboardInterrupt:
-        _exit(130, "gsm: interrupted by SIGINT")
+        exit_with(130, "gsm: interrupted by SIGINT")
 
 
 @contextmanager
-def _sigint_held():
+def sigint_held():
     """A SIGINT during the block is raised (KeyboardInterrupt) when it ends. Raised inside an import, a
     library's `except:` can swallow it (the run then goes on) or leave a module half-imported (the run
     then fails). A SIGINT that is ignored (a background job) stays ignored."""

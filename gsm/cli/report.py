@@ -1,7 +1,7 @@
 """`gsm-report <multirun dir>`: the table, the figures and a TensorBoard run of a Hydra sweep.
 
     gsm +experiment=vs_n                          # a sweep: outputs/multirun/<date>/<time>/{0,1,...}
-    gsm-report outputs/multirun/<date>/<time>     # or: python -m gsm.report <dir>
+    gsm-report outputs/multirun/<date>/<time>     # or: python -m gsm.cli.report <dir>
 
 Inputs. The jobs are the sub-folders with a numeric name (0/, 1/, ...). Per job: `results.json` (written
 by `gsm.pipeline.run.run`) and `.hydra/overrides.yaml` (its task overrides, e.g. `- data.n=40`). The swept
@@ -16,7 +16,7 @@ Outputs, in the multirun dir (every file written atomically):
   OOM killer; `gsm.pipeline.status.job_status`) is `lost`. The printed summary counts the jobs per status and
   lists every job that did not finish ok with the reason. `z_exact` = (w2_exact − w2_predicted) /
   stderr, `z_empirical` the same for w2_empirical against w2_predicted_empirical; `in_regime` is the run's
-  own verdict (results.json `regime.ok`, `gsm.regime`) and `regime_reason` its dominant reason; the
+  own verdict (results.json `regime.ok`, `gsm.theory.regime`) and `regime_reason` its dominant reason; the
   summary lists every finished job out of regime with that reason.
 * `report_<x>.png` per study: measured mean ± 2 s.e. (error bars) against the predicted totals and
   each prediction term (lines), x = the swept parameter (log axes when every value is positive).
@@ -83,7 +83,7 @@ def job_row(job: dict, swept: list[str]) -> dict:
     row["d_over_n"], row["eps_tau"] = diag.get("d_over_n"), diag.get("eps_tau")
     row["relaxation_times"] = r.get("relaxation_times")
     regime = r.get("regime")
-    if row["status"] == "ok" and regime:                  # the run's own verdict (gsm.regime)
+    if row["status"] == "ok" and regime:                  # the run's own verdict (gsm.theory.regime)
         row["in_regime"] = bool(regime["ok"])
         row["regime_reason"] = regime["reasons"][0] if regime["reasons"] else ""
     elif row["status"] == "ok" and row["w2_predicted"] is not None:     # runs written before the verdict existed

@@ -19,7 +19,7 @@ from gsm.io import savefig_atomic, write_text_atomic
 SCORES = ("oracle", "plugin", "sgd")
 
 
-def _table(rows):
+def results_by_cell(rows):
     """{(score, nfe, scheduler): row} over ok rows, and the sorted NFE and scheduler lists."""
     t = {(r["score"], int(float(r["sampler.nfe"])), r["sampler.scheduler"]): r for r in rows
          if r["status"] == "ok" and r.get("w2_exact_mean") is not None}
@@ -111,7 +111,7 @@ def write_schedulers_report(sweep_dir, rows) -> list[Path]:
     import matplotlib.pyplot as plt
 
     sweep_dir = Path(sweep_dir)
-    t, nfes, scheds = _table(rows)
+    t, nfes, scheds = results_by_cell(rows)
     if not t:
         return []
     md = markdown(t, nfes, scheds)

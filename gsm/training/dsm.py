@@ -53,7 +53,7 @@ def empirical_dsm_minimizer(x: torch.Tensor, alphas: torch.Tensor, stds: torch.T
     return dsm_optimum(empirical_second_moment(x), alphas, stds)
 
 
-class _EpochStream:
+class EpochStream:
     """Data indices in shuffled passes (epochs, as a DataLoader with shuffle=True). Continues shuffled passes
     across chunks, so every epoch is a full permutation."""
 
@@ -177,12 +177,12 @@ class _LinearDSM:
         self.a, self.s = alphas.to(dev, dt), stds.to(dev, dt)
         self.a0, self.s0 = float(self.a[0]), float(self.s[0])
         self.rows = torch.arange(R, device=dev).view(R, 1).expand(R, run.b)
-        self.epochs = _EpochStream(R, self.N, generator, dev) if run.sampling == "epochs" else None
+        self.epochs = EpochStream(R, self.N, generator, dev) if run.sampling == "epochs" else None
         self.diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
         self.flatA, self.xflat = A.view(R * L, d, d), self.x.reshape(R * self.N, d)
         self.graph, self.step = None, 0
         # chunk buffers, reused: fresh allocations of this size cost more in page faults than the draws;
-        # two sets when the next chunk is drawn on a second core while this one trains (`gsm.prefetch`)
+        # two sets when the next chunk is drawn on a second core while this one trains (`gsm.training.prefetch`)
         c = min(run.chunk, run.steps)
         self.z_bufs = [torch.empty(c, R, run.b, d, device=dev, dtype=dt) for _ in range(1 + run.background)]
         self.y_bufs = [torch.empty_like(zb) for zb in self.z_bufs] if L == 1 else None
@@ -295,7 +295,7 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
             no per-step launch cost).
         blocked: on the CPU with one level and no symmetrisation, take BLOCK_ROWS // b steps at once
             (`_sgd_steps_blocked`: the same iterates up to rounding, ~1.6–2× faster at d = 64, b = 1).
-        background: draw chunk i + 1 on a second core while chunk i trains (`gsm.prefetch`; the same
+        background: draw chunk i + 1 on a second core while chunk i trains (`gsm.training.prefetch`; the same
             numbers). None: when on the CPU, large, and torch's threads leave a core idle.
     Returns:
         {"diverged_at": (R,) long, the step after which A_r became non-finite (−1 if never)}.

@@ -1,4 +1,4 @@
-"""gsm.advise (issue 6): the search, the config interface, and the acceptance test: the advisor's σ*
+"""gsm-advise (gsm.cli.advise, issue 6): the search, the config interface, and the acceptance test: the advisor's σ*
 beats σ*/2 and 2σ* in measured error (pipeline runs with replicates)."""
 import json
 import math

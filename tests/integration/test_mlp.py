@@ -44,7 +44,7 @@ class RepelScore(nn.Module):
 
 def test_linear_skip_alone_is_the_linear_score_and_its_dsm_gradient():
     """depth 0 + skip: s(y) = −A y, and autograd on the DSM loss gives the closed form of
-    gsm.train, ∇_A = (1/b) Σ (s²A y − s z) yᵀ (convention (L))."""
+    gsm.training.dsm, ∇_A = (1/b) Σ (s²A y − s z) yᵀ (convention (L))."""
     torch.manual_seed(0)
     R, b, d, s = 3, 5, 4, 0.7
     m = MLPScore(d, R, 1, torch.tensor([s]), depth=0, skip=True).double()

@@ -73,7 +73,7 @@ def test_vs_n_sweep_then_report_matches_theory(tmp_path):
 @pytest.mark.slow
 def test_sweep_with_a_diverging_job_finishes_and_the_report_lists_it(tmp_path):
     """One τ is so large that every replicate's SGD diverges: that job writes status `diverged` and
-    exits 0, the sweep goes on, and gsm-report (python -m gsm.report) lists it (also a missing job)."""
+    exits 0, the sweep goes on, and gsm-report (python -m gsm.cli.report) lists it (also a missing job)."""
     sweep(tmp_path, *TINY, "train.tau=0.005,100")
     res = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in (0, 1)]
     assert [r["status"] for r in res] == ["ok", "diverged"]

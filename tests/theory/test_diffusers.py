@@ -251,13 +251,13 @@ def test_sgd_trained_matches_prediction(sampler, tmp_path, compose_cfg, one_thre
 
 def test_schedulers_report_ranking_with_ties(tmp_path):
     """The study's ranking table: Kendall τ over untied pairs (equal laws, e.g. DDIM = Euler, are ties)."""
-    from gsm.cli.schedulers_report import kendall_tau, markdown, _table
+    from gsm.cli.schedulers_report import kendall_tau, markdown, results_by_cell
     assert kendall_tau({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 1.0, "b": 2.5, "c": 2.0}) == pytest.approx(1 / 3)
     assert kendall_tau({"a": 1.0, "b": 1.0, "c": 3.0}, {"a": 2.0, "b": 1.0, "c": 3.0}) == 1.0   # (a, b) tied
     rows = [{"status": "ok", "score": sc, "sampler.nfe": "10", "sampler.scheduler": name, "w2_exact_mean": v,
              "w2_exact_stderr": 0.01, "w2_predicted": v} for sc, vals in (("oracle", (1, 2)), ("plugin", (2, 1)))
             for name, v in zip(("A", "B"), vals)]
-    md = markdown(*_table(rows))
+    md = markdown(*results_by_cell(rows))
     assert "| 10 | A | B |" in md and "-1.00" in md
 
 

@@ -1,5 +1,5 @@
 """EDM (Karras et al. 2022, Algorithms 1 and 2): levels, exact law against an independent per-eigenvalue
-recursion and against particles, the generic push-based laws and predictions of gsm.linear_law (1/N by
+recursion and against particles, the generic push-based laws and predictions of gsm.samplers.linear_chain and gsm.theory.linear_chain (1/N by
 finite differences, τ by autograd), the pipeline."""
 import math
 
@@ -139,7 +139,7 @@ def test_tau_cells_with_cross_covariance_match_autograd():
 
 
 def test_chain_law_equals_push_law():
-    """EDM.covariance (gsm.samplers.linear_chain.LinearChain, noise and Heun steps) = the push-based law of gsm.linear_law."""
+    """EDM.covariance (gsm.samplers.linear_chain.LinearChain, noise and Heun steps) = the push-based law (gsm.samplers.linear_chain.exact_law)."""
     s = EDM(steps=7, churn=3, s_tmin=0.1, s_tmax=20)
     gen = torch.Generator().manual_seed(4)
     A = torch.randn(2, s.levels.numel(), 3, 3, generator=gen, dtype=F64)

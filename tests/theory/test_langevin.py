@@ -127,7 +127,7 @@ def test_blocked_sgd_takes_the_per_step_iterates(b, sampling):
 @pytest.mark.parametrize("L,blocked,sampling", [(1, True, "with_replacement"), (1, False, "epochs"),
                                                 (2, False, "with_replacement")])
 def test_draws_on_a_second_core_give_the_same_numbers(L, blocked, sampling):
-    """gsm.prefetch: chunk i + 1 drawn in a background thread while chunk i trains, and ULA's next noise
+    """gsm.training.prefetch: chunk i + 1 drawn in a background thread while chunk i trains, and ULA's next noise
     while a step runs, consume the generator in the same order: bit-identical results."""
     d, N, R = 5, 20, 4
     x = torch.randn(R, N, d, generator=torch.Generator().manual_seed(0))
@@ -158,8 +158,8 @@ def test_sgd_divergence_is_recorded_per_replicate():
 
 
 def test_epoch_sampling_visits_every_point_once_per_epoch():
-    from gsm.training.dsm import _EpochStream
-    s = _EpochStream(3, 10, torch.Generator().manual_seed(0), "cpu")
+    from gsm.training.dsm import EpochStream
+    s = EpochStream(3, 10, torch.Generator().manual_seed(0), "cpu")
     idx = torch.cat([s.take(7), s.take(13)], dim=1)             # two epochs across chunk borders
     for r in range(3):
         assert sorted(idx[r, :10].tolist()) == list(range(10)) == sorted(idx[r, 10:].tolist())

@@ -160,8 +160,8 @@ def test_fourier_bures_is_the_full_bures():
 # ------------------------------------------------------------------------------ kernels vs theory
 
 def test_fourier_kernels_are_kappa_halves_of_the_full_diagonal_kernels():
-    """K^F(ω) = (κ(ω)/2) K(λ_ω, λ_ω) for the 1/N, τ and 1/M kernels (Langevin: gsm.theory; DDPM:
-    gsm.diffusion), and the bias term is the same commuting formula."""
+    """K^F(ω) = (κ(ω)/2) K(λ_ω, λ_ω) for the 1/N, τ and 1/M kernels (Langevin: gsm.theory.langevin; DDPM:
+    gsm.theory.diffusion), and the bias term is the same commuting formula."""
     from gsm.theory.diffusion import diffusion_prediction
     from gsm.theory.langevin import langevin_prediction
     n = 4

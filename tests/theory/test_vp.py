@@ -1,7 +1,7 @@
 """sampler=vp (Pierret–Galerne VP schemes): exact laws, particles, convergence orders, prediction.
 
 The references are written here from the paper's equations in *its* convention (β_PG = β/2, B_PG = B/2,
-N = K + 1 grid points t_k = (T − ε)k/(N − 1), times T − t_k), independently of gsm.vp."""
+N = K + 1 grid points t_k = (T − ε)k/(N − 1), times T − t_k), independently of gsm.samplers.vp and gsm.theory.vp."""
 import json
 import math
 

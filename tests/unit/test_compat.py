@@ -1,41 +1,71 @@
-"""The names users typed before the layout by concern keep working, with a FutureWarning that says where
-the contents went: old module imports, old `_target_` paths, `python -m <old module>`, the README's
-Python API and the package-level names of gsm.samplers / gsm.theory / gsm.data."""
+"""0.2.0 removed the flat module paths of the 0.1 series (CHANGELOG.md): importing one fails with a clean
+ModuleNotFoundError, `python -m <old module>` fails, and no import hook is left. What users type keeps
+working: the README's Python API and, for one release, an old `_target_` string in a config (rewritten by
+the entry point to the class's new path, with a FutureWarning)."""
+import importlib
+import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
 import gsm
-from gsm._compat import MOVED
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# the 0.1 modules that 0.2.0 removed, written out here (not read from gsm): CHANGELOG.md lists each
+REMOVED = ("gsm.advise", "gsm.chain", "gsm.diffusers_sampler", "gsm.diffusion", "gsm.edm", "gsm.experiment",
+           "gsm.interrupt", "gsm.job", "gsm.linear_law", "gsm.memory", "gsm.metrics", "gsm.models", "gsm.nets",
+           "gsm.pg_report", "gsm.prefetch", "gsm.regime", "gsm.report", "gsm.schedulers_report", "gsm.status",
+           "gsm.texture", "gsm.texture_pipeline", "gsm.train", "gsm.validate", "gsm.vp", "gsm.vp_pipeline")
+
+# `_target_` strings of the 0.1 configs (conf/ of 0.1.0) and the classes they name in 0.2
+OLD_TARGETS = {
+    "gsm.diffusion.DDPM": "gsm.samplers.ddpm.DDPM",
+    "gsm.diffusion.DDIM": "gsm.samplers.ddpm.DDIM",
+    "gsm.diffusers_sampler.Diffusers": "gsm.samplers.diffusers_scheduler.Diffusers",
+    "gsm.edm.EDM": "gsm.samplers.edm.EDM",
+    "gsm.vp.VP": "gsm.samplers.vp.VP",
+    "gsm.models.LinearScore": "gsm.scores.linear.LinearScore",
+    "gsm.models.OracleScore": "gsm.scores.linear.OracleScore",
+    "gsm.nets.MLPScore": "gsm.scores.nets.MLPScore",
+    "gsm.texture.FourierLinearScore": "gsm.scores.fourier.FourierLinearScore",
+}
 
 
-@pytest.mark.parametrize("old", sorted(MOVED))
-def test_every_old_module_imports_with_a_warning_and_resolves_its_names(old):
+@pytest.mark.parametrize("old", REMOVED)
+def test_removed_module_raises_module_not_found(old):
     sys.modules.pop(old, None)
-    with pytest.warns(FutureWarning, match=old.replace(".", r"\.") + " is deprecated"):
-        module = __import__(old, fromlist=["_"])
-    names = [n for n in dir(module) if not n.startswith("__")]
-    assert names, old
-    for new in MOVED[old]:
-        assert new in sys.modules     # dir() looked into every new module
+    with pytest.raises(ModuleNotFoundError, match=f"No module named '{old}'"):
+        importlib.import_module(old)
 
 
-def test_old_names_are_the_new_objects():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from gsm.diffusion import DDPM, diffusion_prediction
-        from gsm.experiment import run, summary_table
-        from gsm.texture import FourierLinearScore, load_texture
-    from gsm.data.texture import load_texture as new_load
-    from gsm.pipeline.record import summary_table as new_summary
-    from gsm.pipeline.run import run as new_run
-    from gsm.samplers.ddpm import DDPM as NewDDPM
-    from gsm.scores.fourier import FourierLinearScore as NewFourier
-    from gsm.theory.diffusion import diffusion_prediction as new_pred
-    assert (DDPM, diffusion_prediction, run, summary_table, FourierLinearScore, load_texture) == \
-        (NewDDPM, new_pred, new_run, new_summary, NewFourier, new_load)
+def test_no_import_hook_and_no_compat_module():
+    """`import gsm` loads gsm and gsm._lazy only and installs no finder; gsm/_compat.py is gone."""
+    code = ("import sys; before = list(sys.meta_path); import gsm; "
+            "print(sorted(m for m in sys.modules if m.startswith('gsm')), sys.meta_path == before)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["['gsm',", "'gsm._lazy']", "True"], proc.stdout + proc.stderr
+    assert not (Path(gsm.__file__).parent / "_compat.py").exists()
+
+
+def test_changelog_lists_every_removed_module_and_the_alias_table_covers_them():
+    from gsm.cli.targets import OLD_MODULES
+    text = (ROOT / "CHANGELOG.md").read_text()
+    missing = [old for old in REMOVED if f"`{old}`" not in text]
+    assert not missing, f"CHANGELOG.md does not list {missing}"
+    assert sorted(OLD_MODULES) == sorted(REMOVED)
+    for old, new in OLD_MODULES.items():            # every replacement exists
+        for module in new:
+            importlib.import_module(module)
+
+
+def test_python_dash_m_old_module_fails_cleanly():
+    proc = subprocess.run([sys.executable, "-m", "gsm.report", "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "No module named gsm.report" in proc.stderr
 
 
 def test_readme_api_names():
@@ -49,18 +79,38 @@ def test_readme_api_names():
         gsm.not_a_name
 
 
-def test_old_target_path_instantiates(compose_cfg):
+@pytest.mark.parametrize("old, new", sorted(OLD_TARGETS.items()))
+def test_old_target_resolves_to_the_new_class(old, new):
+    from gsm.cli.targets import current_target
+    assert current_target(old) == new
+
+
+def test_old_targets_in_a_config_are_rewritten_with_a_warning(compose_cfg):
     from hydra.utils import instantiate
 
+    from gsm.cli.targets import update_targets
     from gsm.samplers.ddpm import DDPM
-    cfg = compose_cfg("sampler=ddpm", "sampler._target_=gsm.diffusion.DDPM")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        assert type(instantiate(cfg.sampler)) is DDPM
+    cfg = compose_cfg("sampler=ddpm", "sampler._target_=gsm.diffusion.DDPM", "model._target_=gsm.models.LinearScore")
+    with pytest.warns(FutureWarning) as caught:
+        assert update_targets(cfg) == ["model._target_", "sampler._target_"]
+    messages = sorted(str(w.message) for w in caught)
+    assert "model._target_=gsm.models.LinearScore is a 0.1 module path" in messages[0]
+    assert "use gsm.samplers.ddpm.DDPM" in messages[1]
+    assert (cfg.sampler._target_, cfg.model._target_) == ("gsm.samplers.ddpm.DDPM", "gsm.scores.linear.LinearScore")
+    assert type(instantiate(cfg.sampler)) is DDPM
+    with warnings.catch_warnings():                  # current paths: nothing to do, no warning
+        warnings.simplefilter("error")
+        assert update_targets(compose_cfg()) == []
 
 
-def test_python_dash_m_old_module_runs_the_new_one():
-    proc = subprocess.run([sys.executable, "-m", "gsm.report", "--help"], capture_output=True, text=True, timeout=300)
+def test_gsm_command_runs_an_old_target(tmp_path):
+    """The console script applies the alias: a 0.1 `_target_` on the command line runs, with one
+    FutureWarning, and results.json records the new path."""
+    proc = subprocess.run(["gsm", "model=oracle", "model._target_=gsm.models.OracleScore", "replicates=2",
+                           "data.dim=2", "data.n=10", "sampler.steps=10", "sampler.particles=20",
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "usage: gsm-report" in proc.stdout
-    assert "python -m gsm.report is deprecated: use python -m gsm.cli.report" in proc.stderr
+    assert "model._target_=gsm.models.OracleScore is a 0.1 module path, removed in 0.2.0" in proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "ok"
+    assert results["config"]["model"]["_target_"] == "gsm.scores.linear.OracleScore"

@@ -1,4 +1,4 @@
-"""The memory estimate (gsm.memory, issue 17): a run that cannot fit stops before any work with one line
+"""The memory estimate (gsm.pipeline.memory, issue 17): a run that cannot fit stops before any work with one line
 naming the knobs; the estimate bounds the measured peak within a factor of 2."""
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""The regime verdict (gsm.regime, docs/theory.md §12): its inputs, its order, and what the console shows."""
+"""The regime verdict (gsm.theory.regime, docs/theory.md §12): its inputs, its order, and what the console shows."""
 import json
 import subprocess
 
