@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "gsm.pipeline.run": ("run",),
     "gsm.theory.bures": ("bures_wasserstein2", "bures_wasserstein2_commuting", "second_moment"),
     "gsm.scores.linear": ("LinearScore", "OracleScore", "dsm_optimum"),
-    "gsm.samplers.langevin": ("Langevin", "langevin_covariance", "langevin_sample", "linear_langevin_sample"),
+    "gsm.samplers.langevin": ("Langevin", "langevin_sample", "linear_langevin_sample"),
+    "gsm.theory.langevin": ("langevin_covariance",),
     "gsm.training.dsm": ("dsm_loss", "empirical_dsm_minimizer", "train_linear_dsm"),
 })

@@ -51,7 +51,6 @@ from dataclasses import dataclass
 import torch
 
 from gsm.checks import choice, number
-from gsm.figures import log_figure
 from gsm.samplers.base import Sampler
 from gsm.samplers.vp_schemes import (EVALS_PER_STEP, EXACT_SCHEMES, INITS, ODE_SCHEMES, SCHEMES, SDE_SCHEMES,
                                      VPSchedule, continuous_variance, exact_scores, vp_chain, vp_grid)
@@ -241,6 +240,7 @@ class VP(Sampler):
         for p, w in zip(pts.tolist(), w2.tolist()):
             writer.add_scalar("vp/w2_trajectory_learned", w, p)   # plain: the default TensorBoard loader
         if self.figure:
+            from gsm.figures import log_figure      # matplotlib only when a figure is drawn
             log_figure(writer, "vp/trajectory_all_schemes", trajectory_figure(lam.clamp_min(0), self), step)
 
 

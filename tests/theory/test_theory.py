@@ -5,17 +5,36 @@ import math
 import pytest
 import torch
 
+from autograd_reference import second_order_contraction, ula_covariance
+
 import gsm.theory as T
-from gsm.theory.langevin import _langevin_variance_matrix, _ula_covariance
 from gsm.theory.bures import bures_wasserstein2
+from gsm.theory.chain import LinearChain
+from gsm.theory.langevin import ULALaw, langevin_covariance, ula_chain
+from gsm.theory.law import ChainLaw
+from gsm.training.objectives import DSM, SGD_INIT, SGDBudget
 
 F64 = torch.float64
 LAM = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64)     # the note's §7 example
 KW = dict(sigma=0.5, gamma=0.05, batch_size=1)
 
 
+ONE = torch.ones(1, dtype=F64)
+
+
 def rel(x, y):
     return abs(x - y) / abs(y)
+
+
+def sgd_variance(lam, sigma, tau, symmetric=False):
+    """(Var(Δ), Cov(Δ_ri, Δ_ir)) of stationary DSM-SGD at the one level (1, σ), b = 1 (d, d) each."""
+    var, cross = DSM().fluctuations(lam, ONE, sigma * ONE, tau, 1, None, symmetric)
+    return var[0], cross[0]
+
+
+def dsm_score_matrix(X, sigma, tau, k, init):
+    """E[A_k] of DSM-SGD on data of second moment X at the level (1, σ), as gsm computes it."""
+    return DSM().score_function(X, ONE, sigma * ONE, SGDBudget(k, tau, 1, init))[..., 0, :, :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,10 +95,11 @@ def test_second_order_tau_matches_note_table():
 # internal consistency
 
 def test_divided_differences_closed_form():
+    """The stationary ULA map h(μ) = 1/(a − γa²/2), a = 1/(μ + σ²), i.e. h = 1/(1 − γ/(2q)) · … with
+    q = μ + σ² − γ/2: h = q + γ²/(4q) + const, so h^[1] = 1 − γ²/(4 q_i q_j), h^[2] = γ²/(4 q_i² q_j)."""
     sigma, gamma = 0.5, 0.05
-    h = lambda X: _langevin_variance_matrix(T.dsm_score_matrix(X, sigma), gamma, None, 1.0)
     lam = torch.tensor([0.3, 0.3, 1.0, 2.5], dtype=F64)     # a repeated eigenvalue on purpose
-    H1, H2 = T.divided_differences(h, lam)
+    H1, H2 = ULALaw(gamma, None).divided_differences(lam, DSM(), ONE, sigma * ONE)
     q = lam + sigma ** 2 - gamma / 2
     assert torch.allclose(H1, 1 - gamma ** 2 / (4 * q[:, None] * q[None, :]), rtol=1e-12, atol=1e-14)
     assert torch.allclose(H2, gamma ** 2 / (4 * q[:, None] ** 2 * q[None, :]), rtol=1e-9, atol=1e-14)
@@ -88,9 +108,10 @@ def test_divided_differences_closed_form():
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_tau_closed_form_equals_autograd_hessian(symmetric):
     a = 1 / (LAM + 0.25)
-    var, cross = T.sgd_variance(LAM, sigma=0.5, tau=1.0, symmetric=symmetric)
+    var, cross = sgd_variance(LAM, 0.5, 1.0, symmetric)
+    cross = var if symmetric else cross         # symmetric Δ: Δ_ri and Δ_ir are one variable
     closed = T.tau_term_from_var(LAM, var, score=a, gamma=0.05, cross=cross).sum()
-    auto = T.second_order_contraction(lambda A: _ula_covariance(A, 0.05), a, LAM, var, cross).sum()
+    auto = second_order_contraction(lambda A: ula_covariance(A, 0.05), a, LAM, var, cross).sum()
     assert rel(float(auto), float(closed)) < 1e-10
 
 
@@ -101,7 +122,7 @@ def test_tau_closed_form_general_covariance_and_base():
     cross = (cross + cross.T) / 4
     a = 1.3 / (LAM + 0.25)                                   # a base that is not the DSM optimum
     closed = T.tau_term_from_var(LAM, var, score=a, gamma=0.3, cross=cross).sum()
-    auto = T.second_order_contraction(lambda A: _ula_covariance(A, 0.3), a, LAM, var, cross).sum()
+    auto = second_order_contraction(lambda A: ula_covariance(A, 0.3), a, LAM, var, cross).sum()
     assert rel(float(auto), float(closed)) < 1e-10
 
 
@@ -138,11 +159,11 @@ def test_limits():
 
 
 def test_exact_sgd_variance_first_order_limit():
-    v1, _ = T.sgd_variance(LAM, sigma=1.0, tau=1e-7)
-    v2 = T.sgd_variance_exact(LAM, sigma=1.0, tau=1e-7)
+    v1, _ = sgd_variance(LAM, 1.0, 1e-7)
+    v2 = DSM().exact_fluctuations(LAM, 1.0, 1e-7)
     assert torch.allclose(v1, v2, rtol=1e-5)
     with pytest.raises(ValueError, match="tau"):
-        T.sgd_variance_exact(LAM, sigma=1.0, tau=2.0)
+        DSM().exact_fluctuations(LAM, 1.0, 2.0)
 
 
 def test_sgd_transient_limits():
@@ -220,7 +241,7 @@ def _sgd_online(lam, sigma, tau, R, steps, symmetric, g):
     first-order stationary law around A* (so a short run reaches stationarity). Returns Δ = A − A*."""
     d = lam.numel()
     m = lam + sigma ** 2
-    var, _ = T.sgd_variance(lam, sigma=sigma, tau=tau, symmetric=symmetric)
+    var, _ = sgd_variance(lam, sigma, tau, symmetric)
     D = torch.randn(R, d, d, generator=g, dtype=F64) * var.sqrt()
     if symmetric:
         D = torch.triu(D) + torch.triu(D, 1).transpose(1, 2)
@@ -243,7 +264,7 @@ def _mc_tau(lam, sigma, gamma, tau, R, steps, symmetric, seed):
     c = T.langevin_variance(a, gamma)
     rho, _ = T.bures_second_order_weights(lam, c)
     e, Dii = c * (1 - gamma * a), 2 * a - gamma * a ** 2
-    C = torch.vmap(lambda A: _ula_covariance(A, gamma))(torch.diag(a) + Delta)
+    C = torch.vmap(lambda A: ula_covariance(A, gamma))(torch.diag(a) + Delta)
     excess = bures_wasserstein2(torch.diag(lam), C) - (p["noise"] + p["discretization"])
     linear = (rho * (-2 * torch.diagonal(Delta, dim1=1, dim2=2) * e / Dii)).sum(-1)   # Σ ρ_i C¹_ii
     v = excess - linear
@@ -312,7 +333,7 @@ def test_mc_sgd_transient_from_zeros():
     c = T.langevin_variance(a, gamma)
     rho, _ = T.bures_second_order_weights(lam, c)
     e, Dii = c * (1 - gamma * a), 2 * a - gamma * a ** 2
-    C = torch.vmap(lambda X: _ula_covariance(X, gamma))(A)
+    C = torch.vmap(lambda X: ula_covariance(X, gamma))(A)
     base = float(((lam.sqrt() - c.sqrt()) ** 2).sum())
     linear = (rho * (-2 * torch.diagonal(A - torch.diag(a), dim1=1, dim2=2) * e / Dii)).sum(-1)
     v = bures_wasserstein2(torch.diag(lam), C) - base - linear
@@ -325,18 +346,18 @@ def test_mc_sgd_transient_from_zeros():
 # finite budgets (issue 6, gsm-advise): the K-step τ term in closed form, and Monte-Carlo checks of
 # the two transients (SGD mean and spread after k steps with the pipeline's trainer; ULA's h_K)
 
-def test_power_sum_is_the_geometric_sum_also_for_repeated_values():
+def test_complete_homogeneous_is_the_geometric_sum_also_for_repeated_values():
     x, y, z = torch.tensor([0.9, 0.5, 0.7], dtype=F64), torch.tensor([0.9, 0.3, 0.7], dtype=F64), 0.7
     for K in (0, 1, 2, 7):
         two = sum(x ** (K - 1 - k) * y ** k for k in range(K))
         three = sum(x ** a * y ** b * z ** (K - 2 - a - b) for a in range(K - 1) for b in range(K - 1 - a))
-        assert torch.allclose(T.power_sum(K, x, y), torch.as_tensor(two, dtype=F64), rtol=1e-13, atol=0)
-        assert torch.allclose(T.power_sum(K, x, y, z), torch.as_tensor(three, dtype=F64), rtol=1e-13, atol=0)
+        assert torch.allclose(T.complete_homogeneous(K, x, y), torch.as_tensor(two, dtype=F64), rtol=1e-13, atol=0)
+        assert torch.allclose(T.complete_homogeneous(K, x, y, z), torch.as_tensor(three, dtype=F64), rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize("K,c0,gamma", [(0, 1.0, 0.05), (1, 0.5, 0.05), (7, 0.7, 0.3), (300, 2.0, 0.05)])
 def test_finite_steps_tau_closed_form_equals_autograd(K, c0, gamma):
-    """`_ula_tau_cells_finite` (geometric sums) = the autograd Hessian contraction of the K-step law, for a
+    """`tau_term_from_var` with steps (geometric sums) = the autograd Hessian contraction of the K-step law, for a
     general base score, variance and Cov(Δ_ri, Δ_ir); both reduce to the stationary form as K → ∞."""
     g = torch.Generator().manual_seed(K)
     var = torch.rand(4, 4, generator=g, dtype=F64)
@@ -344,7 +365,7 @@ def test_finite_steps_tau_closed_form_equals_autograd(K, c0, gamma):
     cross = (cross + cross.T) / 4
     a = 1.3 / (LAM + 0.25)
     closed = T.tau_term_from_var(LAM, var, score=a, gamma=gamma, cross=cross, steps=K, init_var=c0)
-    auto = T.second_order_contraction(lambda A: _ula_covariance(A, gamma, K, c0), a, LAM, var, cross)
+    auto = second_order_contraction(lambda A: ula_covariance(A, gamma, K, c0), a, LAM, var, cross)
     assert abs(float(closed.sum() - auto.sum())) <= 1e-12 * max(1.0, float(auto.abs().sum()))
     # the cell (i, i) is Δ_ii's contribution in both
     assert torch.allclose(torch.diagonal(closed), torch.diagonal(auto), rtol=1e-10, atol=1e-15)
@@ -362,8 +383,8 @@ def test_sgd_mean_transient_is_the_exact_recursion():
         A = a0 * torch.eye(2, dtype=F64)
         for _ in range(k):
             A = A - tau * sigma ** 2 * (A @ Mh - torch.eye(2, dtype=F64))
-        torch.testing.assert_close(T.dsm_score_matrix(X, sigma, tau, k, init), A, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(T.dsm_score_matrix(X, sigma, tau, k, "optimum"), torch.linalg.inv(Mh))
+        torch.testing.assert_close(dsm_score_matrix(X, sigma, tau, k, init), A, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(dsm_score_matrix(X, sigma, tau, k, "optimum"), torch.linalg.inv(Mh))
 
 
 @pytest.mark.parametrize("init", ["zeros", "identity"])
@@ -372,7 +393,7 @@ def test_mc_sgd_transient_mean_and_variance_with_the_trainer(init, one_thread):
     data sets of N = 500 points (Σ = diag λ, so entries are in Σ's eigenbasis), ≈ 1.1 relaxation times
     of the slowest mode. Mean: A_k − E[A_k | data] with the exact E[A_k | data] of each data set has zero
     mean (every entry within 4 s.e.), while the offset E[A_k] − A* is ≫ s.e. Spread: Σ_ri Var(A_k,ri) and
-    Σ_{r≠i} Cov(A_k,ri, A_k,ir) across replicates equal `sgd_transient_variance` within 4 s.e. (measured,
+    Σ_{r≠i} Cov(A_k,ri, A_k,ir) across replicates equal `DSM.fluctuations` after the budget within 4 s.e. (measured,
     zeros: 0.010076 ± 0.000081 vs 0.010049; without the mean offset's multiplicative noise the formula
     gives 0.008850, 15 s.e. off)."""
     from gsm.training.dsm import empirical_second_moment, train_linear_dsm
@@ -380,13 +401,13 @@ def test_mc_sgd_transient_mean_and_variance_with_the_trainer(init, one_thread):
     m = LAM + sigma ** 2
     g = torch.Generator().manual_seed(11)
     x = torch.randn(R, N, d, generator=g, dtype=F64) * LAM.sqrt()
-    A = T.SGD_INIT[init] * torch.eye(d, dtype=F64).repeat(R, 1, 1, 1)
+    A = SGD_INIT[init] * torch.eye(d, dtype=F64).repeat(R, 1, 1, 1)
     one = torch.ones(1, dtype=F64)
     train_linear_dsm(A, x, alphas=one, stds=sigma * one, tau=tau, steps=k, generator=g)
-    Dk = A[:, 0] - T.dsm_score_matrix(empirical_second_moment(x), sigma, tau, k, init)
+    Dk = A[:, 0] - dsm_score_matrix(empirical_second_moment(x), sigma, tau, k, init)
     se = Dk.std(0) / math.sqrt(R)
     assert (Dk.mean(0).abs() < 4 * se).all(), Dk.mean(0) / se
-    var, cross = T.sgd_transient_variance(LAM, sigma=sigma, tau=tau, batch_size=1, sgd_steps=k, init=init)
+    var, cross = (v[0] for v in DSM().fluctuations(LAM, ONE, sigma * ONE, tau, 1, SGDBudget(k, tau, 1, init)))
     c = Dk - Dk.mean(0)
     total = (c ** 2).sum((1, 2))
     mixed = (c * c.transpose(1, 2)).sum((1, 2)) - (torch.diagonal(c, dim1=1, dim2=2) ** 2).sum(-1)
@@ -405,7 +426,7 @@ def test_mc_langevin_h_K_vs_particles(one_thread):
     4 s.e. (s.e. = h_K √(2/M)); the stationary g is more than 10 s.e. off."""
     from gsm.samplers.langevin import linear_langevin_sample
     sigma, tau, k, gamma, K, c0, M = 0.5, 0.01, 300, 0.05, 60, 0.1, 20000
-    a = torch.diagonal(T.dsm_score_matrix(torch.diag(LAM), sigma, tau, k))
+    a = torch.diagonal(dsm_score_matrix(torch.diag(LAM), sigma, tau, k, "zeros"))
     g = torch.Generator().manual_seed(12)
     x0 = math.sqrt(c0) * torch.randn(1, M, 4, generator=g, dtype=F64)
     x = linear_langevin_sample(torch.diag(a)[None], x0, gamma, K, generator=g)[0]
@@ -413,3 +434,42 @@ def test_mc_langevin_h_K_vs_particles(one_thread):
     se = hK * math.sqrt(2 / M)
     assert ((v - hK).abs() < 4 * se).all(), (v - hK) / se
     assert ((v - T.langevin_variance(a, gamma)).abs() > 10 * se).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# ULA's closed forms are fast paths of its step map: each equals the law derived from `ula_chain`
+
+@pytest.mark.parametrize("K", [1, 7, 120])
+def test_ula_closed_forms_equal_the_chain(K):
+    """Langevin's law map `ULALaw` (closed forms) = `ChainLaw(ula_chain(γ, K))` (jets of the step map): the
+    variance, the 1/N divided differences, the τ cells (also with a finite-budget covariance and the
+    cross term), and the full-matrix law `langevin_covariance` = the chain's C ← P C Pᵀ + 2γI."""
+    gamma, c0, sigma = 0.3, 0.7, 0.5
+    fast, chain = ULALaw(gamma, K, c0), ChainLaw(ula_chain(gamma, K), c0)
+    a = (1.3 / (LAM + 0.25)).view(1, -1)
+    torch.testing.assert_close(fast.variance(a), chain.variance(a), rtol=1e-12, atol=0)
+    budget = SGDBudget(50, 0.01, 1, "zeros")
+    for b in (None, budget):
+        for x, y in zip(fast.divided_differences(LAM, DSM(), ONE, sigma * ONE, b),
+                        chain.divided_differences(LAM, DSM(), ONE, sigma * ONE, b)):
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-13)
+    var, cross = DSM().fluctuations(LAM, ONE, sigma * ONE, 0.01, 1, budget)
+    h = fast.variance(a)
+    torch.testing.assert_close(fast.tau_cells(LAM, a, h, var, cross).sum(), chain.tau_cells(LAM, a, h, var, cross).sum(),
+                               rtol=1e-10, atol=0)
+    g = torch.Generator().manual_seed(K)
+    A = torch.eye(4, dtype=F64) + 0.3 * torch.randn(3, 1, 4, 4, generator=g, dtype=F64)   # non-symmetric
+    torch.testing.assert_close(langevin_covariance(A[:, 0], gamma, K, c0), ula_chain(gamma, K).covariance(A, c0),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_langevin_sampler_fast_paths_equal_its_step_map():
+    """gsm.samplers.Langevin's covariance, diagonal (Fourier) law and prediction law = its chain's."""
+    from gsm.samplers.langevin import Langevin
+    s = Langevin(gamma=0.2, steps=30, init_var=0.5)
+    assert isinstance(s.chain, LinearChain) and s.chain.K == 30
+    A = (torch.eye(3, dtype=F64) + 0.2 * torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0),
+                                                      dtype=F64))
+    torch.testing.assert_close(s.covariance(A), s.chain.covariance(A, 0.5), rtol=1e-10, atol=1e-12)
+    a = torch.rand(2, 1, 5, generator=torch.Generator().manual_seed(1), dtype=F64) + 0.1
+    torch.testing.assert_close(s.diagonal_variance(a), s.chain.variance(a, 0.5), rtol=1e-12, atol=0)
