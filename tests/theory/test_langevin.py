@@ -7,8 +7,8 @@ import torch
 from gsm.data.gaussian import Gaussian, powerlaw_spectrum, random_orthogonal
 from gsm.theory.bures import second_moment
 from gsm.scores.linear import LinearScore, dsm_optimum
-from gsm.samplers.langevin import (langevin_covariance, langevin_unstable, linear_langevin_sample,
-                                   langevin_sample)
+from gsm.samplers.langevin import langevin_sample, linear_langevin_sample
+from gsm.theory.langevin import langevin_covariance, langevin_unstable
 from gsm.training.dsm import dsm_loss, empirical_dsm_minimizer, train_linear_dsm
 
 ONE, SIG = torch.ones(1, dtype=torch.float64), torch.full((1,), 0.7, dtype=torch.float64)

@@ -10,10 +10,12 @@ from gsm.samplers.ddpm import DDIM, DDPM
 from gsm.samplers.langevin import Langevin
 from gsm.scores.fourier import FourierLinearScore, circulant_matrices, dsm_optimum_fourier
 from gsm.data.texture import adsn_sample, adsn_spectrum, kappa, load_texture, multiplicity
-from gsm.theory.fourier import fourier_bures_wasserstein2, fourier_prediction, sgd_variance_fourier
+from gsm.theory.fourier import fourier_bures_wasserstein2, fourier_prediction
+from gsm.theory.prediction import sampler_prediction
 from gsm.samplers.fourier import fourier_sample, sampler_variance
 from gsm.training.fourier import train_fourier_dsm
 from gsm.training.dsm import train_linear_dsm
+from gsm.training.objectives import DSM
 
 F64 = torch.float64
 
@@ -160,9 +162,10 @@ def test_fourier_bures_is_the_full_bures():
 # ------------------------------------------------------------------------------ kernels vs theory
 
 def test_fourier_kernels_are_kappa_halves_of_the_full_diagonal_kernels():
-    """K^F(ω) = (κ(ω)/2) K(λ_ω, λ_ω) for the 1/N, τ and 1/M kernels (Langevin: gsm.theory.langevin; DDPM:
-    gsm.theory.diffusion), and the bias term is the same commuting formula."""
-    from gsm.theory.diffusion import diffusion_prediction
+    """K^F(ω) = (κ(ω)/2) K(λ_ω, λ_ω) for the 1/N, τ and 1/M kernels (Langevin: the ULA closed form
+    `langevin_prediction`; DDPM: the full-matrix `sampler_prediction`), and the bias term is the same
+    commuting formula. The DDPM kernels share the chain's jets with the Fourier ones, so they are also
+    checked against `_ddpm_fourier_kernels` (autograd on a per-frequency recursion written here)."""
     from gsm.theory.langevin import langevin_prediction
     n = 4
     lam = torus_spectrum(n)
@@ -171,16 +174,48 @@ def test_fourier_kernels_are_kappa_halves_of_the_full_diagonal_kernels():
     mine = fourier_prediction(lam, s, n=100, sigma=0.6, tau=1e-3, batch_size=2, particles=50)
     ref = langevin_prediction(flat, n=100, sigma=0.6, tau=1e-3, gamma=0.08, batch_size=2, steps=40, init_var=0.5,
                               particles=50)
-    for km, kr in (("kernel_n", "kernel_n"), ("kernel_tau", "kernel_tau"), ("kernel_m", "kernel_m")):
-        torch.testing.assert_close(mine[km], (k / 2) * torch.diagonal(ref[kr]).view_as(lam), rtol=1e-7, atol=1e-14)
+    for km in ("kernel_n", "kernel_tau", "kernel_m"):
+        torch.testing.assert_close(mine[km], (k / 2) * torch.diagonal(ref[km]).view_as(lam), rtol=1e-7, atol=1e-14)
     dd = DDPM(T=200, steps=20)
     mine = fourier_prediction(lam, dd, n=100, tau=1e-3, batch_size=2, particles=50)
-    ref = diffusion_prediction(flat, dd.chain, n=100, tau=1e-3, batch_size=2, particles=50)
-    ref.setdefault("kernel_m", ref.get("kernel_particles"))
-    for km, kr in (("kernel_n", "kernel_n"), ("kernel_tau", "kernel_tau"), ("kernel_m", "kernel_m")):
-        torch.testing.assert_close(mine[km], (k / 2) * torch.diagonal(ref[kr]).view_as(lam), rtol=1e-7, atol=1e-14)
+    ref = sampler_prediction(dd, flat, n=100, tau=1e-3, batch_size=2, particles=50)
+    for km in ("kernel_n", "kernel_tau", "kernel_m"):
+        torch.testing.assert_close(mine[km], (k / 2) * torch.diagonal(ref[km]).view_as(lam), rtol=1e-7, atol=1e-14)
+    K_N, K_tau = _ddpm_fourier_kernels(dd, flat, k.flatten(), batch_size=2)
+    torch.testing.assert_close(mine["kernel_n"], K_N.view_as(lam), rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(mine["kernel_tau"], K_tau.view_as(lam), rtol=1e-9, atol=1e-15)
     w = multiplicity(n).flatten()
     assert mine["bias"] == pytest.approx(float((w * (flat.sqrt() - mine["output_variance"].flatten().sqrt()) ** 2).sum()))
+
+
+def _ddpm_fourier_kernels(dd, lam, k, batch_size):
+    """Independent reference for the DDPM Fourier kernels per frequency (F,): h from the scalar recursion
+    v ← (c_k − g_k a_k)² v + q_k (k = K..0, the sampler's definition, `dd.reverse`), a_k = 1/(ᾱ_kλ + 1 − ᾱ_k),
+    f = (√λ − √h)², and by autograd  K_N = κλ² · ½ ∂²f/∂λ̂²  and  K_τ = Σ_l V_l · ½ ∂²f/∂a_l², V_l = κᾱλ/(4b m_l)
+    (the stationary circulant SGD variance per unit τ, note §13)."""
+    from torch.func import grad, jvp
+    rev = dd.reverse
+    ab, c, g, q = rev.alpha_bar, rev.c, rev.g, rev.q
+
+    def h_of(a):                                                         # a (K+1, F) on the grid
+        v = dd.init_var * torch.ones_like(a[0])
+        for j in range(rev.K, -1, -1):
+            v = (c[j] - g[j] * a[j]) ** 2 * v + q[j]
+        return v
+
+    f_total = lambda h: ((lam.sqrt() - h.sqrt()) ** 2).sum()
+    a_of = lambda x: 1 / (ab.view(-1, 1) * x + 1 - ab.view(-1, 1))
+    ones = torch.ones_like(lam)
+    K_N = k * lam ** 2 * 0.5 * jvp(grad(lambda x: f_total(h_of(a_of(x)))), (lam,), (ones,))[1]
+    a = a_of(lam)
+    K_tau = torch.zeros_like(lam)
+    for j in rev.levels.tolist():
+        e = torch.zeros_like(a)
+        e[j] = 1.0
+        d2 = jvp(grad(lambda x: f_total(h_of(x))), (a,), (e,))[1][j]        # ∂²f/∂a_j² per frequency
+        m = ab[j] * lam + 1 - ab[j]
+        K_tau = K_tau + k * ab[j] * lam / (4 * batch_size * m) * 0.5 * d2
+    return K_N, K_tau
 
 
 # ----------------------------------------------------------------------------- Monte-Carlo checks
@@ -230,7 +265,7 @@ def test_monte_carlo_sgd_variance_per_frequency():
     steps = int(6 / (tau * sigma ** 2 * float(lam.min() + sigma ** 2)))
     train_fourier_dsm(a, xh, alphas=alphas, stds=stds, tau=tau, batch_size=b, steps=steps, generator=g)
     var = ((a - a_N) ** 2).mean(0)[0]                                 # (n, h), per-frequency MC variance
-    pred = tau * sgd_variance_fourier(lam, alphas, stds, batch_size=b, exact_tau=tau)[0]
+    pred = tau * DSM().circulant_variance(lam, alphas, stds, kappa(n), batch_size=b, exact_tau=tau)[0]
     z = (var - pred) / (pred * math.sqrt(2 / R))                      # Δ ≈ Gaussian: Var(s²) = 2σ⁴/R
     assert z.abs().max() < 4.5, z
     assert abs(float(z.mean())) < 4.5 / math.sqrt(z.numel())

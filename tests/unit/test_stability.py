@@ -14,8 +14,8 @@ Nothing here calls gsm.theory's formulas to get a reference."""
 import pytest
 import torch
 
-from gsm.samplers.langevin import langevin_unstable
-from gsm.theory.sgd import sgd_mean_square_stable
+from gsm.theory.langevin import langevin_unstable
+from gsm.training.objectives import sgd_mean_square_stable
 from gsm.pipeline.validate import ConfigError, sgd_tau_limit, validate_config
 
 F64 = torch.float64
@@ -104,7 +104,7 @@ SGD_CASES = [([1.0, 0.5, 0.25], 0.5, 1), ([1.0, 0.5, 0.25], 0.5, 2), ([2.0], 1.0
 
 @pytest.mark.parametrize("lam,sigma,b", SGD_CASES)
 def test_sgd_tau_limit_is_the_mean_square_boundary_of_the_update_rule(lam, sigma, b):
-    """gsm.pipeline.validate.sgd_tau_limit (the warning's τ limit) and gsm.theory.sgd.sgd_mean_square_stable (used by
+    """gsm.pipeline.validate.sgd_tau_limit (the warning's τ limit) and gsm.training.objectives.sgd_mean_square_stable (used by
     the theory and the advisor) against τ* of the recursion written above, on both sides."""
     tau_star = bisect(lambda t: sgd_radius(lam, sigma, t, b) < 1, 0.1)
     one, s = torch.ones(1, dtype=F64), torch.tensor([sigma], dtype=F64)
