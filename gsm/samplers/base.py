@@ -19,8 +19,11 @@ class Sampler(abc.ABC):
 
     Required: `noise_levels`, `covariance`, `unstable`, `sample`, `prediction`, and the attribute
     `particles` (M). The rest have defaults: no stationary law, nothing extra to report or log, and no
-    diagonal (Fourier) law, so `data.kind=texture` refuses the sampler with a one-line error."""
+    diagonal (Fourier) law, so `data.kind=texture` refuses the sampler with a one-line error.
+    `requires_linear_score` (a class attribute): the sampler reads the score's matrices (`model.linear`),
+    so validation refuses a non-linear model with it before any training."""
 
+    requires_linear_score = False     # unannotated: not a dataclass field of the subclasses
     particles: int
 
     @abc.abstractmethod

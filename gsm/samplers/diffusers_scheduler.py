@@ -165,6 +165,7 @@ def _noise_from(module, supply):
 @dataclass
 class Diffusers(Sampler):
     """A diffusers scheduler as a gsm sampler (the interface of gsm.experiment)."""
+    requires_linear_score = True      # runs the chain through model.matrices()
 
     scheduler: str = "DPMSolverMultistepScheduler"
     steps: int = 20

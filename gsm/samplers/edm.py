@@ -66,6 +66,7 @@ def edm_step_matrices(A_hat: torch.Tensor, A_next, sigma: float, sigma_hat: floa
 class EDM(Sampler):
     """Karras et al.'s Heun sampler (Algorithm 1; stochastic churn of Algorithm 2), the sampler interface
     of gsm.experiment."""
+    requires_linear_score = True      # runs the chain through model.matrices()
 
     steps: int = 18
     sigma_min: float = 0.002

@@ -9,6 +9,7 @@ import pytest
 
 from gsm.pipeline.run import run
 from gsm.pipeline.memory import check_memory, estimate
+from gsm.pipeline.spec import RunSpec
 from gsm.pipeline.validate import ConfigError
 
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
@@ -32,21 +33,21 @@ def test_a_run_above_the_cap_stops_before_any_work_naming_knobs_and_estimate(com
                                             (["data=texture", "model=fourier_linear", "data.size=512", "data.n=4096"], "data.n")])
 def test_the_message_names_the_knob_that_drives_the_size(compose_cfg, overrides, knob):
     with pytest.raises(ConfigError, match=rf"estimated .* GB .*{knob}"):
-        check_memory(compose_cfg(*overrides, "max_memory_gb=16"))
+        check_memory(RunSpec.from_config(compose_cfg(*overrides, "max_memory_gb=16")))
 
 
 def test_max_memory_gb_raises_the_cap_and_is_checked(compose_cfg):
-    big = compose_cfg("sampler.particles=1000000000")
-    est = check_memory(compose_cfg("sampler.particles=1000000000", "max_memory_gb=1e9"))
+    big = RunSpec.from_config(compose_cfg("sampler.particles=1000000000"))
+    est = check_memory(RunSpec.from_config(compose_cfg("sampler.particles=1000000000", "max_memory_gb=1e9")))
     assert est["cap"] == "max_memory_gb" and est["bytes"] == estimate(big)["bytes"] < 1e18
     with pytest.raises(ConfigError, match=r"^max_memory_gb must be a number > 0 or null, got -1$"):
-        check_memory(compose_cfg(*TINY, "max_memory_gb=-1"))
+        check_memory(RunSpec.from_config(compose_cfg(*TINY, "max_memory_gb=-1")))
 
 
 def test_the_default_runs_fit_in_a_few_hundred_megabytes(compose_cfg):
     """The shipped defaults (d = 8, R = 64, M = 2000) must never be refused: they need ~0.1 GB."""
     for overrides in ([], ["sampler=ddpm"], ["model=mlp"], ["data=texture", "model=fourier_linear"]):
-        assert estimate(compose_cfg(*overrides))["bytes"] < 1e9
+        assert estimate(RunSpec.from_config(compose_cfg(*overrides)))["bytes"] < 1e9
 
 
 @pytest.mark.slow
