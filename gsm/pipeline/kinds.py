@@ -55,14 +55,16 @@ def backend_name(spec) -> str:
     return "matrix" if spec.model.linear else "neural"
 
 
-def linear_score_mismatch(sampler_cls, model_cls) -> str | None:
+def linear_score_mismatch(sampler_cls, model_cls, sampler_target: str | None = None,
+                          model_target: str | None = None) -> str | None:
     """The one-line refusal when the sampler class declares `requires_linear_score` and the model class
-    does not declare `linear`, naming both as the user chose them; None when they fit."""
+    does not declare `linear`, naming both as the user chose them (the `_target_` strings, when given);
+    None when they fit."""
     if not getattr(sampler_cls, "requires_linear_score", False) or model_declares(model_cls)[0]:
         return None
     linear = " | ".join(linear_model_options()) or "linear | oracle"
-    return (f"{chosen('sampler', sampler_cls)} needs a linear score (model={linear}), "
-            f"got {chosen('model', model_cls)} ({getattr(model_cls, '__name__', model_cls)})")
+    return (f"{chosen('sampler', sampler_cls, sampler_target)} needs a linear score (model={linear}), "
+            f"got {chosen('model', model_cls, model_target)} ({getattr(model_cls, '__name__', model_cls)})")
 
 
 def class_path(cls) -> str:
@@ -82,11 +84,12 @@ def group_targets(group: str) -> dict[str, str]:
     return out
 
 
-def chosen(group: str, cls) -> str:
-    """How the user names the class: `<group>=<option>` for a shipped option, else `<group>._target_=<path>`."""
-    path = class_path(cls)
-    option = next((o for o, t in group_targets(group).items() if t == path), None)
-    return f"{group}={option}" if option else f"{group}._target_={path}"
+def chosen(group: str, cls, target: str | None = None) -> str:
+    """How the user names the class: `<group>=<option>` for a shipped option, else `<group>._target_=<path>`
+    (`target`, the string the config gave, or the class's own path)."""
+    paths = {class_path(cls), target}
+    option = next((o for o, t in group_targets(group).items() if t in paths), None)
+    return f"{group}={option}" if option else f"{group}._target_={target or class_path(cls)}"
 
 
 def linear_model_options() -> list[str]:

@@ -203,7 +203,9 @@ class RunSpec:
             train = TrainSettings.from_config(cfg.train)
         data = _texture(cfg) if texture else _gaussian(cfg)
         model = ModelSpec(_model_class(cfg), OmegaConf.to_container(cfg.model, resolve=True))
-        mismatch = linear_score_mismatch(_declared_class(cfg.sampler), model.cls)
+        target = _get(cfg, "sampler._target_")
+        mismatch = linear_score_mismatch(_declared_class(cfg.sampler), model.cls,
+                                         target if isinstance(target, str) else None, model.target)
         if mismatch:     # from the classes' declarations: before the sampler is built (diffusers: seconds)
             raise ConfigError(mismatch)
         with as_config_error("sampler"):

@@ -106,7 +106,7 @@ def _check_sampler_fits(spec: RunSpec) -> None:
     if spec.data.kind == "texture" and not sampler.has_diagonal_law:
         raise ConfigError(f"sampler must be one with a diagonal (Fourier) law for data.kind=texture (sampler="
                           f"langevin | ddpm | ddim), got sampler._target_={class_path(type(sampler))}")
-    mismatch = linear_score_mismatch(type(sampler), spec.model.cls)
+    mismatch = linear_score_mismatch(type(sampler), spec.model.cls, model_target=spec.model.target)
     if mismatch:
         raise ConfigError(mismatch)
 
