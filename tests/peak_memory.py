@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_module
 
 from gsm.pipeline.run import run
 from gsm.pipeline.memory import estimate
+from gsm.pipeline.spec import RunSpec
 
 
 def resident_bytes(field: str = "VmRSS") -> int:
@@ -57,7 +58,7 @@ def main(overrides):
             run(cfg, f"{tmp}/run")
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
         measured = torch.cuda.max_memory_allocated() if cuda else peak.peak - anon
-    print(json.dumps({"measured": measured, "estimate": estimate(cfg)["bytes"], "ru_maxrss_growth": maxrss}))
+    print(json.dumps({"measured": measured, "estimate": estimate(RunSpec.from_config(cfg))["bytes"], "ru_maxrss_growth": maxrss}))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from gsm.theory.regime import linear_regime
 
 
 class Backend(abc.ABC):
-    """Holds the run's config (only the pipeline's own modules read it), its results dict and warn(msg)."""
+    """Holds the run's specification (`gsm.pipeline.spec.RunSpec`: data, model, sampler, train and run
+    settings), its results dict and warn(msg)."""
 
-    def __init__(self, cfg, results: dict, warn):
-        self.cfg, self.results, self.warn = cfg, results, warn
+    def __init__(self, spec, results: dict, warn):
+        self.spec, self.results, self.warn = spec, results, warn
 
     @abc.abstractmethod
     def draw_data(self):

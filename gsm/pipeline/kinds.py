@@ -1,9 +1,13 @@
 """What kind of run a config describes, from what its groups declare (never from which keys exist):
 the data's `data.kind`, the model class's `linear` and `requires_training`, and the sampler's
-`spectral_path`. Read by the pipeline (`backend_for`), the memory estimate and the thread choice."""
+`spectral_path`. Read by the run specification (`gsm.pipeline.spec`), the backend choice, the memory
+estimate and the thread choice."""
 from __future__ import annotations
 
-from hydra.utils import get_object, instantiate
+from functools import lru_cache
+from importlib import resources
+
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from gsm.scores.base import ScoreModel
@@ -19,38 +23,83 @@ def data_kind(cfg) -> str:
     return kind
 
 
-def data_dim(cfg) -> int:
-    """d of a gaussian target: data.dim, or the length of the spectrum (data=file)."""
-    if OmegaConf.select(cfg, "data.dim") is not None:
-        return int(cfg.data.dim)
-    return len(instantiate(cfg.data.spectrum))
+def _is_score_model(cls) -> bool:
+    return isinstance(cls, type) and issubclass(cls, ScoreModel)
 
 
-def model_declares(cfg) -> tuple[bool, bool]:
+def model_declares(cls) -> tuple[bool, bool]:
     """(linear, requires_training) as the model class declares them (`gsm.scores.base.ScoreModel`); a user
     class that does not subclass ScoreModel is a neural score that requires training."""
-    cls = get_object(cfg.model._target_)
-    if isinstance(cls, type) and issubclass(cls, ScoreModel):
+    if _is_score_model(cls):
         return bool(cls.linear), bool(cls.requires_training)
     return False, True
 
 
-def model_data_kind(cfg) -> str:
+def model_data_kind(cls) -> str:
     """The data.kind the model class is built for (`ScoreModel.data_kind`; a user class: gaussian)."""
-    cls = get_object(cfg.model._target_)
-    return cls.data_kind if isinstance(cls, type) and issubclass(cls, ScoreModel) else "gaussian"
+    return cls.data_kind if _is_score_model(cls) else "gaussian"
 
 
-def score_is_spectral(cfg) -> bool:
+def score_is_spectral(spec) -> bool:
     """The score is a function of Σ (an oracle) or of Σ̂ (train.solver=exact): it shares Σ̂'s eigenbasis."""
-    linear, trained = model_declares(cfg)
-    return linear and (not trained or cfg.train.solver == "exact")
+    model = spec.model
+    return model.linear and (not model.requires_training or spec.train.solver == "exact")
 
 
-def backend_name(cfg, sampler) -> str:
-    """texture | spectral | matrix | neural (`gsm.pipeline.run.BACKENDS`)."""
-    if data_kind(cfg) == "texture":
+def backend_name(spec) -> str:
+    """texture | spectral | matrix | neural (`gsm.pipeline.run.BACKENDS`) of a `gsm.pipeline.spec.RunSpec`."""
+    if spec.data.kind == "texture":
         return "texture"
-    if sampler.spectral_path(score_is_spectral(cfg)):
+    if spec.sampler.spectral_path(score_is_spectral(spec)):
         return "spectral"
-    return "matrix" if model_declares(cfg)[0] else "neural"
+    return "matrix" if spec.model.linear else "neural"
+
+
+def linear_score_mismatch(sampler_cls, model_cls, sampler_target: str | None = None,
+                          model_target: str | None = None) -> str | None:
+    """The one-line refusal when the sampler class declares `requires_linear_score` and the model class
+    does not declare `linear`, naming both as the user chose them (the `_target_` strings, when given);
+    None when they fit."""
+    if not getattr(sampler_cls, "requires_linear_score", False) or model_declares(model_cls)[0]:
+        return None
+    linear = " | ".join(linear_model_options()) or "linear | oracle"
+    return (f"{chosen('sampler', sampler_cls, sampler_target)} needs a linear score (model={linear}), "
+            f"got {chosen('model', model_cls, model_target)} ({getattr(model_cls, '__name__', model_cls)})")
+
+
+def class_path(cls) -> str:
+    """The `_target_` string that names a class."""
+    return f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else str(cls)
+
+
+@lru_cache(maxsize=None)
+def group_targets(group: str) -> dict[str, str]:
+    """{option: its `_target_`} of the shipped options of a config group (conf/<group>/*.yaml)."""
+    out = {}
+    for f in sorted(resources.files("gsm.conf").joinpath(group).iterdir(), key=lambda f: f.name):
+        if f.name.endswith(".yaml"):
+            node = OmegaConf.create(f.read_text())
+            if not OmegaConf.is_missing(node, "_target_") and isinstance(node.get("_target_"), str):
+                out[f.name[:-5]] = node._target_
+    return out
+
+
+def chosen(group: str, cls, target: str | None = None) -> str:
+    """How the user names the class: `<group>=<option>` for a shipped option, else `<group>._target_=<path>`
+    (`target`, the string the config gave, or the class's own path)."""
+    paths = {class_path(cls), target}
+    option = next((o for o, t in group_targets(group).items() if t in paths), None)
+    return f"{group}={option}" if option else f"{group}._target_={target or class_path(cls)}"
+
+
+def linear_model_options() -> list[str]:
+    """The shipped model options whose class declares a linear score of a d-dimensional target."""
+    out = []
+    for option, target in group_targets("model").items():
+        try:
+            cls = get_object(target)
+        except Exception:
+            continue
+        if model_declares(cls)[0] and model_data_kind(cls) == "gaussian":
+            out.append(option)
+    return out

@@ -7,14 +7,12 @@ import sys
 
 import matplotlib
 import torch
-from hydra.utils import instantiate
-
 from gsm.data.gaussian import make_gaussian
 from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
                                  none_left, record_divergence, record_relaxation)
-from gsm.pipeline.validate import as_config_error
+from gsm.pipeline.spec import as_config_error
 from gsm.scores.linear import dsm_optimum
 from gsm.scores.nets import build_score_model
 from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction, gaussian_fit,
@@ -43,34 +41,35 @@ def resolve_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def sgd_budget(cfg) -> dict:
+def sgd_budget(spec) -> dict:
     """The prediction's arguments for the finite SGD budget (train.steps from A₀ = model.init), which
     enters exactly through the mean offset and at first order through the transient variance; 0 steps:
     the untrained score A₀, a valid baseline."""
-    return dict(sgd_steps=int(cfg.train.steps), init=cfg.model.get("init", "zeros"))
+    return dict(sgd_steps=spec.train.steps, init=spec.model.init)
 
 
 class MatrixBackend(Backend):
     """Linear scores s_l(y) = −A_l y on a d-dimensional target."""
 
-    def __init__(self, cfg, results, warn, sampler):
-        super().__init__(cfg, results, warn)
-        self.device, self.dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
-        self.progress = bool(cfg.progress) and sys.stderr.isatty()
-        self.R, self.N = int(cfg.replicates), int(cfg.data.n)
-        self.spectrum = instantiate(cfg.data.spectrum)
-        self.target = make_gaussian(self.spectrum, cfg.data.basis, cfg.seed)
+    def __init__(self, spec, results, warn):
+        super().__init__(spec, results, warn)
+        run = spec.settings
+        self.device, self.dtype = resolve_device(run.device), resolve_dtype(run.dtype)
+        self.progress = bool(run.progress) and sys.stderr.isatty()
+        self.R, self.N = run.replicates, spec.data.n
+        self.spectrum = spec.data.spectrum
+        self.target = make_gaussian(self.spectrum, spec.data.basis, run.seed)
         self.d, self.Sigma = self.target.dim, self.target.covariance.to(self.device)
-        self.sampler = sampler
+        self.sampler = sampler = spec.sampler
         results.update(sampler.bind(self.Sigma))     # e.g. sampler=vp: init=prior needs Σ; reports nfe, steps
-        self.alphas, self.stds = sampler.noise_levels(cfg.train.sigma)
+        self.alphas, self.stds = sampler.noise_levels(spec.train.sigma)
         with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
-            model = build_score_model(cfg.model, dim=self.d, replicates=self.R, alphas=self.alphas, stds=self.stds,
-                                      seed=int(cfg.seed))
-        self.learned = model.requires_training and cfg.train.solver == "sgd"
+            model = build_score_model(spec.model.options, dim=self.d, replicates=self.R, alphas=self.alphas,
+                                      stds=self.stds, seed=run.seed)
+        self.learned = model.requires_training and spec.train.solver == "sgd"
         # closed-form scores (oracle, solver=exact) are kept in float64: no training dtype applies
         self.model = model.to(device=self.device, dtype=self.dtype if self.learned else torch.float64)
-        self.gen = torch.Generator(self.device).manual_seed(int(cfg.seed))
+        self.gen = torch.Generator(self.device).manual_seed(run.seed)
         self.times = None
 
     def draw_data(self):
@@ -78,7 +77,7 @@ class MatrixBackend(Backend):
 
     def fit_score(self, x, writer) -> dict:
         """Oracle (exact Σ), solver=exact (the empirical DSM minimiser of Σ̂) or DSM-SGD."""
-        model, t = self.model, self.cfg.train
+        model, t = self.model, self.spec.train
         if not model.requires_training:
             model.set_matrices(dsm_optimum(self.target.covariance.to(x.device), self.alphas, self.stds)
                                .expand_as(model.A))
@@ -97,10 +96,10 @@ class MatrixBackend(Backend):
     @property
     def budget(self) -> dict:
         """The finite SGD budget the prediction models (SGD-trained scores)."""
-        return sgd_budget(self.cfg) if self.learned else {}
+        return sgd_budget(self.spec) if self.learned else {}
 
     def _record_training(self) -> None:
-        t = self.cfg.train
+        t = self.spec.train
         self.times = record_relaxation(
             self.results, self.warn, t, self.alphas, self.stds, float(self.spectrum.min()),
             "the prediction includes the SGD transient (exact mean, first order in τ)" if self.budget else
@@ -138,20 +137,20 @@ class MatrixBackend(Backend):
         r.update(self.sampler.results_extra())     # e.g. law_method
 
     def predict(self) -> dict:
-        t, trained = self.cfg.train, self.model.requires_training
+        t, trained = self.spec.train, self.model.requires_training
         return sampler_prediction(self.sampler, self.spectrum, n=self.N if trained else None, sigma=t.sigma,
                                   tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
                                   particles=self.sampler.particles, symmetric=self.model.symmetric, **self.budget)
 
     def regime_inputs(self) -> dict:
-        t = self.cfg.train
+        t = self.spec.train
         return dict(d=self.d, n=self.N if self.model.requires_training else None,
                     eps_tau=self.results["diagnostics"].get("eps_tau"), times=self.times, steps=int(t.steps),
                     tau=t.tau if self.learned else 0.0, unstable=self.results["unstable_replicates"],
                     replicates=self.R, sampling=t.sampling)
 
     def log(self, writer, pred) -> None:
-        step = int(self.cfg.train.steps)
+        step = self.spec.train.steps
         log_w2(writer, self.results, self.results["prediction_terms"], step)
         self.sampler.log_extra(writer, self.A, self.Sigma.to(torch.float64), step)
         log_figures(writer, self.spectrum, self.C, pred, step)
@@ -165,10 +164,10 @@ class NeuralBackend(MatrixBackend):
     same (N, σ, τ, γ), for comparison."""
 
     def fit_score(self, x, writer) -> dict:
-        t = self.cfg.train
+        t = self.spec.train
         if t.solver != "sgd":
             raise ValueError(f"train.solver=exact needs a linear model (model=linear), got train.solver={t.solver}")
-        optimizer = instantiate(self.cfg.optim)(self.model.parameters())
+        optimizer = self.spec.optimizer(self.model.parameters())
         out = train_score_net(self.model, x, alphas=self.alphas, stds=self.stds, optimizer=optimizer,
                               batch_size=t.batch_size, steps=t.steps, generator=self.gen, log_every=t.log_every,
                               progress=self.progress,
@@ -210,9 +209,9 @@ class NeuralBackend(MatrixBackend):
                           "1/M bias of a Gaussian law (particle_bias)")
 
     def predict(self) -> dict:
-        t = self.cfg.train
+        t = self.spec.train
         return sampler_prediction(self.sampler, self.spectrum, n=self.N, sigma=t.sigma, tau=t.tau,
-                                  batch_size=t.batch_size, particles=None, **sgd_budget(self.cfg))
+                                  batch_size=t.batch_size, particles=None, **sgd_budget(self.spec))
 
     def regime_inputs(self) -> dict:
         return dict(escaped=self.escaped, unstable=self.results["unstable_replicates"], replicates=self.R,
@@ -225,7 +224,7 @@ class NeuralBackend(MatrixBackend):
         r["w2_predicted"] = r["w2_predicted_empirical"] = None
 
     def log(self, writer, pred) -> None:
-        step, r = int(self.cfg.train.steps), self.results
+        step, r = self.spec.train.steps, self.results
         for k in ("w2_empirical", "w2_empirical_debiased", "particle_bias", "w2_predicted_linear"):
             writer.add_scalar(f"eval/{k}", as_scalar(r[k]), step)
         writer.add_scalar("eval/escaped_fraction_max", float(self.escaped.max()), step)

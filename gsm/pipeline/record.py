@@ -3,6 +3,7 @@ the regime verdict), TensorBoard scalars and the console summary. Shared by ever
 pipeline (`gsm.pipeline.run`), so each number is recorded once, the same way."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -11,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from gsm.pipeline.interrupt import Terminated, deferred
 from gsm.pipeline.status import Heartbeat, error_record, process_record, write_results
@@ -51,26 +51,28 @@ def _flatten(d, prefix=""):
     return out
 
 
-def record_failure(out: Path, cfg: DictConfig, checks: list, e: Exception) -> None:
+def record_failure(out: Path, config: dict, checks: list, e: Exception) -> None:
     """results.json with status `failed` for an exception raised before `recorded` took over (building
-    the sampler, the writer, ...); `recorded` has written it already for one raised inside."""
+    the backend, the writer, ...); `recorded` has written it already for one raised inside. config: the
+    resolved config (`RunSpec.config`)."""
     path = out / "results.json"
     try:
         if path.exists() and json.loads(path.read_text()).get("status") != "running":
             return
         out.mkdir(parents=True, exist_ok=True)
         write_results(path, {"status": "failed", "error": error_record(e),
-                             "config": OmegaConf.to_container(cfg, resolve=True), "warnings": list(checks)})
+                             "config": copy.deepcopy(config), "warnings": list(checks)})
     except (OSError, ValueError):     # nowhere to write: gsm's message and exit status still say it
         pass
 
 
-def start(cfg: DictConfig, output_dir, checks: list):
-    """The run's folder (created), its results dict (status running, the resolved config) and its
-    warn(msg), which logs msg and keeps it in results["warnings"]; the validation warnings go first."""
+def start(config: dict, output_dir, checks: list):
+    """The run's folder (created), its results dict (status running, `config`: the resolved config,
+    `RunSpec.config`) and its warn(msg), which logs msg and keeps it in results["warnings"]; the
+    validation warnings go first."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"status": "running", "config": OmegaConf.to_container(cfg, resolve=True), "warnings": []}
+    results = {"status": "running", "config": copy.deepcopy(config), "warnings": []}
 
     def warn(msg):
         log.warning(msg)

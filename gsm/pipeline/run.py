@@ -1,8 +1,9 @@
 """The pipeline: N samples of N(0, Σ) → score fitted by DSM → sampler → W2² against the target.
 
 `run(cfg, output_dir)` is a plain function (tests call it directly); `gsm.cli.main` wraps it in Hydra.
-It is the only place that reads the whole DictConfig: it validates it (`gsm.pipeline.validate`,
-`gsm.pipeline.memory`), picks the backend (`backend_for`) and runs the stages once (`run_stages`).
+It is the only place that reads the DictConfig: it builds the run's typed objects once
+(`gsm.pipeline.spec.RunSpec`), validates them (`gsm.pipeline.validate`, `gsm.pipeline.memory`), picks the
+backend (`backend_for`) and runs the stages once (`run_stages`), each of them on the spec.
 Every stage is batched over R independent replicates; evaluation is in float64. SIGINT/SIGTERM
 during a run leave results.json with status `interrupted` (docs/robustness.md).
 """
@@ -13,18 +14,18 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.interrupt import SummaryWriter, interruptible
-from gsm.pipeline.kinds import backend_name, data_dim, data_kind
+from gsm.pipeline.kinds import backend_name
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
 from gsm.pipeline.memory import check_memory
 from gsm.pipeline.record import mean_stderr, record_failure, recorded, start, summary_table
 from gsm.pipeline.spectral import SpectralBackend
+from gsm.pipeline.spec import ConfigError, RunSpec, as_config_error
 from gsm.pipeline.texture import TextureBackend
-from gsm.pipeline.validate import ConfigError, as_config_error, validate_config
+from gsm.pipeline.validate import validate
 
 BACKENDS = {"matrix": MatrixBackend, "neural": NeuralBackend, "spectral": SpectralBackend,
             "texture": TextureBackend}
@@ -37,17 +38,18 @@ def run(cfg: DictConfig, output_dir) -> dict:
     memory exceeds the cap (`gsm.pipeline.memory`); KeyboardInterrupt (SIGINT) or `Terminated` (SIGTERM)
     after writing results.json with status `interrupted`; any other exception after writing status
     `failed` with its type and message (`error`)."""
-    checks = validate_config(cfg)
-    check_memory(cfg)          # the estimated peak against the memory available (or max_memory_gb)
-    before = torch.get_num_threads()
-    if cfg.get("threads") == "auto":
-        torch.set_num_threads(auto_threads(cfg))
-    elif cfg.get("threads"):     # small batched ops on a busy machine: extra threads wait on each other
-        torch.set_num_threads(int(cfg.threads))
+    spec = RunSpec.from_config(cfg)     # every group built once, by its own checked constructor
+    checks = validate(spec)
+    check_memory(spec)          # the estimated peak against the memory available (or max_memory_gb)
+    before, threads = torch.get_num_threads(), spec.settings.threads
+    if threads == "auto":
+        torch.set_num_threads(auto_threads(spec))
+    elif threads:     # small batched ops on a busy machine: extra threads wait on each other
+        torch.set_num_threads(int(threads))
         before = None            # an explicit setting stays for the process
     try:
         with interruptible():
-            return _run_or_record_failure(cfg, output_dir, checks)
+            return _run_or_record_failure(spec, output_dir, checks)
     finally:
         if before is not None:
             torch.set_num_threads(before)
@@ -57,41 +59,40 @@ AUTO_THREADS_MIN_DIM = 1024     # below: 1 intra-op thread (gsm.bench pipelines,
 AUTO_THREADS_MIN_SIZE = 256     # textures: the image side
 
 
-def auto_threads(cfg) -> int:
+def auto_threads(spec: RunSpec) -> int:
     """threads=auto: 1 intra-op thread for small problems, all cores for large ones. Every parallel torch op
     ends at a barrier; on a busy machine a descheduled thread holds it for a scheduler time slice, so
     the many small ops of a small-d run get up to ~10× slower with 2 threads, for ≤ 10 % gained when idle;
     on the shared 2-core machine 2 threads lost at d = 64, 512 and 64×64 textures. Large d×d products
     gain ~2× from 2 idle cores. Set by size only, so that results do not depend on the machine's load."""
-    large = (int(cfg.data.size) >= AUTO_THREADS_MIN_SIZE if data_kind(cfg) == "texture"
-             else data_dim(cfg) >= AUTO_THREADS_MIN_DIM)
+    data = spec.data
+    large = data.size >= AUTO_THREADS_MIN_SIZE if data.kind == "texture" else data.dim >= AUTO_THREADS_MIN_DIM
     return (os.cpu_count() or 1) if large else 1
 
 
-def _run_or_record_failure(cfg: DictConfig, output_dir, checks: list) -> dict:
+def _run_or_record_failure(spec: RunSpec, output_dir, checks: list) -> dict:
     try:
-        return run_stages(cfg, output_dir, checks)
+        return run_stages(spec, output_dir, checks)
     except ConfigError:
         raise
     except Exception as e:
-        record_failure(Path(output_dir), cfg, checks, e)
+        record_failure(Path(output_dir), spec.config, checks, e)
         raise
 
 
-def backend_for(cfg: DictConfig, results: dict, warn) -> Backend:
+def backend_for(spec: RunSpec, results: dict, warn) -> Backend:
     """The backend of this run: `texture` (data.kind=texture), `spectral` (the sampler's per-eigenvalue
     path, for a score that is a function of Σ or Σ̂), `matrix` (a linear score) or `neural`."""
     with as_config_error("sampler"):
-        sampler = instantiate(cfg.sampler)
-        name = backend_name(cfg, sampler)
-    return BACKENDS[name](cfg, results, warn, sampler)
+        name = backend_name(spec)
+    return BACKENDS[name](spec, results, warn)
 
 
-def run_stages(cfg: DictConfig, output_dir, checks: list) -> dict:
+def run_stages(spec: RunSpec, output_dir, checks: list) -> dict:
     """data → score → sample → evaluate → predict → record → log, through the run's backend."""
     t0 = time.time()
-    out, results, warn = start(cfg, output_dir, checks)
-    backend = backend_for(cfg, results, warn)
+    out, results, warn = start(spec.config, output_dir, checks)
+    backend = backend_for(spec, results, warn)
     writer = SummaryWriter(log_dir=str(out / "tb"))
     with recorded(writer, results, t0, out):
         data = backend.draw_data()                  # 1. R independent data sets of N samples

@@ -20,13 +20,10 @@ Spectral path, per replicate (W2 is invariant under rotations, so Σ = diag(λ),
 from __future__ import annotations
 
 import torch
-from hydra.utils import instantiate
-
 from gsm.figures import log_figure
 from gsm.pipeline.backend import Backend
-from gsm.pipeline.kinds import model_declares
 from gsm.pipeline.record import log_w2, mean_stderr
-from gsm.pipeline.validate import as_config_error
+from gsm.pipeline.spec import as_config_error
 from gsm.algebra import DIAG
 from gsm.samplers.vp import VP, trajectory_figure
 from gsm.samplers.vp_schemes import exact_scores, vp_grid
@@ -40,14 +37,14 @@ class SpectralBackend(Backend):
     replicate for train.solver=exact. One replicate's d×d arrays at a time: its data, law and particles
     are drawn and evaluated together in `sample`."""
 
-    def __init__(self, cfg, results, warn, sampler):
-        super().__init__(cfg, results, warn)
-        self.R, self.N = int(cfg.replicates), int(cfg.data.n)
-        self.lam = torch.as_tensor(instantiate(cfg.data.spectrum), dtype=_F64)
-        self.sampler = sampler
-        self.oracle = not model_declares(cfg)[1]
+    def __init__(self, spec, results, warn):
+        super().__init__(spec, results, warn)
+        self.R, self.N = spec.settings.replicates, spec.data.n
+        self.lam = spec.data.spectrum
+        self.sampler = sampler = spec.sampler
+        self.oracle = not spec.model.requires_training
         results.update(nfe=sampler.evaluations, steps=sampler.K, path="spectral")
-        self.gen = torch.Generator().manual_seed(int(cfg.seed))
+        self.gen = torch.Generator().manual_seed(spec.settings.seed)
         d = self.lam.numel()
         with as_config_error("sampler"):     # a singular Σ (Σ̂) read at t = 0: a one-line config error, nothing run
             sampler.check_singular(self.lam)

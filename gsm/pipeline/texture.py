@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from hydra.utils import instantiate
 
-from gsm.data.texture import adsn_sample, adsn_spectrum, load_texture, multiplicity, periodogram
+from gsm.data.texture import adsn_sample, multiplicity, periodogram
 from gsm.figures import log_figure, log_image
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.matrix import resolve_device, resolve_dtype
@@ -24,19 +24,21 @@ _F64 = torch.float64
 class TextureBackend(Backend):
     """A stationary Gaussian texture (ADSN of an image) with a Fourier-diagonal linear score."""
 
-    def __init__(self, cfg, results, warn, sampler):
-        super().__init__(cfg, results, warn)
-        self.device, self.dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
-        self.R, self.N, t = int(cfg.replicates), int(cfg.data.n), cfg.train
-        self.image = load_texture(cfg.data.image, cfg.data.size, cfg.data.fit)
-        n = self.n = self.image.shape[-1]
-        self.lam = adsn_spectrum(self.image, cfg.data.floor)
-        self.sampler = sampler
+    def __init__(self, spec, results, warn):
+        super().__init__(spec, results, warn)
+        run, t = spec.settings, spec.train
+        self.device, self.dtype = resolve_device(run.device), resolve_dtype(run.dtype)
+        self.R, self.N = run.replicates, spec.data.n
+        self.image = spec.data.image
+        n = self.n = spec.data.size
+        self.lam = spec.data.spectrum
+        self.sampler = sampler = spec.sampler
         self.alphas, self.stds = sampler.noise_levels(t.sigma)
-        model = instantiate(cfg.model, size=n, replicates=self.R, levels=self.alphas.numel(), noise_stds=self.stds)
+        model = instantiate(spec.model.options, size=n, replicates=self.R, levels=self.alphas.numel(),
+                            noise_stds=self.stds)
         self.learned = model.requires_training and t.solver == "sgd"
         self.model = model.to(device=self.device, dtype=self.dtype if self.learned else _F64)
-        self.gen = torch.Generator(self.device).manual_seed(int(cfg.seed))
+        self.gen = torch.Generator(self.device).manual_seed(run.seed)
         self.times = None
         w = multiplicity(n)
         results["texture"] = {"size": n, "d": n * n, "pixel_variance": float((w * self.lam).sum()) / n ** 2,
@@ -48,7 +50,7 @@ class TextureBackend(Backend):
         return torch.fft.rfft2(adsn_sample(self.lam, (self.R, self.N), self.gen, device=self.device))
 
     def fit_score(self, xhat, writer) -> dict:
-        model, t, n = self.model, self.cfg.train, self.n
+        model, t, n = self.model, self.spec.train, self.n
         if not model.requires_training:
             model.set_coefficients(dsm_optimum_fourier(self.lam.to(self.device), self.alphas, self.stds))
             return {}
@@ -91,21 +93,21 @@ class TextureBackend(Backend):
                                      "(the circulant projection of (1/M) Σ x xᵀ)")
 
     def predict(self) -> dict:
-        t, trained = self.cfg.train, self.model.requires_training
+        t, trained = self.spec.train, self.model.requires_training
         return fourier_prediction(self.lam, self.sampler, n=self.N if trained else None, sigma=t.sigma,
                                   tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
                                   particles=int(self.sampler.particles), sgd_steps=int(t.steps), init=self.model.init)
 
     def regime_inputs(self) -> dict:
         # each frequency is a scalar model (periodogram of N samples): its 1/N check is N ≥ 5, i.e. d = 1
-        t = self.cfg.train
+        t = self.spec.train
         return dict(d=1, n=self.N if self.model.requires_training else None,
                     eps_tau=self.results["diagnostics"]["eps_tau"], times=self.times, steps=int(t.steps),
                     tau=t.tau if self.learned else 0.0, unstable=self.results["unstable_replicates"],
                     replicates=self.R, sampling="with_replacement")
 
     def log(self, writer, pred) -> None:
-        step = int(self.cfg.train.steps)
+        step = self.spec.train.steps
         log_w2(writer, self.results, self.results["prediction_terms"], step)
         log_texture_images(writer, self.image, adsn_sample(self.lam, (1,), self.gen)[0],
                            self.particles[0, :4].cpu(), step)

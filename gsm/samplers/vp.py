@@ -85,6 +85,7 @@ class VP(Sampler):
     scheme: em | ei | ddpm | euler | heun | rk4 | sde | ode; steps K (or nfe, the score-evaluation budget:
     K = nfe // evaluations per step; set exactly one); eps: ε ≥ 0; init: normal (N(0, I)) | prior (p_T);
     spectral: run oracle / train.solver=exact scores on the O(d·K) per-eigenvalue path."""
+    requires_linear_score = True      # runs the chain through model.matrices()
 
     scheme: str = "em"
     steps: int | None = 100

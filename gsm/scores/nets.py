@@ -170,7 +170,7 @@ class Replicated(ScoreModel):
 
 def build_score_model(model_cfg, *, dim: int, replicates: int, alphas: torch.Tensor, stds: torch.Tensor,
                       seed: int | None = None):
-    """Instantiates `model_cfg` (a config with `_target_`) for the pipeline; with `seed`, the parameters'
+    """Instantiates `model_cfg` (a config or a mapping with `_target_`) for the pipeline; with `seed`, the parameters'
     initialisation is drawn from torch.manual_seed(seed) (the global RNG state is restored after).
 
     The constructor gets, among dim, replicates, levels (L), alphas (α_l, (L,)) and noise_stds (s_l,
@@ -178,7 +178,7 @@ def build_score_model(model_cfg, *, dim: int, replicates: int, alphas: torch.Ten
     `replicates` holds the R replicates itself and takes y (R, B, d) (`LinearScore`, `MLPScore`);
     any other is built R times and wrapped in `Replicated`.
     """
-    target = get_object(model_cfg._target_)
+    target = get_object(model_cfg["_target_"])
     params = inspect.signature(target).parameters
     var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     offered = {"dim": dim, "replicates": replicates, "levels": int(alphas.numel()),
@@ -186,7 +186,7 @@ def build_score_model(model_cfg, *, dim: int, replicates: int, alphas: torch.Ten
     kw = {k: v for k, v in offered.items() if k in params or (var_kw and k != "replicates")}
     extra = [k for k in model_cfg if not k.startswith("_") and k not in params and not var_kw]
     if extra:
-        raise ValueError(f"model {model_cfg._target_} takes no argument {', '.join(extra)} (from the model "
+        raise ValueError(f"model {model_cfg['_target_']} takes no argument {', '.join(extra)} (from the model "
                          "config); for a user model start from model=custom: model=custom model._target_=...")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:

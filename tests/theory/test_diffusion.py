@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from gsm.samplers.ddpm import DDIM, DDPM
-from gsm.samplers.reverse_chain import (FINALS, alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance,
-                                        ddpm_variance, exact_score_eigenvalues, exact_score_matrices,
-                                        linear_beta_schedule, linear_reverse_sample, reverse_sample,
-                                        timestep_grid)
-from gsm.theory.diffusion import ddpm_divided_differences, ddpm_tau_kernel
-from gsm.theory.sgd import level_sgd_variance
+from gsm.samplers.reverse_chain import (FINALS, alphas_cumprod, ddim_chain, ddpm_chain, exact_score_matrices,
+                                        linear_beta_schedule, reverse_sample, timestep_grid)
 from gsm.theory.bures import bures_wasserstein2, second_moment
+from gsm.theory.law import ChainLaw
+from gsm.training.objectives import DSM
+from autograd_reference import second_order_contraction
 
 F64 = torch.float64
 LAM32 = 1 / torch.arange(1, 33, dtype=F64)
@@ -29,8 +28,51 @@ def w2(v, lam):
     return float(((lam.sqrt() - v.sqrt()) ** 2).sum())
 
 
+def levels_of(chain):
+    """(α, s) of the levels the reverse chain reads (grid indices `chain.levels`)."""
+    ab = chain.alpha_bar[chain.levels]
+    return ab.sqrt(), (1 - ab).sqrt()
+
+
+def exact_scores(lam, chain):
+    """The exact score eigenvalues at the chain's levels, a_l = 1/(ᾱλ + 1 − ᾱ): (L, d)."""
+    return DSM().target(lam, *levels_of(chain))
+
+
+def variance(a, chain, init=1.0):
+    """The chain's output variance per eigenvalue for level-indexed diagonal scores a (L, d)."""
+    return chain.linear_chain().variance(a, init)
+
+
+def covariance(A, chain, init=1.0):
+    """The chain's exact output covariance for level-indexed score matrices A (..., L, d, d)."""
+    return chain.linear_chain().covariance(A, init)
+
+
+def reference_variance(lam, chain, init=1.0):
+    """Independent of gsm's chain code: v ← (c_k − g_k a_k)² v + q_k for k = K..0 (the sampler's definition),
+    a_k = 1/(ᾱ_kλ + 1 − ᾱ_k) the exact score at grid index k, from v = init."""
+    ab = chain.alpha_bar
+    v = init * torch.ones_like(lam)
+    for k in range(chain.K, -1, -1):
+        a = 1 / (ab[k] * lam + 1 - ab[k])
+        v = (chain.c[k] - chain.g[k] * a) ** 2 * v + chain.q[k]
+    return v
+
+
+def reference_covariance(A, chain, init=1.0):
+    """Independent of gsm's chain code: C ← F_k C F_kᵀ + q_k I, F_k = c_k I − g_k A_k, for k = K..0, with
+    grid-indexed score matrices A (K+1, d, d), or a list of them (torch ops only: autograd through it)."""
+    eye = torch.eye(A[-1].shape[-1], dtype=F64)
+    C = init * eye
+    for k in range(chain.K, -1, -1):
+        F = chain.c[k] * eye - chain.g[k] * A[k]
+        C = F @ C @ F.T + chain.q[k] * eye
+    return C
+
+
 def exact_w2(lam, chain):
-    return w2(ddpm_variance(exact_score_eigenvalues(lam, chain.alpha_bar), chain), lam)
+    return w2(variance(exact_scores(lam, chain), chain), lam)
 
 
 def grid(T=1000, steps=None, t_min=0, scaled=False):
@@ -99,26 +141,27 @@ def test_exact_score_table_t_min(t_min):
 
 def test_regression_values_section7():
     ab = grid(1000)
-    a = exact_score_eigenvalues(LAM4, ab)
-    v = ddpm_variance(a, ddpm_chain(ab, "beta"))
+    ch = ddpm_chain(ab, "beta")
+    v = variance(exact_scores(LAM4, ch), ch)
     ref = torch.tensor([0.250752075008, 0.500658938482, 0.9999, 1.997381193091], dtype=F64)
     assert torch.allclose(v, ref, rtol=1e-6, atol=0)
     # W2² printed to 6 and 5 significant digits: agree to half a unit of the last one
     assert abs(w2(v, LAM4) - 1.64206e-6) <= 0.5e-11
-    assert abs(w2(ddpm_variance(a, ddpm_chain(ab, "beta_tilde")), LAM4) - 7.8484e-5) <= 0.5e-9
-    assert abs(w2(ddpm_variance(a, ddim_chain(ab)), LAM4) - 1.38742e-5) <= 0.5e-10
+    assert abs(exact_w2(LAM4, ddpm_chain(ab, "beta_tilde")) - 7.8484e-5) <= 0.5e-9
+    assert abs(exact_w2(LAM4, ddim_chain(ab)) - 1.38742e-5) <= 0.5e-10
 
 
 def test_exact_score_identities():
     """F_k = √α_k s_{k−1}/s_k (the DDPM mean is the true reverse kernel's) and the init error 8e-10."""
     ab = grid(1000)
-    a = exact_score_eigenvalues(LAM32, ab)
+    a = DSM().target(LAM32, ab.sqrt(), (1 - ab).sqrt())               # grid-indexed (K+1, d)
     ch = ddpm_chain(ab, "beta")
     s = ab.view(-1, 1) * LAM32 + 1 - ab.view(-1, 1)
     F = ch.c[1:, None] - ch.g[1:, None] * a[1:]
     assert torch.allclose(F, (ab[1:] / ab[:-1]).sqrt().view(-1, 1) * s[:-1] / s[1:], rtol=1e-12)
     # the initialisation term of the telescoped formula: v(N(0, I)) − v(N(0, S_T)) = ᾱ_T (s_0/s_T)² (1 − s_T)
-    dv = ddpm_variance(a, ch, 1.0) - ddpm_variance(a, ch, s[-1])
+    a = a[ch.levels]
+    dv = variance(a, ch, 1.0) - variance(a, ch, s[-1])
     assert torch.allclose(dv, ab[-1] * (s[0] / s[-1]) ** 2 * (1 - s[-1]), rtol=1e-6)
     # DDIM with η = 1 is DDPM with β̃; DDIM to t = 0 ends with Tweedie at t = 1 (noise-free)
     c1, c2 = ddim_chain(ab, eta=1.0), ddpm_chain(ab, "beta_tilde")
@@ -160,9 +203,9 @@ def test_ddpm_matches_diffusers(steps):
         eps = s_k * x @ A[k].T                                              # ε̂ = −s_k s_k(x) = s_k A_k x
         seed = 1000 + k
         ref = sched.step(eps, int(tg[k]) - 1, x, generator=torch.Generator().manual_seed(seed)).prev_sample
-        one = ddpm_chain(chain.alpha_bar[k - 1:k + 1], "beta_tilde")        # our step k alone
-        ours = linear_reverse_sample(A[k - 1:k + 1].unsqueeze(0).expand(1, 2, d, d),
-                                     x.unsqueeze(0), one, torch.Generator().manual_seed(seed))[0]
+        one = ddpm_chain(chain.alpha_bar[k - 1:k + 1], "beta_tilde")        # our step k alone (reads level 0 = A_k)
+        ours = one.linear_chain().sample(A[k:k + 1].unsqueeze(0), x.unsqueeze(0),
+                                         torch.Generator().manual_seed(seed))[0]
         # on the step to t = 0 of a respaced grid diffusers adds noise of std √1e-20 (β̃ clamped ≥ 1e-20)
         assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12 if int(tg[k - 1]) > 0 else 1e-9), k
         x = ref
@@ -192,13 +235,15 @@ def test_ddim_matches_diffusers():
 # ------------------------------------------------------------------------------------ exact laws
 
 def test_exact_covariance_rotation_covariant():
-    """ddpm_covariance with the exact scores of Σ = U diag(λ) Uᵀ is U diag(ddpm_variance) Uᵀ."""
+    """The full-matrix law with the exact scores of Σ = U diag(λ) Uᵀ is U diag(per-eigenvalue law) Uᵀ,
+    and the per-eigenvalue law is the recursion written here (`reference_variance`)."""
     U = random_basis(6, 0)
     lam = LAM32[:6]
     ab = grid(1000, 50, t_min=3)
     for chain in (ddpm_chain(ab, "beta", "tweedie"), ddim_chain(ab, 0.3, "rescale")):
-        C = ddpm_covariance(exact_score_matrices((U * lam) @ U.T, ab), chain)
-        v = ddpm_variance(exact_score_eigenvalues(lam, ab), chain)
+        C = covariance(exact_score_matrices((U * lam) @ U.T, ab)[chain.levels], chain)
+        v = variance(exact_scores(lam, chain), chain)
+        assert torch.allclose(v, reference_variance(lam, chain), rtol=1e-12)
         assert torch.allclose(C, (U * v) @ U.T, atol=1e-12)
 
 
@@ -212,7 +257,7 @@ def test_general_covariance_matches_particles(sampler):
     chain = ddpm_chain(ab, "beta", "tweedie") if sampler == "ddpm" else ddim_chain(ab, 0.5, "tweedie")
     Sigma = (lambda U: (U * torch.tensor([0.2, 1.0, 3.0], dtype=F64)) @ U.T)(random_basis(d, 3))
     A = exact_score_matrices(Sigma, ab) + 0.3 * torch.randn(chain.K + 1, d, d, generator=gen, dtype=F64)
-    C = ddpm_covariance(A, chain)
+    C = covariance(A[chain.levels], chain)
     x = reverse_sample(lambda y, k: -y @ A[k].T, torch.randn(M, d, generator=gen, dtype=F64), chain, gen)
     Chat = second_moment(x)
     se = ((torch.diagonal(C).view(-1, 1) * torch.diagonal(C).view(1, -1) + C ** 2) / M).sqrt()
@@ -220,18 +265,22 @@ def test_general_covariance_matches_particles(sampler):
 
 
 def test_trajectory_and_pipeline_sampler():
-    """The sampler object: levels, grid indexing, trajectory end = output before the final map."""
+    """The sampler object: levels, grid indexing, the trajectory C_0..C_{K+1} (C_j the law at t_{K−j}: the
+    start N(0, I), then each step, the last the output after the final map)."""
     s = DDPM(T=200, steps=20, t_min=5, final="tweedie")
     alphas, stds = s.noise_levels(0.5)
     assert alphas.numel() == 21 and torch.allclose(alphas ** 2 + stds ** 2, torch.ones(21, dtype=F64))
     assert DDPM(T=200, steps=20).noise_levels(None)[0].numel() == 20   # t_min = 0: no level at t = 0
     lam = LAM32[:4]
-    A = exact_score_matrices(torch.diag(lam), s.chain.alpha_bar)[s.chain.levels].unsqueeze(0)
+    A = exact_score_matrices(torch.diag(lam), s.reverse.alpha_bar)[s.reverse.levels].unsqueeze(0)
     C = s.covariance(A)
-    assert torch.allclose(torch.diagonal(C[0]), ddpm_variance(exact_score_eigenvalues(lam, s.chain.alpha_bar),
-                                                              s.chain), rtol=1e-12)
-    traj, out = ddpm_covariance(s.grid_matrices(A), s.chain, trajectory=True)
-    assert traj.shape == (1, 21, 4, 4) and torch.allclose(traj[0, -1], torch.eye(4, dtype=F64))
+    assert torch.allclose(torch.diagonal(C[0]), reference_variance(lam, s.reverse), rtol=1e-12)
+    traj = s.chain.covariance(A, s.init_var, trajectory=True)
+    assert traj.shape == (1, 22, 4, 4) and torch.allclose(traj[0, 0], torch.eye(4, dtype=F64))
+    assert torch.allclose(traj[0, -1], C[0], rtol=1e-12)
+    ab0 = float(s.reverse.alpha_bar[0])                                  # Tweedie at t_min: F₀ = (I − (1−ᾱ₀)A₀)/√ᾱ₀
+    F0 = (torch.eye(4, dtype=F64) - (1 - ab0) * A[0, 0]) / math.sqrt(ab0)
+    assert torch.allclose(traj[0, -1], F0 @ traj[0, -2] @ F0.T, rtol=1e-12)
     assert not s.unstable(A).any()
 
 
@@ -244,7 +293,7 @@ def test_log_extra_trajectory():
             self.rows.append((tag, value, step))
     s = DDPM(T=100, steps=10, scaled=True)
     Sigma = torch.diag(LAM4)
-    A = exact_score_matrices(Sigma, s.chain.alpha_bar)[s.chain.levels].unsqueeze(0).repeat(2, 1, 1, 1)
+    A = exact_score_matrices(Sigma, s.reverse.alpha_bar)[s.reverse.levels].unsqueeze(0).repeat(2, 1, 1, 1)
     w = Writer()
     s.log_extra(w, A, Sigma, 0)
     learned = {st: v for t, v, st in w.rows if t.endswith("learned")}
@@ -257,11 +306,15 @@ def test_log_extra_trajectory():
 # -------------------------------------------------------------------------------------- theory
 
 def test_divided_differences_match_finite_differences():
+    """The chain's jets (`ChainLaw.divided_differences`) against finite differences of the per-eigenvalue
+    recursion written here (`reference_variance`)."""
     ab = grid(1000, 30, t_min=2)
     chain = ddpm_chain(ab, "beta", "tweedie")
     lam = torch.tensor([0.3, 0.7, 1.9], dtype=F64)
-    h, H1, H2 = ddpm_divided_differences(lam, chain)
-    hf = lambda x: ddpm_variance(exact_score_eigenvalues(x, ab), chain)
+    law = ChainLaw(chain.linear_chain(), 1.0)
+    h = law.variance(exact_scores(lam, chain))
+    H1, H2 = law.divided_differences(lam, DSM(), *levels_of(chain))
+    hf = lambda x: reference_variance(x, chain)
     assert torch.allclose(h, hf(lam), rtol=1e-12)
     i, j = 0, 2
     x, y = lam[i:i + 1], lam[j:j + 1]
@@ -274,42 +327,62 @@ def test_divided_differences_match_finite_differences():
     assert torch.allclose(H2[i, j], d2[0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_tau_kernel_matches_autograd_hessian(symmetric):
-    """½ Σ Var(Δ) ∂²B²(Σ, C(A* + Δ))/∂Δ² by autograd (every level, every entry) = τ Σ K_τ."""
+@pytest.mark.parametrize("case", ["stationary", "symmetric", "budget"])
+def test_tau_kernel_matches_autograd_hessian(case):
+    """½ Σ Cov(Δ_p, Δ_q) ∂²B²(Σ, C(A + Δ))/∂Δ_p∂Δ_q by autograd (every level, every entry; C the full-matrix
+    recursion written here, `reference_covariance`) = the chain's τ cells (`ChainLaw.tau_cells`, jets), and
+    so does the forward-mode 2×2-block contraction of tests/theory/autograd_reference.py. Stationary DSM-SGD
+    (entries uncorrelated), symmetric scores (Δ_ij = Δ_ji), and a finite budget (S = 40 steps from A₀ = 0:
+    the mean score A = E[A_S] ≠ A*, and Cov(Δ_ij, Δ_ji) ≠ 0)."""
+    from gsm.training.objectives import SGDBudget
     lam = torch.tensor([0.4, 1.0, 2.5], dtype=F64)
     d = 3
     ab = grid(1000, 4, t_min=30)
     chain = ddpm_chain(ab, "beta", "tweedie")
-    Astar = exact_score_matrices(torch.diag(lam), ab)
-    V = level_sgd_variance(lam, ab, batch_size=2, symmetric=symmetric)          # (K+1, d, d) per unit τ
+    alphas, stds = levels_of(chain)
+    symmetric, budget = case == "symmetric", SGDBudget(40, 0.5, 2) if case == "budget" else None
+    tau = 0.5 if budget is not None else 1.0                              # stationary: per unit τ
+    var, cross = DSM().fluctuations(lam, alphas, stds, tau, 2, budget, symmetric)      # (L, d, d)
+    a = DSM().mean(lam, alphas, stds, budget)                               # (L, d): A* or E[A_S]
+    if budget is not None:
+        assert (a - DSM().target(lam, alphas, stds)).abs().max() > 0.1 and cross.abs().max() > 0
+    Abase = torch.diag_embed(DSM().target(lam, ab.sqrt(), (1 - ab).sqrt()))   # grid (K+1, d, d)
+    Abase[chain.levels] = torch.diag_embed(a)
     Sigma = torch.diag(lam)
     iu = torch.triu_indices(d, d)
 
-    def to_delta(theta):                                                  # θ per level → Δ
+    def to_delta(theta):                                                  # θ of one level → Δ (d, d)
         if not symmetric:
-            return theta.view(-1, d, d)
-        D = torch.zeros(theta.shape[0] // iu.shape[1], d, d, dtype=F64)
-        D = D.index_put((torch.arange(D.shape[0]).repeat_interleave(iu.shape[1]), iu[0].repeat(D.shape[0]),
-                         iu[1].repeat(D.shape[0])), theta)
-        return D + D.triu(1).transpose(-1, -2)
+            return theta.view(d, d)
+        D = torch.zeros(d, d, dtype=F64).index_put((iu[0], iu[1]), theta)
+        return D + D.triu(1).T
 
     total = 0.0
-    for k in chain.levels.tolist():
+    for l, k in enumerate(chain.levels.tolist()):
         def f(theta):
-            A = Astar.clone()
-            A = torch.cat([A[:k], (A[k] + to_delta(theta)[0]).unsqueeze(0), A[k + 1:]])
-            return bures_wasserstein2(Sigma, ddpm_covariance(A, chain))
+            A = torch.cat([Abase[:k], (Abase[k] + to_delta(theta)).unsqueeze(0), Abase[k + 1:]])
+            return bures_wasserstein2(Sigma, reference_covariance(A, chain))
         n = iu.shape[1] if symmetric else d * d
-        Hd = torch.autograd.functional.hessian(f, torch.zeros(n, dtype=F64)).diagonal()
-        var = V[k][iu[0], iu[1]] if symmetric else V[k].reshape(-1)
-        total += 0.5 * float((var * Hd).sum())
-    pred = float(ddpm_tau_kernel(lam, chain, batch_size=2, symmetric=symmetric).sum())
+        H = torch.autograd.functional.hessian(f, torch.zeros(n, dtype=F64))
+        if symmetric:
+            cov = torch.diag(var[l][iu[0], iu[1]])
+        else:                                  # Cov(Δ_ri, Δ_ri) = var, Cov(Δ_ri, Δ_ir) = cross (r ≠ i)
+            cov = torch.diag(var[l].reshape(-1))
+            if budget is not None:
+                r, i = torch.meshgrid(torch.arange(d), torch.arange(d), indexing="ij")
+                off = (r != i).reshape(-1)
+                p = torch.arange(d * d)[off]
+                cov[p, (i * d + r).reshape(-1)[off]] = cross[l].reshape(-1)[off]
+        total += 0.5 * float((cov * H).sum())
+    law = ChainLaw(chain.linear_chain(), 1.0)
+    h = law.variance(a)
+    pred = float(law.tau_cells(lam, a, h, var, cross if budget is not None else None, symmetric).sum())
     assert abs(total - pred) < 1e-6 * abs(pred)
-    # and the project's forward-mode contraction helper (2×2 blocks) agrees
-    from gsm.theory.langevin import second_order_contraction
-    cells = second_order_contraction(lambda A: ddpm_covariance(A, chain), exact_score_eigenvalues(lam, ab), lam,
-                                     V, V if symmetric else None)
+    # and the forward-mode contraction helper (2×2 blocks, cov_fn written here) agrees
+    level_of = {int(k): l for l, k in enumerate(chain.levels)}           # grid index → level (unread: g_k = 0)
+    cov_fn = lambda A: reference_covariance([A[level_of[k]] if k in level_of else torch.zeros_like(A[0])
+                                             for k in range(chain.K + 1)], chain)
+    cells = second_order_contraction(cov_fn, a, lam, var, var if symmetric else (cross if budget is not None else None))
     assert abs(float(cells.sum()) - pred) < 1e-9 * abs(pred)
 
 
@@ -334,7 +407,7 @@ def test_sgd_variance_with_levels():
     D = (A - Astar)                                        # eigenbasis = identity
     meas = D.pow(2).mean(0)                                # (L, d, d)
     se = D.pow(2).std(0) / math.sqrt(R)
-    pred = tau * level_sgd_variance(lam, ab, b)
+    pred = DSM().fluctuations(lam, alphas, stds, tau, b)[0]              # (L, d, d), τ included
     z = (meas - pred).abs() / (4 * se + 0.06 * pred)
     assert z.max() < 1, (meas, pred)
 

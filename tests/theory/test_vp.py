@@ -1,7 +1,10 @@
 """sampler=vp (Pierret–Galerne VP schemes): exact laws, particles, convergence orders, prediction.
 
 The references are written here from the paper's equations in *its* convention (β_PG = β/2, B_PG = B/2,
-N = K + 1 grid points t_k = (T − ε)k/(N − 1), times T − t_k), independently of gsm.samplers.vp and gsm.theory.vp."""
+N = K + 1 grid points t_k = (T − ε)k/(N − 1), times T − t_k), independently of gsm.samplers.vp and of the law
+maps (gsm.theory.chain, gsm.theory.law): the schemes' step matrices from their update formulas
+(`_scheme_matrix`), Opitz' formula on full 3×3 Jordan blocks, and the τ term by forward-mode autograd
+(tests/theory/autograd_reference.py)."""
 import json
 import math
 
@@ -9,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from gsm.samplers.linear_chain import DIAG, FULL
-from gsm.theory.linear_chain import chain_tau_kernel, opitz_divided_differences
+from autograd_reference import second_order_contraction
 from gsm.samplers.vp_schemes import SCHEMES, VPSchedule, exact_scores
 from gsm.samplers.vp import VP
-from gsm.theory.vp import output_divided_differences, spectral_output_variance, vp_prediction
+from gsm.theory.bures import bures_second_order_weights, kernel_n
+from gsm.theory.law import ChainLaw, chain_tau_kernel
+from gsm.theory.prediction import sampler_prediction
+from gsm.training.objectives import DSM
 
 F64 = torch.float64
 LAM = torch.tensor([0.02, 0.1, 0.4, 1.0, 2.5], dtype=F64)
@@ -78,7 +83,7 @@ def pg_continuous(scheme, lam, eps, prior):
 def test_exact_law_reproduces_pg_recursions(scheme, eps, init):
     K = 40
     s = VP(scheme=scheme, steps=K, eps=eps, init=init)
-    got = spectral_output_variance(s, LAM)
+    got = s.spectral_variance(LAM)
     ref = pg_continuous(scheme, LAM, eps, init == "prior") if scheme in ("sde", "ode") else \
         pg_recursion(scheme, LAM, K + 1, eps, init == "prior")
     assert torch.allclose(got, ref, rtol=1e-12, atol=0)
@@ -158,7 +163,7 @@ def _order(scheme, Ks, eps=1e-2):
     target = sch.marginal(lam, eps)           # exact law at ε from p_T, exact score
     errs = []
     for K in Ks:
-        v = spectral_output_variance(VP(scheme=scheme, steps=K, eps=eps, init="prior"), lam)
+        v = VP(scheme=scheme, steps=K, eps=eps, init="prior").spectral_variance(lam)
         errs.append(float(((v.sqrt() - target.sqrt()) ** 2).sum().sqrt()))
     return np.polyfit(np.log(Ks), np.log(errs), 1)[0]
 
@@ -192,71 +197,97 @@ def test_bad_input_one_line_errors(kw, msg):
 
 # ------------------------------------------------------------------------------------------ theory
 
+def song_levels(t):
+    """(α_t², s_t²) of the forward process at time t: e^{−2B_PG(t)}, 1 − e^{−2B_PG(t)} (Song's B = 2B_PG)."""
+    e = math.exp(-2 * B_pg(t))
+    return e, 1 - e
+
+
+def nearest_level(times):
+    """t ↦ the index of the score time nearest t: the level a stage evaluated at t reads."""
+    return lambda t: min(range(len(times)), key=lambda l: abs(times[l] - t))
+
+
+def scheme_law(scheme, A_at, K, eps, function=False):
+    """C_K from C_0 = I through the update formulas (`_scheme_matrix`): C ← M C Mᵀ + q I. With `function`
+    (every A_at(t) a function of one matrix, e.g. of a Jordan block) C ← M C M + q I: all factors commute,
+    and no transpose keeps the matrix function of a non-symmetric argument."""
+    steps = _scheme_matrix(scheme, A_at, K, eps)
+    eye = torch.eye(steps[0][0].shape[-1], dtype=F64)
+    C = eye
+    for M, q in steps:
+        C = M @ C @ (M if function else M.transpose(-1, -2)) + q * eye
+    return C
+
+
+def jordan_blocks(lam):
+    """J_ij = [[λ_i, 1, 0], [0, λ_j, 1], [0, 0, λ_i]] (d, d, 3, 3): for any matrix function f,
+    f(J_ij)[0, 1] = f^[1](λ_i, λ_j) and f(J_ij)[0, 2] = f^[2](λ_i, λ_j, λ_i) (Opitz)."""
+    d = lam.numel()
+    J = torch.zeros(d, d, 3, 3, dtype=F64)
+    J[..., 0, 0] = J[..., 2, 2] = lam.view(d, 1)
+    J[..., 1, 1] = lam.view(1, d)
+    J[..., 0, 1] = J[..., 1, 2] = 1.0
+    return J
+
+
+def w2_diag(lam, h):
+    return float(((lam.sqrt() - h.sqrt()) ** 2).sum())
+
+
 @pytest.mark.parametrize("scheme", ["em", "heun", "rk4"])
 def test_jet_divided_differences_match_opitz(scheme):
-    s = VP(scheme=scheme, steps=15, eps=1e-3)
+    """ChainLaw.divided_differences (series jets through the step map) against Opitz' formula: the output
+    variance as a matrix function of the Jordan block J, through the update formulas with the scores
+    (α_t²J + s_t²I)⁻¹ at every stage time, C_0 = I."""
+    K, eps = 15, 1e-3
+    s = VP(scheme=scheme, steps=K, eps=eps)
     al, st = s.noise_levels()
     lam = torch.cat([LAM, LAM[2:3] * (1 + 1e-6)])          # a near-repeated pair (Taylor branch)
+    J, eye = jordan_blocks(lam), torch.eye(3, dtype=F64)
 
-    def h_on_matrix(J):
-        eye = torch.eye(3, dtype=F64).expand_as(J)
-        A = torch.stack([torch.linalg.inv(a * a * J + t * t * eye) for a, t in zip(al.tolist(), st.tolist())], -3)
-        C = eye.clone()
-        for k in range(s.chain.K):
-            M = s.chain.matrices(k, A, FULL)
-            C = M @ M @ C + float(s.chain.q[k]) * eye
-        return C
+    def A_at(t):
+        a2, s2 = song_levels(t)
+        return torch.linalg.inv(a2 * J + s2 * eye)
 
-    _, H1r, H2r = opitz_divided_differences(h_on_matrix, lam)
-    H1, H2 = output_divided_differences(s.chain, lam, al ** 2, st ** 2, torch.ones_like(lam))
+    H = scheme_law(scheme, A_at, K, eps, function=True)
+    H1r, H2r = H[..., 0, 1], H[..., 0, 2]
+    H1, H2 = ChainLaw(s.chain, torch.ones_like(lam)).divided_differences(lam, DSM(), al, st)
     scale1, scale2 = H1r.abs().max(), H2r.abs().max()
     assert (H1 - H1r).abs().max() <= 1e-7 * scale1
     assert (H2 - H2r).abs().max() <= 1e-6 * scale2
 
 
-def one_stage_reverse_chain(s):
-    """The VP sampler's one-stage chain (steps M = cI − gA) as a gsm.samplers.reverse_chain.ReverseChain on the same
-    ᾱ grid, read off its steps at a = 0 (c) and a = 1 (c − g)."""
-    from gsm.samplers.reverse_chain import ReverseChain
-    K = s.K
-    one, zero = torch.ones(1, dtype=F64), torch.zeros(1, dtype=F64)
-    c = torch.stack([s.chain.step_fns[k](lambda l: zero, DIAG)[0] for k in range(K)])
-    g = c - torch.stack([s.chain.step_fns[k](lambda l: one, DIAG)[0] for k in range(K)])
-    ab = torch.cat([torch.tensor([math.exp(-s.schedule.B(s.eps))], dtype=F64), torch.exp(-s.schedule.B(s.times.flip(0)))])
-    return ReverseChain(ab, torch.cat([one, c.flip(0)]), torch.cat([zero, g.flip(0)]), torch.cat([zero, s.chain.q.flip(0)]),
-                        torch.arange(1, K + 1))
-
-
+@pytest.mark.parametrize("scheme,K", [("ei", 30), ("heun", 12), ("rk4", 6)])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_tau_kernel_one_stage_matches_ddpm_kernel(symmetric):
-    """For one-stage steps M = cI − gA the generic kernel is gsm.theory.diffusion.ddpm_tau_kernel (independent code)."""
-    from gsm.theory.diffusion import ddpm_tau_kernel
-    from gsm.theory.sgd import level_sgd_variance
-    from gsm.theory.langevin import bures_second_order_weights
-    s = VP(scheme="ei", steps=30, eps=1e-2)
-    rc = one_stage_reverse_chain(s)
-    ref = ddpm_tau_kernel(LAM, rc, 1, 1.0, symmetric).sum()
-    al, _ = s.noise_levels()
-    rho, W = bures_second_order_weights(LAM, spectral_output_variance(s, LAM))
-    V = level_sgd_variance(LAM, al ** 2, 1, symmetric)
-    got = chain_tau_kernel(s.chain, exact_scores(LAM, s.schedule, s.times), V, rho, W, 1.0, symmetric).sum()
-    assert abs(float(got - ref)) <= 1e-10 * abs(float(ref))
+def test_tau_kernel_matches_autograd(scheme, K, symmetric):
+    """ChainLaw.tau_cells (matrix jets through the step map) against ½ Σ Var ∂²B²/∂Δ² by forward-mode autograd
+    through the update formulas (`second_order_contraction` on `scheme_law`), at the exact scores 1/σ_t(λ),
+    with DSM's per-level stationary variances (symmetric: Δ_ij = Δ_ji, i.e. Cov(Δ_ij, Δ_ji) = Var)."""
+    eps = 1e-2
+    s = VP(scheme=scheme, steps=K, eps=eps)
+    times = s.times.tolist()
+    level = nearest_level(times)
+    a = torch.stack([1 / sig(LAM, t) for t in times])
+    al, st = s.noise_levels()
+    var = DSM().fluctuations(LAM, al, st, 1.0, 2, None, symmetric)[0]
+    got = ChainLaw(s.chain, 1.0).tau_cells(LAM, a, s.spectral_variance(LAM), var, None, symmetric).sum()
+    cov_fn = lambda A: scheme_law(scheme, lambda t: A[..., level(t), :, :], K, eps)
+    ref = second_order_contraction(cov_fn, a, LAM, var, var if symmetric else None).sum()
+    assert abs(float(got - ref)) <= 1e-10 * abs(float(ref)), (float(got), float(ref))
 
 
 @pytest.mark.parametrize("scheme", ["heun", "rk4"])
 def test_tau_kernel_multistage_matches_monte_carlo(scheme):
     """Second-order expansion vs the exact law under random per-level perturbations Δ_l (variance τV_l),
     antithetic pairs ±Δ (odd orders cancel); within 3 measured s.e. plus 2% for the O(τ²) remainder."""
-    from gsm.theory.sgd import level_sgd_variance
     from gsm.theory.bures import bures_wasserstein2
-    from gsm.theory.langevin import bures_second_order_weights
     lam = LAM[1:]
-    d = lam.numel()
     s = VP(scheme=scheme, steps=8, eps=5e-2)
-    al, _ = s.noise_levels()
+    al, st = s.noise_levels()
     a = exact_scores(lam, s.schedule, s.times)
-    rho, W = bures_second_order_weights(lam, spectral_output_variance(s, lam))
-    V = level_sgd_variance(lam, al ** 2, 1)
+    rho, W = bures_second_order_weights(lam, s.spectral_variance(lam))
+    V = DSM().fluctuations(lam, al, st, 1.0, 1)[0]
     pred = float(chain_tau_kernel(s.chain, a, V, rho, W).sum())
     tau, S = 1e-4, 4000
     g = torch.Generator().manual_seed(3)
@@ -334,17 +365,46 @@ def test_data_file_bad_path_and_singular_score_errors(compose_cfg, tmp_path):
                         "sampler.scheme=heun", "sampler.eps=0"), tmp_path / "b")
 
 
-@pytest.mark.parametrize("init", ["zeros", "identity"])
-def test_finite_budget_one_stage_matches_diffusion_prediction(init):
-    """A finite SGD budget (mean offset, transient τ term with Cov(Δ_ij, Δ_ji), mean score inside the 1/N term):
-    for a one-stage scheme vp_prediction equals gsm.theory.diffusion.diffusion_prediction on the same chain."""
-    from gsm.theory.diffusion import diffusion_prediction
-    s = VP(scheme="ei", steps=12, eps=5e-2)
-    rc = one_stage_reverse_chain(s)
-    kw = dict(n=500, tau=0.05, batch_size=4, sgd_steps=3000, init=init)
-    ref, got = diffusion_prediction(LAM, rc, **kw), vp_prediction(LAM, s, **kw)
+@pytest.mark.parametrize("scheme,init", [("ei", "zeros"), ("ei", "identity"), ("heun", "zeros"), ("rk4", "identity")])
+def test_finite_budget_prediction_matches_reference(scheme, init):
+    """A finite SGD budget, S steps from A₀ = a₀I, each sample at one of the L levels: the exact mean score
+    E[A_l](Σ̂) = M⁻¹ + (a₀I − M⁻¹)(I − τs_l²M/L)^S, M = α_l²Σ̂ + s_l²I (written here), through the update
+    formulas gives the mean offset, the 1/N term (Opitz' formula on E[A](J), the Bures weights at the mean
+    law) and the τ term (autograd, with DSM's transient Var(Δ_ij) and Cov(Δ_ij, Δ_ji)): sampler_prediction
+    equals them to 1e-10."""
+    from gsm.training.objectives import SGDBudget
+    K, eps, n, tau, b, S = 12, 5e-2, 500, 0.05, 4, 3000
+    s = VP(scheme=scheme, steps=K, eps=eps)
+    got = sampler_prediction(s, LAM, n=n, tau=tau, batch_size=b, sgd_steps=S, init=init)
+    times = s.times.tolist()
+    L, level, a0 = len(times), nearest_level(times), {"zeros": 0.0, "identity": 1.0}[init]
+
+    def mean_score(X, l):
+        a2, s2 = song_levels(times[l])
+        eye = torch.eye(X.shape[-1], dtype=F64)
+        M = a2 * X + s2 * eye
+        inv = torch.linalg.inv(M)
+        return inv + (a0 * eye - inv) @ torch.linalg.matrix_power(eye - tau * s2 / L * M, S)
+
+    law = lambda score, **kw: scheme_law(scheme, lambda t: score(level(t)), K, eps, **kw)
+    Sig = torch.diag(LAM)
+    h_star = law(lambda l: torch.linalg.inv(song_levels(times[l])[0] * Sig
+                                            + song_levels(times[l])[1] * torch.eye(5, dtype=F64))).diagonal()
+    h_bar = law(lambda l: mean_score(Sig, l)).diagonal()
+    bias = w2_diag(LAM, h_star)
+    offset = w2_diag(LAM, h_bar) - bias
+    H = law(lambda l: mean_score(jordan_blocks(LAM), l), function=True)
+    rho, W = bures_second_order_weights(LAM, h_bar)
+    generalization = float(kernel_n(LAM, H[..., 0, 1], H[..., 0, 2], rho, W).sum()) / n
+    al, st = s.noise_levels()
+    var, cross = DSM().fluctuations(LAM, al, st, tau, b, SGDBudget(S, tau, b, init))
+    a_bar = torch.stack([mean_score(Sig, l).diagonal() for l in range(L)])
+    tau_part = float(second_order_contraction(lambda A: law(lambda l: A[..., l, :, :]), a_bar, LAM, var, cross).sum())
+    ref = {"generalization": generalization, "sgd_mean_offset": offset, "optimization": offset + tau_part,
+           "total": bias + generalization + offset + tau_part}
+    assert got["modelled"]["sgd_budget"] is True and tau_part > 0.01 * offset > 0     # both parts resolved
     for k in ("generalization", "sgd_mean_offset", "optimization", "total"):
-        assert abs(got[k] - ref[k]) <= 1e-10 * abs(ref[k]), k
+        assert abs(got[k] - ref[k]) <= 1e-10 * abs(ref[k]), (k, got[k], ref[k])
 
 
 @pytest.mark.slow
@@ -390,6 +450,6 @@ def test_diagonal_particles_match_the_per_eigenvalue_law(scheme):
     g = torch.Generator().manual_seed(4)
     x0 = torch.randn(M, LAM.numel(), generator=g, dtype=F64) * s.schedule.marginal(LAM, T).sqrt()
     x = s.chain.sample_diagonal(a, x0, g)
-    v = spectral_output_variance(s, LAM)
+    v = s.spectral_variance(LAM)
     z = ((x ** 2).mean(0) - v) / ((x ** 2).std(0) / math.sqrt(M))
     assert z.abs().max() < 4.5
