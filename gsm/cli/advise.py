@@ -15,7 +15,7 @@ The objective is `gsm.theory.langevin.langevin_prediction(λ, n=N, sigma=σ, tau
 steps=K, init_var=c₀, sgd_steps=k, init=model.init)["total"]` (no particle term): the prediction of
 the pipeline's w2_exact, with the finite-budget transients that make σ's optimum interior:
     SGD mean    E[A_k] = A* + (A₀ − A*)(I − τσ²M̂)^k, M̂ = Σ̂ + σ²I   (exact, note §2.1)
-    SGD spread  Var(A_k) grows to its stationary value τλ_r/(2b m_r)  (`sgd_transient_variance`)
+    SGD spread  Var(A_k) grows to its stationary value τλ_r/(2b m_r)  (`DSM.fluctuations` with an `SGDBudget`)
     ULA law     h_K = g + (1 − γa)^{2K}(c₀ − g)                        (exact, note §3, §5.2)
 A small σ leaves SGD short of A* (relaxation rate τσ²(λ_min + σ²)) and caps γ < 2(λ_min + σ²); a
 large σ adds the noise bias Σ(√λ − √(λ+σ²))². Points where the prediction does not hold are

@@ -189,18 +189,17 @@ def bench_exact_laws(p, device="cpu"):
                     "rel. diff vs scipy lyapunov": float((C - C_sp).norm() / C_sp.norm())})
     except ImportError:
         pass
-    from gsm.samplers.reverse_chain import (alphas_cumprod, ddpm_chain, ddpm_covariance, ddpm_variance,
-                                            exact_score_eigenvalues, exact_score_matrices,
-                                            linear_beta_schedule)
+    from gsm.samplers.reverse_chain import alphas_cumprod, ddpm_chain, exact_score_matrices, linear_beta_schedule
+    from gsm.training.objectives import DSM
     scaled = T > 20
     ab = alphas_cumprod(linear_beta_schedule(T, scaled=scaled))
-    chain = ddpm_chain(ab)
+    chain = ddpm_chain(ab).linear_chain()                                 # reads the levels ᾱ_1..ᾱ_T
     lam = 1.0 / torch.arange(1, d + 1, dtype=torch.float64)
-    As = exact_score_matrices(torch.diag(lam).to(device), ab)            # (T+1, d, d)
+    As = exact_score_matrices(torch.diag(lam).to(device), ab[1:])        # (T, d, d)
     As = As + 0.01 * A / math.sqrt(d)                                     # non-commuting, non-symmetric
-    t_ddpm = median_time(lambda: ddpm_covariance(As, chain), max(1, p["repeat"] // 2), device)
-    a = exact_score_eigenvalues(lam, ab)                                  # (T+1, d): O(T d), on the CPU
-    t_eig = median_time(lambda: ddpm_variance(a, chain), p["repeat"])
+    t_ddpm = median_time(lambda: chain.covariance(As), max(1, p["repeat"] // 2), device)
+    a = DSM().target(lam, ab[1:].sqrt(), (1 - ab[1:]).sqrt())             # (T, d): O(T d), on the CPU
+    t_eig = median_time(lambda: chain.variance(a), p["repeat"])
     out.update({"DDPM exact law s": t_ddpm, "DDPM GEMM bound s": 2 * (T + 1) * t_mm,
                 "fraction of GEMM bound": 2 * (T + 1) * t_mm / t_ddpm,
                 "DDPM eigenbasis (commuting) s": t_eig})

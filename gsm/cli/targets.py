@@ -15,14 +15,14 @@ import warnings
 # (the same table as CHANGELOG.md, "Removed module paths")
 OLD_MODULES = {
     "gsm.advise": ("gsm.cli.advise",),
-    "gsm.chain": ("gsm.samplers.linear_chain", "gsm.theory.linear_chain"),
+    "gsm.chain": ("gsm.theory.chain", "gsm.theory.law"),
     "gsm.diffusers_sampler": ("gsm.samplers.diffusers_scheduler",),
-    "gsm.diffusion": ("gsm.samplers.reverse_chain", "gsm.theory.sgd", "gsm.theory.diffusion", "gsm.samplers.ddpm"),
+    "gsm.diffusion": ("gsm.samplers.ddpm", "gsm.samplers.reverse_chain"),
     "gsm.edm": ("gsm.samplers.edm",),
     "gsm.experiment": ("gsm.pipeline.run", "gsm.pipeline.record", "gsm.pipeline.matrix"),
     "gsm.interrupt": ("gsm.pipeline.interrupt",),
     "gsm.job": ("gsm.cli.job",),
-    "gsm.linear_law": ("gsm.theory.linear_chain", "gsm.samplers.linear_chain"),
+    "gsm.linear_law": ("gsm.theory.chain", "gsm.theory.law"),
     "gsm.memory": ("gsm.pipeline.memory",),
     "gsm.metrics": ("gsm.theory.bures",),
     "gsm.models": ("gsm.scores.linear",),
@@ -38,7 +38,7 @@ OLD_MODULES = {
     "gsm.texture_pipeline": ("gsm.pipeline.texture",),
     "gsm.train": ("gsm.training.dsm",),
     "gsm.validate": ("gsm.pipeline.validate",),
-    "gsm.vp": ("gsm.samplers.vp", "gsm.samplers.vp_schemes", "gsm.theory.vp", "gsm.figures"),
+    "gsm.vp": ("gsm.samplers.vp", "gsm.samplers.vp_schemes"),
     "gsm.vp_pipeline": ("gsm.pipeline.spectral",),
 }
 

@@ -42,7 +42,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def predict(self) -> dict:
-        """5. The theory's prediction, term by term (`Sampler.prediction` or the backend's own)."""
+        """5. The theory's prediction, term by term (`gsm.theory.prediction.sampler_prediction` or the
+        backend's own), with its `modelled` dict."""
 
     @abc.abstractmethod
     def regime_inputs(self) -> dict:
@@ -51,7 +52,7 @@ class Backend(abc.ABC):
     def record(self, pred: dict) -> None:
         """The prediction's terms and the regime verdict into results."""
         terms = record_prediction(self.results, pred, self.warn)
-        self.results["regime"] = linear_regime(terms=terms, **self.regime_inputs())
+        self.results["regime"] = linear_regime(terms=terms, modelled=pred.get("modelled"), **self.regime_inputs())
 
     @abc.abstractmethod
     def log(self, writer, pred: dict) -> None:

@@ -41,9 +41,11 @@ def model_data_kind(cls) -> str:
 
 
 def score_is_spectral(spec) -> bool:
-    """The score is a function of Σ (an oracle) or of Σ̂ (train.solver=exact): it shares Σ̂'s eigenbasis."""
+    """The score is a function of Σ (an oracle) or of Σ̂ (train.solver=exact): it shares Σ̂'s eigenbasis,
+    and the objective is one the per-eigenvalue closed forms are written for (`closed_forms`)."""
     model = spec.model
-    return model.linear and (not model.requires_training or spec.train.solver == "exact")
+    return (model.linear and (not model.requires_training or spec.train.solver == "exact")
+            and getattr(spec.objective, "closed_forms", False))
 
 
 def backend_name(spec) -> str:

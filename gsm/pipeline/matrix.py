@@ -19,7 +19,7 @@ from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction,
                               gaussian_fit_w2, second_moment)
 from gsm.theory.prediction import sampler_prediction
 from gsm.theory.regime import neural_regime
-from gsm.training.dsm import empirical_dsm_minimizer, train_linear_dsm, train_score_net
+from gsm.training.dsm import empirical_second_moment, train_linear_dsm, train_score_net
 
 matplotlib.use("Agg")      # figures without a display (none on a cluster node)
 
@@ -76,14 +76,15 @@ class MatrixBackend(Backend):
         return self.target.sample((self.R, self.N), generator=self.gen, device=self.device)
 
     def fit_score(self, x, writer) -> dict:
-        """Oracle (exact Σ), solver=exact (the empirical DSM minimiser of Σ̂) or DSM-SGD."""
-        model, t = self.model, self.spec.train
+        """Oracle (the objective's minimiser on Σ), solver=exact (its minimiser on the data's second moment
+        Σ̂) or DSM-SGD."""
+        model, t, objective = self.model, self.spec.train, self.spec.objective
         if not model.requires_training:
-            model.set_matrices(dsm_optimum(self.target.covariance.to(x.device), self.alphas, self.stds)
+            model.set_matrices(objective.score_function(self.target.covariance.to(x.device), self.alphas, self.stds)
                                .expand_as(model.A))
             return {}
         if t.solver == "exact":
-            model.set_matrices(empirical_dsm_minimizer(x, self.alphas, self.stds))
+            model.set_matrices(objective.score_function(empirical_second_moment(x), self.alphas, self.stds))
             return {}
         out = train_linear_dsm(model.A.data, x, alphas=self.alphas, stds=self.stds, tau=t.tau,
                                batch_size=t.batch_size, steps=t.steps, sampling=t.sampling,
@@ -138,7 +139,8 @@ class MatrixBackend(Backend):
 
     def predict(self) -> dict:
         t, trained = self.spec.train, self.model.requires_training
-        return sampler_prediction(self.sampler, self.spectrum, n=self.N if trained else None, sigma=t.sigma,
+        return sampler_prediction(self.sampler, self.spectrum, objective=self.spec.objective,
+                                  n=self.N if trained else None, sigma=t.sigma,
                                   tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
                                   particles=self.sampler.particles, symmetric=self.model.symmetric, **self.budget)
 
@@ -210,7 +212,8 @@ class NeuralBackend(MatrixBackend):
 
     def predict(self) -> dict:
         t = self.spec.train
-        return sampler_prediction(self.sampler, self.spectrum, n=self.N, sigma=t.sigma, tau=t.tau,
+        return sampler_prediction(self.sampler, self.spectrum, objective=self.spec.objective, n=self.N,
+                                  sigma=t.sigma, tau=t.tau,
                                   batch_size=t.batch_size, particles=None, **sgd_budget(self.spec))
 
     def regime_inputs(self) -> dict:

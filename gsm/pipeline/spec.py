@@ -8,7 +8,7 @@ that reads the DictConfig. Each group is built by its own constructor, whose one
 |---|---|---|
 | `data` | the target: `GaussianData` (λ (d,), N, basis) or `TextureData` (the image, its ADSN λ, N) | `cfg.data` |
 | `model` | the score class and its options (`ModelSpec`); the model is built by the backend at the sampler's levels | `cfg.model` |
-| `objective` | the training objective (`gsm.training.objectives.DSM`) | |
+| `objective` | the training objective (`gsm.training.objectives.DSM` or a user class), instantiated once | `cfg.objective` (absent: DSM) |
 | `sampler` | the sampler, instantiated once | `cfg.sampler` |
 | `train` | `gsm.training.settings.TrainSettings` | `cfg.train` |
 | `optimizer` | a non-linear model's torch optimizer factory (`_partial_`), else None | `cfg.optim` |
@@ -210,7 +210,9 @@ class RunSpec:
             raise ConfigError(mismatch)
         with as_config_error("sampler"):
             sampler = instantiate(cfg.sampler)
-        return cls(data=data, model=model, objective=DSM(), sampler=sampler, train=train,
+        with as_config_error("objective"):
+            objective = instantiate(cfg.objective) if _get(cfg, "objective") is not _ABSENT else DSM()
+        return cls(data=data, model=model, objective=objective, sampler=sampler, train=train,
                    optimizer=None if model.linear else _optimizer(cfg), settings=settings, config=config)
 
 

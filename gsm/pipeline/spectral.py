@@ -79,7 +79,7 @@ class SpectralBackend(Backend):
         mu, basis = torch.linalg.eigh(_empirical_covariance(self.lam, self.N, self.gen))
         mu = mu.clamp_min(0)
         alpha, s = self.sampler.noise_levels()
-        a = 1.0 / (alpha.view(-1, 1) ** 2 * mu + s.view(-1, 1) ** 2)
+        a = self.spec.objective.target(mu, alpha, s)                # the plug-in score of Σ̂'s eigenvalues μ
         return basis, a, _law_in_basis(self.sampler, self.lam, basis, a)
 
     def evaluate(self) -> None:
@@ -94,7 +94,8 @@ class SpectralBackend(Backend):
 
     def predict(self) -> dict:
         none = self.sampler.particles_from == "none"
-        return sampler_prediction(self.sampler, self.lam, n=None if self.oracle else self.N,
+        return sampler_prediction(self.sampler, self.lam, objective=self.spec.objective,
+                                  n=None if self.oracle else self.N,
                                   particles=None if none else self.sampler.particles)
 
     def regime_inputs(self) -> dict:

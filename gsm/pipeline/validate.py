@@ -41,7 +41,7 @@ def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False):
     the limit is found by bisection). Each level l is taken with σ → s_l, λ → α_l²λ and the whole batch b:
     exact for b = 1 (a sample's update is then one-level SGD with step τ), an approximation otherwise.
     fourier (model=fourier_linear): every frequency is a scalar recursion, stable iff
-    τs²m(1 + κ/b) < 2 (κ = 1 at a complex frequency, 2 at a real one; `gsm.theory.fourier.sgd_variance_fourier`).
+    τs²m(1 + κ/b) < 2 (κ = 1 at a complex frequency, 2 at a real one; `gsm.training.objectives.DSM.circulant_variance`).
     Returns (τ_max, the index of the worst level).
     """
     lam = torch.as_tensor(lam, dtype=torch.float64)
@@ -79,6 +79,7 @@ def validate(spec: RunSpec) -> list[str]:
         alphas, stds = spec.sampler.noise_levels(spec.train.sigma)
     _check_sampler_fits(spec)
     model = _build_model(spec, alphas, stds)
+    _check_objective(spec, model)
     if not model.linear:
         _check_neural(spec, model)
         return []
@@ -109,6 +110,19 @@ def _check_sampler_fits(spec: RunSpec) -> None:
     mismatch = linear_score_mismatch(type(sampler), spec.model.cls, model_target=spec.model.target)
     if mismatch:
         raise ConfigError(mismatch)
+
+
+def _check_objective(spec: RunSpec, model) -> None:
+    """What the objective declares (`gsm.training.objectives`): an SGD trainer for train.solver=sgd (and any
+    neural model), gsm's closed-form paths for data=texture."""
+    obj = spec.objective
+    name = getattr(obj, "name", type(obj).__name__)
+    if model.requires_training and spec.train.solver == "sgd" and not getattr(obj, "sgd_trainable", False):
+        raise ConfigError(f"train.solver must be exact (or model=oracle) for objective {name}: it declares no SGD "
+                          f"trainer (sgd_trainable is False), got train.solver=sgd")
+    if spec.data.kind == "texture" and not getattr(obj, "closed_forms", False):
+        raise ConfigError(f"objective must be dsm for data=texture (the Fourier pipeline is written for DSM), "
+                          f"got objective {name}")
 
 
 def _build_model(spec: RunSpec, alphas, stds):

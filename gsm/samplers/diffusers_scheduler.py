@@ -15,7 +15,7 @@ schedules upcast) and every floating tensor of the scheduler is upcast after `se
 (DPMSolverMultistep, Euler, EulerAncestral) cast the sample to float32 internally: their laws carry
 float32 rounding (~1e-7 relative); DDPM, DDIM, UniPC and Heun stay in float64.
 
-Exact law (`gsm.linear_law`): every scheduler step is linear in (x, ε̂, noise), so the output is
+Exact law (`gsm.theory.chain.exact_law`): every scheduler step is linear in (x, ε̂, noise), so the output is
 M x_T + Σ_j N_j ξ_j, read off by pushing the basis vectors of x_T and of each noise injection through the
 loop as one batch. The noise is made explicit through the step's `variance_noise` argument where it has
 one (DDIM, DPMSolverMultistep), otherwise by handing the step our noise when it calls its module's

@@ -8,7 +8,7 @@ VE form (theory note §10): y = x + σz; a score s(y) = −A_σ y gives the deno
 start x_0 ~ N(0, σ_0² I). Step i (Algorithm 2; churn = 0 is Algorithm 1): γ_i = min(churn/K, √2 − 1) if
 s_tmin ≤ σ_i ≤ s_tmax else 0, σ̂_i = σ_i(1 + γ_i), x̂ = x + s_noise √(σ̂_i² − σ_i²) ξ; Euler
 x' = x̂ + h d(x̂; σ̂_i), h = σ_{i+1} − σ̂_i; Heun x ← x̂ + h(d(x̂; σ̂_i) + d(x'; σ_{i+1}))/2 unless σ_{i+1} = 0
-(the Euler last step). For linear scores step i is x ← M_i x + L_i ξ_i with (`edm_step_matrices`)
+(the Euler last step). For linear scores step i is x ← M_i x + L_i ξ_i with (`EDM.chain`, its step map)
 
     E = I + hσ̂_i Â,   M_i = E (last step) or I + (h/2)(σ̂_i Â + σ_{i+1} A_{i+1} E),   L_i = ℓ_i M_i,
     ℓ_i = s_noise √(σ̂_i² − σ_i²),

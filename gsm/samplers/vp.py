@@ -12,7 +12,7 @@ Reverse time u (t = T − u), score s_t(y) = −A_t y (exact: A_t = Σ_t⁻¹):
 
 Grid: t_k = T − k(T − ε)/K, k = 0..K (uniform, from T down to the truncation time ε); step k goes
 t_k → t_{k+1}, h = t_k − t_{k+1}, ΔB_k = B(t_k) − B(t_{k+1}). Every scheme is a linear chain
-x ← M_k x + √q_k ξ (`gsm.chain`):
+x ← M_k x + √q_k ξ (`gsm.theory.chain.LinearChain`):
 
     em     M = (1 + ½hβ_k) I − hβ_k A_{t_k},                q = hβ_k                  (P–G eqs. 10–11)
     ei     M = e^{ΔB/2} I − 2(e^{ΔB/2} − 1) A_{t_k},          q = e^{ΔB} − 1             (P–G eqs. 12–13)

@@ -12,4 +12,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "gsm.theory.law": ("ChainLaw", "PushLaw"),
     "gsm.theory.prediction": ("linear_prediction", "sampler_prediction"),
     "gsm.figures": ("plot_kernels",),
+    # 0.1 names, deprecated (FutureWarning on call), removed in 0.3.0
+    "gsm.theory.deprecated": ("power_sum", "divided_differences", "dsm_score_matrix", "sgd_variance",
+                              "sgd_transient_variance", "sgd_variance_exact"),
+    "gsm.training.objectives": ("SGD_INIT", "sgd_mean_square_stable"),
 })

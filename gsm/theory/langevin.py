@@ -24,7 +24,7 @@ import torch
 from gsm.algebra import DIAG
 from gsm.theory.bures import bures_second_order_weights
 from gsm.theory.chain import LinearChain, affine_step
-from gsm.theory.law import ChainLaw, opitz_divided_differences
+from gsm.theory.law import opitz_divided_differences
 from gsm.theory.prediction import check_spectrum, linear_prediction, w2_commuting
 from gsm.training.objectives import DSM, INITS, SGDBudget
 
@@ -75,6 +75,23 @@ def lyapunov_sum(P: torch.Tensor, Q: torch.Tensor, K: int) -> torch.Tensor:
             Sp = Sp + sandwich(Pp, Sp)
             Pp = Pp @ Pp
     return S
+
+
+def power_and_geometric_sum(Q: torch.Tensor, K: int):
+    """(Q^K, Σ_{k<K} Q^k) by binary doubling (O(log K) products; finite at ρ(Q) = 1, e.g. an untrained
+    score). Q (..., n, n), any matrix (Opitz' bidiagonal blocks included)."""
+    eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device).expand_as(Q)
+    power, total = eye.clone(), torch.zeros_like(Q)             # Q^(terms so far), their sum
+    Qp, Sp = Q, eye.clone()                                     # Q^(2^j), Σ_{k<2^j} Q^k
+    while K > 0:
+        if K & 1:
+            total = total + power @ Sp
+            power = power @ Qp
+        K >>= 1
+        if K:
+            Sp = Sp + Qp @ Sp
+            Qp = Qp @ Qp
+    return power, total
 
 
 def discrete_lyapunov(P: torch.Tensor, Q: torch.Tensor, max_doublings: int = 64) -> torch.Tensor:
@@ -202,7 +219,7 @@ def tau_term_from_var(eigenvalues, var, *, score, gamma, cross=None, steps=None,
 class ULALaw:
     """The law map of ULA (step γ, K = `steps` steps from N(0, init_var·I); steps=None: the stationary law)
     in closed form: `langevin_variance`, `tau_term_from_var`, and the 1/N divided differences of the chain
-    (`ula_chain`, jets) or of the stationary map h = (A − γA²/2)⁻¹ (Opitz). Equal to `ChainLaw(ula_chain(γ, K))`."""
+    in closed form (Opitz, O(log K)). Equal to `ChainLaw(ula_chain(γ, K))`."""
 
     gamma: float
     steps: int | None
@@ -212,12 +229,16 @@ class ULALaw:
         return langevin_variance(a[..., 0, :], self.gamma, self.steps, self.init_var)
 
     def divided_differences(self, lam, objective, alphas, stds, budget=None):
-        if self.steps is not None:
-            return ChainLaw(ula_chain(self.gamma, self.steps), self.init_var).divided_differences(
-                lam, objective, alphas, stds, budget)
+        """h^[1], h^[2] of the law as a matrix function of Σ̂ (Opitz), in closed form: with P = I − γA(Σ̂),
+        h = P^{2K}c₀ + 2γ Σ_{k<K} P^{2k} (O(log K), `power_and_geometric_sum`), or (A − γA²/2)⁻¹ stationary."""
         def h(X):
             A = objective.score_function(X, alphas, stds, budget)[..., 0, :, :]
-            return torch.linalg.inv(A - 0.5 * self.gamma * A @ A)
+            if self.steps is None:                       # 2γ(I − P²)⁻¹, finite at γ = 0 too
+                return torch.linalg.inv(A - 0.5 * self.gamma * A @ A)
+            eye = torch.eye(A.shape[-1], dtype=F64)
+            P2 = (eye - self.gamma * A) @ (eye - self.gamma * A)
+            R, S = power_and_geometric_sum(P2, int(self.steps))
+            return self.init_var * R + 2 * self.gamma * S
         return opitz_divided_differences(h, lam)[1:]
 
     def tau_cells(self, lam, a, h, var, cross=None, symmetric=False) -> torch.Tensor:

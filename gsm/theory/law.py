@@ -168,8 +168,12 @@ def chain_tau_kernel(chain: LinearChain, a: torch.Tensor, V: torch.Tensor, rho: 
 
     (e over the entries (i, m), (m, i) of Δ_l; cross terms have zero mean), and the Bures expansion
     E[B²] − B⁰ = Σ_i ρ_i E[C²_ii] + ½ Σ_ij W_ij E[(C¹_ij)²] (theory note §4). For a one-stage step
-    M = cI − gA this is `gsm.theory.diffusion.ddpm_tau_kernel`. `cross` (L, d, d): Cov(Δ_ij, Δ_ji)/τ (i ≠ j; the
-    finite-budget transient of `gsm.theory.sgd.level_sgd_transient`) adds W P Q c + ρ_i c ∂²C_ii/∂Δ_ij∂Δ_ji,
+    M = cI − gA this is the DDPM/DDIM kernel of note §6.4, with f = c − g a_l the step's eigenvalues,
+
+        K_ij = g² ℓ_i² [½(1+δ_ij) W_ij ℓ_j² (V_ij c_in,j² f_j² + V_ji c_in,i² f_i²) + ρ_i V_ij c_in,j].
+
+    `cross` (L, d, d): Cov(Δ_ij, Δ_ji)/τ (i ≠ j; the finite-budget transient,
+    `gsm.training.objectives.DSM().fluctuations(..., budget)`) adds W P Q c + ρ_i c ∂²C_ii/∂Δ_ij∂Δ_ji,
     the mixed derivative from the jet along E_ij + E_ji; for multi-stage steps the first-order change
     of M_k is its derivative δM = Σ_(stages reading l) ∂M/∂G_i [−r_i Δ] (e.g. Heun:
     M = I + (h/2)(G₁ + G₂ + h G₂G₁), δM = (h/2)(δG₁ + δG₂ + h(δG₂ G₁ + G₂ δG₁))), and its

@@ -71,7 +71,7 @@ def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, bat
     out["optimization"] = out["sgd_mean_offset"] + tau * float(K_tau.sum())
     out["particles"] = float(K_M.sum()) / particles if particles is not None else 0.0
     out["total"] = bias + out["generalization"] + out["optimization"] + out["particles"]
-    eps_tau = objective.eps_tau(lam, alphas, stds, tau, batch_size)
+    eps_tau = objective.eps_tau(lam, alphas, stds, tau, batch_size) if tau > 0 else 0.0
     out.update(kernel_n=K_N, kernel_tau=K_tau, kernel_m=K_M, bias_per_eigenvalue=(lam.sqrt() - h.sqrt()) ** 2,
                sampler_variance=h, eigenvalues=lam, eps_tau=eps_tau, d_over_n=d / n if n is not None else 0.0,
                warnings=_warnings(objective, lam, alphas, stds, n, tau, batch_size, eps_tau),

@@ -6,8 +6,9 @@ stake (an estimate of the size of the prediction's error it can cause), so the r
 and the first one is the dominant one:
 
 * SGD not stationary: fewer than 5 relaxation times 1/(τ s_l²(α_l²λ_min + s_l²)/L) at the slowest level
-  l. The prediction then models the finite budget (exact mean offset, first-order transient), so the
-  whole `sgd_mean_offset` rests on that model;
+  l. Where the prediction models the finite budget (its `modelled["sgd_budget"]`: exact mean offset,
+  first-order transient) the whole `sgd_mean_offset` rests on that model; where it does not, the
+  prediction assumes stationary SGD and misses the offset;
 * ε_τ = τ max α²λ(α²λ + s²)/(2b) > 0.005: the first-order τ term is off by ≈ c·ε_τ, c ≤ 8.5 (theory §5.5);
 * N < 5d: the 1/N term is off by ≈ κ_N·d/N, |κ_N| ≤ 0.3;
 * SGD or sampler unstable in some replicates (left out of the means: E[W2²] is conditional);
@@ -57,9 +58,10 @@ class Regime:
 
 
 def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, times: torch.Tensor | None,
-                  steps: int, tau: float, unstable: int, replicates: int, sampling: str) -> dict:
+                  steps: int, tau: float, unstable: int, replicates: int, sampling: str,
+                  modelled: dict | None = None) -> dict:
     """The verdict for a linear score. terms: the prediction's terms; times: `relaxation_times` per level
-    (None when nothing was trained by SGD)."""
+    (None when nothing was trained by SGD); modelled: the prediction's `modelled` (what it took into account)."""
     v = Regime()
     total = abs(terms.get("total", 0.0)) or 1.0
     offset = terms.get("sgd_mean_offset", terms.get("transient", 0.0))     # the Fourier pipeline's name for it
@@ -69,9 +71,11 @@ def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, 
               "but it is not the trained score the theory's terms describe)")
     elif times is not None and float(times.min()) < RELAXATION_TIMES_MIN:
         need = steps_for_relaxation(steps, times)
+        how = ("is modelled by the finite-budget transient" if (modelled or {}).get("sgd_budget")
+               else "is NOT in the prediction (it assumes stationary SGD)")
         v.add(max(abs(offset), 1e-300), f"SGD is not stationary: {float(times.min()):.3g} relaxation times at the "
               f"slowest level (< {RELAXATION_TIMES_MIN:g}); the SGD mean offset is {offset:.3g} of the predicted "
-              f"{terms.get('total', 0.0):.3g} and is modelled by the finite-budget transient; train.steps ≥ {need} "
+              f"{terms.get('total', 0.0):.3g} and {how}; train.steps ≥ {need} "
               f"reaches {RELAXATION_TIMES_MIN:g} (or fewer levels, a larger train.tau)")
     if eps_tau is not None and tau > 0 and eps_tau > EPS_TAU_MAX:
         v.add(8.5 * eps_tau * tau_term, f"eps_tau = {eps_tau:.3g} > {EPS_TAU_MAX}: the first-order τ term "

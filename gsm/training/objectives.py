@@ -10,7 +10,10 @@ of Σ (eigenvalues λ, float64), per level l with y = α_l x + s_l z, L levels e
   (for the chains' jets) or as a matrix function (for Opitz' formula);
 * `fluctuations`: the covariance of the SGD error Δ = A − E[A], stationary or after a finite budget.
 
-A new objective (e.g. flow matching) is one new class with these members; no sampler changes.
+A new objective (e.g. flow matching) is one new class with these members; no sampler changes. It declares
+what gsm can do with it: `sgd_trainable` (train.solver=sgd runs DSM-SGD, so only DSM), `closed_forms`
+(the VP per-eigenvalue and texture paths); without them a run refuses train.solver=sgd and data=texture
+before any work, and computes through the full-matrix path (docs/extending.md §4).
 """
 from __future__ import annotations
 
@@ -69,6 +72,8 @@ class DSM:
     (`train.solver=exact`). m_l = α_l²λ + s_l² is the level's second moment along λ."""
 
     name = "dsm"
+    sgd_trainable = True    # train.solver=sgd runs its SGD (`train_linear_dsm`, neural nets `train_score_net`)
+    closed_forms = True     # gsm's per-eigenvalue (VP spectral, sde/ode) and Fourier (textures) paths are written for it
 
     def target(self, lam, alphas, stds) -> torch.Tensor:
         """a*_l(λ) = 1/(α_l²λ + s_l²): (d,), (L,), (L,) → (L, d)."""
@@ -84,13 +89,14 @@ class DSM:
         (the gradient is affine in A and a sample hits level l with probability 1/L). At s_l = 0 the DSM
         gradient vanishes: SGD leaves A₀."""
         a2, s2 = _levels(alphas, stds)
-        L, eye = a2.numel(), torch.eye(X.shape[-1], dtype=F64)
-        M = a2.view(-1, 1, 1) * X.unsqueeze(-3) + s2.view(-1, 1, 1) * eye
+        L, eye = a2.numel(), torch.eye(X.shape[-1], dtype=F64, device=X.device)
+        a2, s2 = a2.to(X.device), s2.to(X.device)
+        M = a2.view(-1, 1, 1) * X.to(F64).unsqueeze(-3) + s2.view(-1, 1, 1) * eye
         A = torch.linalg.inv(M)
         if budget is None or budget.init == "optimum":
             return A
         decay = torch.linalg.matrix_power(eye - budget.tau * s2.view(-1, 1, 1) / L * M, int(budget.steps))
-        A0 = initial_scores(budget.init, stds).view(-1, 1, 1) * eye
+        A0 = initial_scores(budget.init, stds).to(X.device).view(-1, 1, 1) * eye
         return torch.where((s2 == 0).view(-1, 1, 1), A0, A + (A0 - A) @ decay)
 
     def score_series(self, mu: torch.Tensor, alphas, stds, budget: SGDBudget | None = None,
@@ -109,7 +115,7 @@ class DSM:
             return inv
         c = budget.tau * s2.view(-1, 1) / a2.numel()
         r0, r1, S = 1 - c * m, -c * a2.view(-1, 1), int(budget.steps)
-        rS = torch.stack([math.comb(S, k) * r0 ** max(S - k, 0) * r1 ** k if k <= S else torch.zeros_like(r0)
+        rS = torch.stack([float(math.comb(S, k)) * r0 ** max(S - k, 0) * r1 ** k if k <= S else torch.zeros_like(r0)
                           for k in range(order)], -1)
         a0 = torch.zeros_like(inv)
         a0[..., 0] = initial_scores(budget.init, stds).view(-1, 1)

@@ -496,7 +496,7 @@ def test_evaluation_is_float64():
     A = torch.eye(3).expand(2, 1, 3, 3).float()
     assert Langevin(steps=10).covariance(A).dtype == torch.float64
     ddpm = DDPM(T=20, steps=4)
-    assert ddpm.covariance(A.expand(2, ddpm.chain.levels.numel(), 3, 3)).dtype == torch.float64
+    assert ddpm.covariance(A.expand(2, ddpm.noise_levels()[0].numel(), 3, 3)).dtype == torch.float64
 
 
 # ---------------------------------------------------------------------------------- atomic writes

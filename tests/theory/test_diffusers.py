@@ -7,9 +7,12 @@ import sys
 import pytest
 import torch
 
-from gsm.samplers.reverse_chain import (alphas_cumprod, ddim_chain, ddpm_chain, ddpm_covariance,
-                                        linear_beta_schedule)
+from gsm.samplers.reverse_chain import alphas_cumprod, ddim_chain, ddpm_chain, linear_beta_schedule
 from gsm.theory.bures import bures_wasserstein2, second_moment
+from gsm.theory.chain import exact_law, linear_maps
+from gsm.theory.law import PushLaw
+from gsm.theory.prediction import linear_prediction
+from gsm.training.objectives import DSM, SGDBudget
 
 F64 = torch.float64
 TESTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
@@ -84,16 +87,12 @@ def test_exact_law_matches_particles(name, extra, one_thread):
 
 
 def _gsm_grid_law(s, A, chain_fn):
-    """gsm's own law (ddpm_covariance) on the grid the scheduler visits: ᾱ at 0 and at t + 1 for each
-    queried 0-indexed t (diffusers' t ↔ gsm's t + 1); grid index k ↔ scheduler level K − k."""
+    """gsm's own law (the reverse chain's step map) on the grid the scheduler visits: ᾱ at 0 and at t + 1 for
+    each queried 0-indexed t (diffusers' t ↔ gsm's t + 1); grid index k = l + 1 ↔ scheduler level K − k."""
     T = s.template.config.num_train_timesteps
     ts = [int(t) + 1 for t in s.level_timesteps]                      # decreasing
     ab = alphas_cumprod(linear_beta_schedule(T))[torch.tensor([0] + ts[::-1])]
-    chain = chain_fn(ab)
-    K = len(ts)
-    Ag = torch.zeros(A.shape[0], K + 1, *A.shape[-2:], dtype=F64)
-    Ag[:, 1:] = A.flip(1)
-    return ddpm_covariance(Ag, chain)
+    return chain_fn(ab).linear_chain().covariance(A.flip(1), 1.0)
 
 
 @pytest.mark.slow
@@ -168,7 +167,6 @@ def test_edm_equals_heun_karras(one_thread):
     both start from N(0, σ_max² I) (timestep_spacing linspace), so the laws agree too."""
     from gsm.samplers.diffusers_scheduler import Diffusers
     from gsm.samplers.edm import EDM
-    from gsm.samplers.linear_chain import linear_maps
     d, K = 4, 12
     Sigma = (lambda U: (U * torch.tensor([0.05, 0.3, 1.0, 4.0], dtype=F64)) @ U.T)(random_basis(d, 5))
     h = Diffusers(scheduler="HeunDiscreteScheduler", steps=K, config={"use_karras_sigmas": True})
@@ -180,9 +178,18 @@ def test_edm_equals_heun_karras(one_thread):
     for s in (h, e):
         al, st = s.noise_levels()
         A = torch.linalg.inv(al.view(-1, 1, 1) ** 2 * Sigma + st.view(-1, 1, 1) ** 2 * torch.eye(d, dtype=F64))
-        maps.append(linear_maps(s.push, A.unsqueeze(0), 0)[0][0])
+        push = s.push if s is h else s.chain.push
+        maps.append(linear_maps(push, A.unsqueeze(0), 0)[0][0])
     assert ((maps[0] - maps[1]).abs().max() / maps[1].abs().max()) < 1e-5, maps
     assert abs(h.init_var - e.init_var) < 1e-6 * e.init_var
+
+
+def stationary_sgd_variance(alphas, stds, lam, tau, batch_size=1):
+    """Var(Δ_ri) of stationary DSM-SGD per level (note §2.2, the data at level l are α_l x: eigenvalues
+    α_l²λ): τ α_l²λ_r/(2b m_lr), m = α²λ + s², the same for every column i. (L, d, d)."""
+    a2l = alphas.view(-1, 1) ** 2 * lam
+    v = tau * a2l / (2 * batch_size * (a2l + stds.view(-1, 1) ** 2))
+    return v.unsqueeze(-1).expand(-1, -1, lam.numel())
 
 
 @pytest.mark.slow
@@ -191,15 +198,13 @@ def test_tau_kernel_matches_monte_carlo(name, one_thread):
     """τ ΣK_τ against E[B²(Σ, C(A* + Δ))] − B²(Σ, C(A*)) over R antithetic pairs ±Δ of Gaussian perturbations
     with the per-level SGD variances (entries independent), at small τ: within 3 s.e. and 5%."""
     from gsm.samplers.diffusers_scheduler import Diffusers
-    from gsm.theory.linear_chain import linear_sampler_prediction
-    from gsm.theory.sgd import sgd_variance
     lam = torch.tensor([0.5, 1.0, 1.5], dtype=F64)
     s = Diffusers(scheduler=name, steps=6)
     al, st = s.noise_levels()
     tau, R = 0.02, 20000
-    pred = linear_sampler_prediction(s.push, lam, al, st, J=s.J, init_var=s.init_var, tau=tau)
+    pred = linear_prediction(s.law(lam), DSM(), lam, al, st, tau=tau)
     Astar = (1 / (al.view(-1, 1) ** 2 * lam + st.view(-1, 1) ** 2)).diag_embed()
-    V = torch.stack([sgd_variance(float(a) ** 2 * lam, sigma=float(b), tau=tau)[0] for a, b in zip(al, st)])
+    V = stationary_sgd_variance(al, st, lam, tau)
     gen = torch.Generator().manual_seed(7)
     delta = V.sqrt() * torch.randn(R, *V.shape, generator=gen, dtype=F64)
     B2 = lambda A: bures_wasserstein2(torch.diag(lam), s.covariance(A))
@@ -269,8 +274,6 @@ def test_stepwise_recursion_equals_full_push(name, extra, one_thread):
     a finite budget) equals pushing every noise source through the whole loop (EulerAncestral casts the sample
     to float32 inside step: 1e-5 relative)."""
     from gsm.samplers.diffusers_scheduler import Diffusers
-    from gsm.samplers.linear_chain import exact_law
-    from gsm.theory.linear_chain import linear_sampler_prediction
     s = Diffusers(scheduler=name, steps=12, **extra)
     assert s.stepwise is not None
     lam = torch.tensor([0.3, 0.7, 1.0, 2.0], dtype=F64)
@@ -280,7 +283,8 @@ def test_stepwise_recursion_equals_full_push(name, extra, one_thread):
     rel = 1e-5 if name.startswith("Euler") else 1e-12
     assert (exact_law(s.push, A, s.J, s.init_var, stepwise=s.stepwise) - C).abs().max() < rel * C.abs().max()
     al, st = s.noise_levels()
-    kw = dict(J=s.J, init_var=s.init_var, n=50, tau=0.05, batch_size=4, sgd_steps=300)
-    p, q = (linear_sampler_prediction(s.push, lam, al, st, stepwise=sw, **kw) for sw in (None, s.stepwise))
+    kw = dict(n=50, tau=0.05, batch_size=4, budget=SGDBudget(300, 0.05, 4))
+    p, q = (linear_prediction(PushLaw(s.push, s.J, s.init_var, sw), DSM(), lam, al, st, **kw)
+            for sw in (None, s.stepwise))
     for k in ("discretization", "generalization", "sgd_mean_offset", "optimization"):
         assert abs(p[k] - q[k]) <= rel * abs(p[k]) + 1e-15, (k, p[k], q[k])

@@ -1,5 +1,5 @@
 """EDM (Karras et al. 2022, Algorithms 1 and 2): levels, exact law against an independent per-eigenvalue
-recursion and against particles, the generic push-based laws and predictions of gsm.samplers.linear_chain and gsm.theory.linear_chain (1/N by
+recursion and against particles, the laws derived from its step map (gsm.theory.chain, gsm.theory.law: 1/N by
 finite differences, τ by autograd), the pipeline."""
 import math
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from gsm.samplers.edm import EDM, karras_sigmas
-from gsm.theory.linear_chain import divided_differences, level_scores, plugin_scores, tau_cells
-from gsm.samplers.linear_chain import exact_law, output_variance
+from autograd_reference import second_order_contraction
 from gsm.theory.bures import second_moment
-from gsm.theory.langevin import second_order_contraction
-from gsm.theory.sgd import sgd_variance
+from gsm.theory.chain import exact_law, output_variance
+from gsm.theory.law import ChainLaw, push_divided_differences, push_tau_cells
+from gsm.training.objectives import DSM
 
 F64 = torch.float64
 LAM4 = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64)
@@ -63,7 +63,9 @@ def test_karras_sigmas():
 
 
 @pytest.mark.parametrize("kw", [dict(K=5), dict(K=18), dict(K=40, sigma_min=0.01, sigma_max=20, rho=5),
-                                dict(K=12, churn=8, s_tmin=0.05, s_tmax=5, s_noise=1.007), dict(K=9, vp=True)])
+                                dict(K=12, churn=8, s_tmin=0.05, s_tmax=5, s_noise=1.007),
+                                dict(K=12, churn=3, s_tmin=0.05, s_tmax=5),     # γ = churn/K < √2 − 1: off the cap
+                                dict(K=9, vp=True)])
 def test_oracle_law_equals_algorithm(kw):
     K, vp = kw.pop("K"), kw.pop("vp", False)
     s = EDM(steps=K, score_levels="vp" if vp else "ve", **kw)
@@ -84,18 +86,26 @@ def test_law_matches_particles_any_scores():
     A = (A * (1 + 0.3 * torch.randn(A.shape, generator=gen, dtype=F64))).unsqueeze(0)
     C = s.covariance(A)[0]
     x = s.sigmas[0].item() * torch.randn(1, M, d, generator=gen, dtype=F64)
-    Chat = second_moment(s.push(A, x, generator=gen))[0]
+    Chat = second_moment(s.chain.push(A, x, generator=gen))[0]
     se = ((torch.diagonal(C).view(-1, 1) * torch.diagonal(C).view(1, -1) + C ** 2) / M).sqrt()
     assert ((Chat - C).abs() / se).max() < 4
-    assert (exact_law(s.push, A, s.J, s.init_var) - C).abs().max() < 1e-10 * C.abs().max()   # push-based law
+    assert (exact_law(s.chain.push, A, s.J, s.init_var) - C).abs().max() < 1e-10 * C.abs().max()   # push-based law
 
 
-def test_divided_differences_match_finite_differences():
+@pytest.mark.parametrize("law", ["chain", "push"])
+def test_divided_differences_match_finite_differences(law):
+    """h^[1], h^[2] of the plug-in law (ChainLaw's jets, and Opitz' formula through the push) against finite
+    differences of h(λ) = the output variance with the scores 1/(α²λ + s²), written here."""
     s = EDM(steps=8, churn=3, s_tmin=0.1, s_tmax=10)
     al, st = s.noise_levels()
     lam = torch.tensor([0.3, 0.7, 1.9], dtype=F64)
-    hf = lambda x: output_variance(s.push, level_scores(x, al, st), s.J, s.init_var)
-    H1, H2 = divided_differences(s.push, lam, lambda X: plugin_scores(X, al, st), s.J, s.init_var)
+    hf = lambda x: output_variance(s.chain.push, 1 / (al.view(-1, 1) ** 2 * x.view(1, -1) + st.view(-1, 1) ** 2),
+                                   s.J, s.init_var)
+    if law == "chain":
+        H1, H2 = ChainLaw(s.chain, s.init_var).divided_differences(lam, DSM(), al, st)
+    else:
+        H1, H2 = push_divided_differences(s.chain.push, lam, lambda X: DSM().score_function(X, al, st), s.J,
+                                          s.init_var)
     i, j = 0, 2
     x, y = lam[i:i + 1], lam[j:j + 1]
     d1 = (hf(x) - hf(y)) / (x - y)
@@ -106,45 +116,64 @@ def test_divided_differences_match_finite_differences():
     assert torch.allclose(H2[i, j], ((d1 - deriv) / (y - x))[0], rtol=1e-6)
 
 
+def stationary_sgd_variance(lam, sigma, batch_size):
+    """Var(Δ_ri)/τ of stationary DSM-SGD at one VE level (α = 1, s = σ), note §2.2: λ_r/(2b m_r), m = λ + σ²;
+    symmetric (Δ_ij = Δ_ji, §5.3): S_ij = (U_i m_j + U_j m_i)/(4bσ²(m_i + m_j)) (i ≠ j), S_ii = U_i/(2bσ²), U = σ²λ/m."""
+    m = lam + sigma ** 2
+    full = (lam / (2 * batch_size * m)).view(-1, 1).expand(-1, lam.numel())
+    U = sigma ** 2 * lam / m
+    sym = (U.view(-1, 1) * m.view(1, -1) + U.view(1, -1) * m.view(-1, 1)) / (
+        4 * batch_size * sigma ** 2 * (m.view(-1, 1) + m.view(1, -1)))
+    sym.diagonal().copy_(U / (2 * batch_size * sigma ** 2))
+    return full, sym
+
+@pytest.mark.parametrize("law", ["chain", "push"])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_tau_kernel_matches_autograd(symmetric):
-    """The lifted (t ↦ nilpotent) τ kernel = `gsm.theory.langevin.second_order_contraction` (forward-mode autograd
-    through the direct covariance recursion), per level variances of sgd_variance(λ, σ_l)."""
+def test_tau_kernel_matches_autograd(symmetric, law):
+    """The τ cells (ChainLaw's series, and the push lifted to t ↦ nilpotent) = `second_order_contraction`
+    (forward-mode autograd through EDM.covariance), per level the stationary SGD variances written above."""
     s = EDM(steps=5, churn=2, s_tmin=0.1, s_tmax=20)
     al, st = s.noise_levels()
     lam = torch.tensor([0.4, 1.0, 2.5], dtype=F64)
-    score = level_scores(lam, al, st)
-    h = output_variance(s.push, score, s.J, s.init_var)
-    V, X = zip(*[sgd_variance(lam, sigma=float(sg), tau=1.0, batch_size=2, symmetric=symmetric) for sg in st])
-    K = tau_cells(s.push, lam, score, s.J, s.init_var, h, torch.stack(V), symmetric=symmetric)
-    ref = second_order_contraction(lambda A: s.covariance(A.unsqueeze(0))[0], score, lam, torch.stack(V),
-                                   torch.stack(X) if symmetric else None)
+    score = 1 / (lam.view(1, -1) + st.view(-1, 1) ** 2)
+    h = output_variance(s.chain.push, score, s.J, s.init_var)
+    V = torch.stack([stationary_sgd_variance(lam, float(sg), 2)[int(symmetric)] for sg in st])
+    if law == "chain":
+        K = ChainLaw(s.chain, s.init_var).tau_cells(lam, score, h, V, symmetric=symmetric)
+    else:
+        K = push_tau_cells(s.chain.push, lam, score, s.J, s.init_var, h, V, symmetric=symmetric)
+    ref = second_order_contraction(lambda A: s.covariance(A.unsqueeze(0))[0], score, lam, V,
+                                   V if symmetric else None)
     assert torch.allclose(K.sum(), ref.sum(), rtol=1e-9), (K.sum(), ref.sum())
 
 
-def test_tau_cells_with_cross_covariance_match_autograd():
-    """Correlated Δ_ri, Δ_ir (the finite-budget transient has them): tau_cells = second_order_contraction."""
+@pytest.mark.parametrize("law", ["chain", "push"])
+def test_tau_cells_with_cross_covariance_match_autograd(law):
+    """Correlated Δ_ri, Δ_ir (the finite-budget transient has them): the τ cells = second_order_contraction."""
     s = EDM(steps=4, churn=2, s_tmin=0.1, s_tmax=20, score_levels="vp")
     al, st = s.noise_levels()
     lam = torch.tensor([0.4, 1.0, 2.5], dtype=F64)
-    score = level_scores(lam, al, st) * 1.1                              # any diagonal base
-    h = output_variance(s.push, score, s.J, s.init_var)
+    score = 1.1 / (al.view(-1, 1) ** 2 * lam.view(1, -1) + st.view(-1, 1) ** 2)    # any diagonal base
+    h = output_variance(s.chain.push, score, s.J, s.init_var)
     gen = torch.Generator().manual_seed(3)
     var = torch.rand(al.numel(), 3, 3, generator=gen, dtype=F64)
     cross = 0.5 * torch.rand(al.numel(), 3, 3, generator=gen, dtype=F64)
     cross = cross + cross.transpose(-1, -2)
-    K = tau_cells(s.push, lam, score, s.J, s.init_var, h, var, cross)
+    if law == "chain":
+        K = ChainLaw(s.chain, s.init_var).tau_cells(lam, score, h, var, cross)
+    else:
+        K = push_tau_cells(s.chain.push, lam, score, s.J, s.init_var, h, var, cross)
     ref = second_order_contraction(lambda A: s.covariance(A.unsqueeze(0))[0], score, lam, var, cross)
     assert torch.allclose(K.sum(), ref.sum(), rtol=1e-9), (K.sum(), ref.sum())
 
 
 def test_chain_law_equals_push_law():
-    """EDM.covariance (gsm.samplers.linear_chain.LinearChain, noise and Heun steps) = the push-based law (gsm.samplers.linear_chain.exact_law)."""
+    """EDM.covariance (LinearChain.covariance, noise and Heun steps) = the push-based law (gsm.theory.chain.exact_law)."""
     s = EDM(steps=7, churn=3, s_tmin=0.1, s_tmax=20)
     gen = torch.Generator().manual_seed(4)
     A = torch.randn(2, s.levels.numel(), 3, 3, generator=gen, dtype=F64)
     C = s.covariance(A)
-    assert (exact_law(s.push, A, s.J, s.init_var) - C).abs().max() < 1e-10 * C.abs().max()
+    assert (exact_law(s.chain.push, A, s.J, s.init_var) - C).abs().max() < 1e-10 * C.abs().max()
 
 
 @pytest.mark.parametrize("bad, match", [

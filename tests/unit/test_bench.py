@@ -22,6 +22,12 @@ def test_smoke_suite_prints_every_ratio(capsys):
         assert ratio in out
 
 
+def test_exact_laws_bench_runs(capsys):
+    """The fast benchmarks run on the current API (an import there is not exercised by any other test)."""
+    res = main(["--smoke", "--only", "exact_laws", "bures"])
+    assert all(math.isfinite(res["exact_laws"][k]) for k in ("DDPM exact law s", "DDPM eigenbasis (commuting) s"))
+
+
 def test_bures_agrees_with_scipy_sqrtm():
     g = torch.Generator().manual_seed(0)
     G1, G2 = torch.randn(2, 12, 12, generator=g, dtype=torch.float64)

@@ -114,3 +114,24 @@ def test_gsm_command_runs_an_old_target(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "ok"
     assert results["config"]["model"]["_target_"] == "gsm.scores.linear.OracleScore"
+
+
+def test_deprecated_theory_names_warn_and_keep_their_values():
+    """The 0.1 package-level names of gsm.theory that 0.2 replaced still work for one release, each with a
+    FutureWarning naming its replacement; values against the formulas written here (note §2.1, §2.2)."""
+    import torch
+    import gsm.theory as t
+    lam, s2, tau, k = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64), 0.25, 0.01, 100
+    m = lam + s2
+    calls = {
+        "power_sum": (lambda: t.power_sum(3, torch.tensor(2.0), torch.tensor(3.0)), 4 + 6 + 9),     # h_2(2, 3)
+        "dsm_score_matrix": (lambda: torch.diagonal(t.dsm_score_matrix(torch.diag(lam), 0.5, tau, k)),
+                             (1 - (1 - tau * s2 * m) ** k) / m),
+        "sgd_variance": (lambda: t.sgd_variance(lam, sigma=0.5, tau=tau)[0][:, 0], tau * lam / (2 * m)),
+        "divided_differences": (lambda: t.divided_differences(lambda X: X @ X, lam)[0][0, 2], 0.5 + 2.0),
+    }
+    for name, (call, expected) in calls.items():
+        with pytest.warns(FutureWarning, match=f"gsm.theory.{name} is deprecated"):
+            value = call()
+        assert torch.allclose(torch.as_tensor(value, dtype=torch.float64),
+                              torch.as_tensor(expected, dtype=torch.float64), rtol=1e-12), name

@@ -30,7 +30,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 DIM, REPLICATES = 4, 2
-SAMPLER_METHODS = ("noise_levels", "covariance", "sample", "prediction")
+SAMPLER_METHODS = ("noise_levels", "covariance", "sample", "law", "check_prediction")
 # diffusers' schedulers under numpy 2 (np.array(tensor, copy=False)): not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 

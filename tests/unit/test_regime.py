@@ -36,6 +36,10 @@ def test_each_failed_assumption_gives_a_reason_and_the_largest_stake_comes_first
     assert "N = 20 < 5d" in _regime(n=20)["reasons"][0]
     assert "replicates diverged" in _regime(unstable=2)["reasons"][0]
     assert "epochs" in _regime(sampling="epochs")["reasons"][0]
+    # the verdict says whether the prediction modelled the finite budget, as the prediction reports it
+    far = dict(times=torch.tensor([0.5]))
+    assert "is modelled by the finite-budget" in _regime(modelled={"sgd_budget": True}, **far)["reasons"][0]
+    assert "is NOT in the prediction" in _regime(modelled={"sgd_budget": False}, **far)["reasons"][0]
     # a large SGD mean offset outweighs a small ε_τ excess; a large τ term with ε_τ = 0.1 outweighs a tiny offset
     two = dict(times=torch.tensor([1.0]), eps_tau=0.006)
     big_offset = {"total": 1.0, "generalization": 0.1, "optimization": 0.9, "sgd_mean_offset": 0.8}
