@@ -16,4 +16,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "gsm.scores.linear": ("LinearScore", "OracleScore", "dsm_optimum"),
     "gsm.samplers.langevin": ("Langevin", "langevin_covariance", "langevin_sample", "linear_langevin_sample"),
     "gsm.training.dsm": ("dsm_loss", "empirical_dsm_minimizer", "train_linear_dsm"),
+    "gsm.cli.runs": ("load_runs",),
 })

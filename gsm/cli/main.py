@@ -36,8 +36,9 @@ def _task(cfg) -> float:
     return run_job(cfg, hc.runtime.output_dir, multirun)
 
 
-def run_job(cfg, out: str, multirun: bool) -> float:
-    """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective."""
+def run_job(cfg, out: str, multirun: bool, say_where: bool | None = None) -> float:
+    """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective.
+    say_where (default: a single run): end with the line `gsm: results in <out>`."""
     try:
         with _sigint_held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
             from gsm.pipeline.interrupt import Terminated
@@ -64,7 +65,15 @@ def run_job(cfg, out: str, multirun: bool) -> float:
         print(message, file=sys.stderr, flush=True)
         raise RunFailed(message) from None
     print(summary_table(results))
+    if not multirun if say_where is None else say_where:     # a sweep prints its folder at the end (`main`)
+        print(f"gsm: results in {shown_path(out)}")
     return _objective(results)
+
+
+def shown_path(path) -> str:
+    """`path` relative to the working directory when it lies inside it (outputs/<date>/<time>), else as given."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return str(path) if rel.startswith("..") else rel
 
 
 def _objective(results: dict) -> float:
@@ -109,14 +118,32 @@ def main():
     # user classes (model._target_=my_pkg.MyScore) import from the working directory, as under `python -m`
     if not {"", os.getcwd()} & set(sys.path):
         sys.path.insert(0, os.getcwd())
+    from gsm.cli.overrides import unknown_option
+
+    typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
+    if typo:
+        _exit(2, typo)
     try:
         with _sigint_held():
             import hydra
 
         app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
-        return app()
+        app()
     except KeyboardInterrupt:
         _exit(130, "gsm: interrupted by SIGINT")
+    except SystemExit as e:
+        if e.code == 1:        # some jobs failed, the others ran: their folder is still worth a look
+            _print_sweep_directory()
+        raise
+    _print_sweep_directory()
+
+
+def _print_sweep_directory():
+    """`gsm: results in <sweep dir>` after a multirun (its folder, noted by gsm.cli.callbacks)."""
+    from gsm.cli.callbacks import SweepDirectory
+
+    for where in SweepDirectory.started:
+        print(f"gsm: results in {shown_path(where)}", flush=True)
 
 
 @contextmanager
