@@ -65,7 +65,9 @@ def run_job(cfg, out: str, multirun: bool, say_where: bool | None = None) -> flo
         print(message, file=sys.stderr, flush=True)
         raise RunFailed(message) from None
     print(summary_table(results))
-    if not multirun if say_where is None else say_where:     # a sweep prints its folder at the end (`main`)
+    if say_where is None:
+        say_where = not multirun     # a sweep prints its own folder at the end (`main`)
+    if say_where:
         print(f"gsm: results in {shown_path(out)}")
     return _objective(results)
 
@@ -118,15 +120,14 @@ def main():
     # user classes (model._target_=my_pkg.MyScore) import from the working directory, as under `python -m`
     if not {"", os.getcwd()} & set(sys.path):
         sys.path.insert(0, os.getcwd())
-    from gsm.cli.overrides import unknown_option
-
-    typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
-    if typo:
-        _exit(2, typo)
     try:
         with _sigint_held():
             import hydra
 
+            from gsm.cli.overrides import unknown_option
+        typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
+        if typo:
+            _exit(2, typo)
         app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
         app()
     except KeyboardInterrupt:
