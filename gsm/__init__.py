@@ -14,4 +14,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "gsm.samplers.langevin": ("Langevin", "langevin_sample", "linear_langevin_sample"),
     "gsm.theory.langevin": ("langevin_covariance",),
     "gsm.training.dsm": ("dsm_loss", "empirical_dsm_minimizer", "train_linear_dsm"),
+    "gsm.cli.runs": ("load_runs",),
 })

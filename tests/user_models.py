@@ -19,7 +19,7 @@ class RaisingScore(torch.nn.Module):
 
 class FaultOnSeed(LinearScore):
     """The linear score, except in the job whose seed is $GSM_FAULT_SEED: there it raises once trained, as a
-    user model with a bug does (tests/fault_injection.py). The job's seed is read at construction, where
+    user model with a bug does (tools/fault_injection.py). The job's seed is read at construction, where
     gsm.scores.nets.build_score_model has seeded torch's global RNG with it."""
 
     def __init__(self, dim: int, replicates: int = 1, levels: int = 1, init: str = "zeros", symmetric: bool = False):

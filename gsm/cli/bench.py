@@ -3,6 +3,8 @@
     python -m gsm.bench                  # the full suite (≈ 3–4 min on 2 CPU cores)
     python -m gsm.bench --device cuda    # the same sizes on a GPU
     python -m gsm.bench --smoke          # tiny sizes, seconds (CI): checks that every ratio prints
+    python -m gsm.bench --only readme    # the README tour's commands: rewrites its table of times
+    python -m gsm.bench --only readme --dry-run     # lists those commands
 
 Every figure is a median over repeats measured in this process; ratios compare numbers from the
 same run. The baselines (issue 7): one replicate at a time, the reference DSM-SGD loop
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -330,7 +333,7 @@ def bench_pipelines(p, device="cpu"):
 
     from gsm.pipeline.run import run
 
-    runs = SMOKE_PIPELINES if p is SMOKE else PIPELINES
+    runs = SMOKE_PIPELINES if p.get("smoke") else PIPELINES
     cores = os.cpu_count() or 1
     out, before = {}, torch.get_num_threads()
 
@@ -360,9 +363,24 @@ def bench_pipelines(p, device="cpu"):
     return out
 
 
+def bench_readme(p, device="cpu"):
+    """(8) The README tour's commands as a user types them, each a subprocess (gsm.cli.bench_readme):
+    median wall seconds; the table goes into README.md between its markers (a clone)."""
+    from gsm.cli import bench_readme as tour
+
+    rows = tour.measure(tour.tour_commands(tour.README.read_text()), repeat=p["readme_repeat"])
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    table = tour.markdown(rows, machine)
+    print(table)
+    if tour.rewrite_readme(table):
+        print(f"rewrote the tour's table in {tour.README}")
+    return {r["command"]: r["seconds"] for r in rows}
+
+
 BENCHMARKS = {"dsm_sgd": bench_dsm_sgd, "langevin": bench_langevin, "bures": bench_bures,
               "exact_laws": bench_exact_laws, "end_to_end": bench_end_to_end,
-              "pipelines": bench_pipelines, "vp": bench_vp}
+              "pipelines": bench_pipelines, "vp": bench_vp, "readme": bench_readme}
+ALL = [k for k in BENCHMARKS if k != "readme"]      # the suite; the README's tour only when named
 
 
 def main(argv=None):
@@ -371,8 +389,15 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads for gsm and baselines alike (0: torch's default)")
-    ap.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="run these benchmarks only")
+    ap.add_argument("--only", nargs="*", choices=list(BENCHMARKS),
+                    help="run these benchmarks only (readme: the README tour's commands, which rewrites its table)")
+    ap.add_argument("--repeat", type=int, default=3, help="readme: runs per command under 20 s (the median)")
+    ap.add_argument("--dry-run", action="store_true", help="readme: list the tour's commands, run nothing")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        from gsm.cli.bench_readme import README, tour_commands
+        print("\n".join(tour_commands(README.read_text())))
+        return {}
     p = SMOKE if args.smoke else FULL
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -380,11 +405,11 @@ def main(argv=None):
     if dev == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA GPU is available")
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    import os
     print(f"# gsm.bench  torch {torch.__version__}  device: {name}  {'(smoke sizes)' if args.smoke else ''}"
           f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     results = {}
-    for key in args.only or BENCHMARKS:
+    p = {**p, "readme_repeat": 1 if args.smoke else args.repeat, "smoke": args.smoke}
+    for key in args.only or ALL:
         t = time.perf_counter()
         results[key] = BENCHMARKS[key](p, dev)
         print(f"\n## {key}  ({time.perf_counter() - t:.1f} s, load average now {os.getloadavg()[0]:.2f})")

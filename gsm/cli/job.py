@@ -17,7 +17,7 @@ def main(argv) -> None:
             handler.setFormatter(fmt)
             logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(logging.INFO)
-        run_job(OmegaConf.load(config), out, multirun=False)
+        run_job(OmegaConf.load(config), out, multirun=False, say_where=False)   # the sweep says where
     except KeyboardInterrupt:
         exit_with(130, "gsm: interrupted by SIGINT")
 

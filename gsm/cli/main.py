@@ -39,8 +39,9 @@ def _task(cfg) -> float:
     return run_job(cfg, hc.runtime.output_dir, multirun)
 
 
-def run_job(cfg, out: str, multirun: bool) -> float:
-    """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective."""
+def run_job(cfg, out: str, multirun: bool, say_where: bool | None = None) -> float:
+    """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective.
+    say_where (default: a single run): end with the line `gsm: results in <out>`."""
     try:
         with sigint_held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
             from gsm.pipeline.interrupt import Terminated
@@ -68,7 +69,17 @@ def run_job(cfg, out: str, multirun: bool) -> float:
         print(message, file=sys.stderr, flush=True)
         raise RunFailed(message) from None
     print(summary_table(results))
+    if say_where is None:
+        say_where = not multirun     # a sweep prints its own folder at the end (`main`)
+    if say_where:
+        print(f"gsm: results in {shown_path(out)}")
     return _objective(results)
+
+
+def shown_path(path) -> str:
+    """`path` relative to the working directory when it lies inside it (outputs/<date>/<time>), else as given."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return str(path) if rel.startswith("..") else rel
 
 
 def _objective(results: dict) -> float:
@@ -117,10 +128,27 @@ def main():
         with sigint_held():
             import hydra
 
+            from gsm.cli.overrides import unknown_option
+        typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
+        if typo:
+            exit_with(2, typo)
         app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
-        return app()
+        app()
     except KeyboardInterrupt:
         exit_with(130, "gsm: interrupted by SIGINT")
+    except SystemExit as e:
+        if e.code == 1:        # some jobs failed, the others ran: their folder is still worth a look
+            _print_sweep_directory()
+        raise
+    _print_sweep_directory()
+
+
+def _print_sweep_directory():
+    """`gsm: results in <sweep dir>` after a multirun (its folder, noted by gsm.cli.callbacks)."""
+    from gsm.cli.callbacks import SweepDirectory
+
+    for where in SweepDirectory.started:
+        print(f"gsm: results in {shown_path(where)}", flush=True)
 
 
 @contextmanager

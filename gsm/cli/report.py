@@ -1,9 +1,13 @@
-"""`gsm-report <multirun dir>`: the table, the figures and a TensorBoard run of a Hydra sweep.
+"""`gsm-report [folder]`: the table, the figures and a TensorBoard run of a Hydra sweep or any folder of runs.
 
     gsm +experiment=vs_n                          # a sweep: outputs/multirun/<date>/<time>/{0,1,...}
+    gsm-report                                    # the latest sweep (outputs/multirun/<date>/<time>), else outputs/
     gsm-report outputs/multirun/<date>/<time>     # or: python -m gsm.cli.report <dir>
+    gsm-report outputs/2026-12-03                 # a folder of single runs (outputs/<date>/<time>)
 
-Inputs. The jobs are the sub-folders with a numeric name (0/, 1/, ...). Per job: `results.json` (written
+Inputs. The jobs of a multirun dir are the sub-folders with a numeric name (0/, 1/, ...); in any other
+folder, the folder itself when it is a run, else every run below it (a folder holding results.json or
+.hydra/; `gsm.cli.tables.run_folders`), named by its path relative to the folder. Per job: `results.json` (written
 by `gsm.pipeline.run.run`) and `.hydra/overrides.yaml` (its task overrides, e.g. `- data.n=40`). The swept
 parameters are the override keys whose value differs between jobs, plus the keys of
 `hydra.sweeper.params` in `<dir>/multirun.yaml`.
@@ -40,7 +44,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gsm.cli.tables import load_jobs
+from gsm.cli.tables import load_jobs, run_folders
 from gsm.io import savefig_atomic, write_text_atomic
 
 MEASURED = ("w2_exact", "w2_empirical", "w2_empirical_debiased")       # {mean, stderr, n} in results.json
@@ -282,7 +286,8 @@ def report(sweep_dir, tensorboard: bool = True) -> dict:
     sweep_dir = Path(sweep_dir)
     jobs, swept = load_jobs(sweep_dir)
     if not jobs:
-        raise SystemExit(f"gsm-report: no job folders (0/, 1/, ...) in {sweep_dir}")
+        raise SystemExit(f"gsm-report: error: no runs in {sweep_dir} (no job folders 0/, 1/, ..., no folder "
+                         f"with results.json or .hydra/ below it)")
     rows = [job_row(j, swept) for j in jobs]
     csv_path = sweep_dir / "report.csv"
     write_csv(csv_path, rows, swept)
@@ -330,13 +335,31 @@ def report(sweep_dir, tensorboard: bool = True) -> dict:
             "figures": paths}
 
 
+def latest_folder(outputs: Path = Path("outputs")) -> Path | None:
+    """The latest sweep, outputs/multirun/<date>/<time> (Hydra's default names sort by time), else
+    outputs/ itself when it holds runs, else None."""
+    sweeps = [p for p in outputs.glob("multirun/*/*") if p.is_dir()]
+    if sweeps:
+        return max(sweeps, key=lambda p: (p.parent.name, p.name))
+    return outputs if outputs.is_dir() and any(outputs.rglob("results.json")) else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="gsm-report", description=__doc__.split("\n")[0])
-    ap.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (hydra.sweep.dir), holding 0/, 1/, ...")
+    ap.add_argument("sweep_dir", type=Path, nargs="?",
+                    help="a Hydra multirun dir (hydra.sweep.dir, holding 0/, 1/, ...) or any folder of runs; "
+                         "default: the latest sweep under outputs/multirun, else outputs/")
     ap.add_argument("--no-tensorboard", action="store_true", help="skip the tb_report/ TensorBoard run")
     args = ap.parse_args(argv)
+    if args.sweep_dir is None:
+        args.sweep_dir = latest_folder()
+        if args.sweep_dir is None:
+            ap.error(f"no sweep under outputs/multirun and no run under outputs/ in {Path.cwd()}; name a folder")
+        print(f"gsm-report: {args.sweep_dir} (the latest; name another folder to report it)")
     if not args.sweep_dir.is_dir():
         ap.error(f"not a directory: {args.sweep_dir}")
+    if not run_folders(args.sweep_dir):
+        ap.error(f"no runs in {args.sweep_dir} (no job folders 0/, 1/, ..., no folder with results.json or .hydra/)")
     report(args.sweep_dir, tensorboard=not args.no_tensorboard)
     return 0
 

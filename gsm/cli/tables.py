@@ -1,4 +1,5 @@
-"""The jobs of a Hydra multirun dir, as `gsm-report` and its study tables read them: `load_jobs(sweep_dir)`.
+"""The runs of a folder (a Hydra multirun dir, or any folder of runs), as `gsm-report` and its study tables
+read them: `load_jobs(folder)`.
 
 A module of its own so that the study tables (`gsm.cli.pg_report`, `gsm.cli.schedulers_report`), which
 `gsm.cli.report` calls, read the jobs without importing `gsm.cli.report` back (no import cycle).
@@ -25,12 +26,31 @@ def _overrides(job_dir: Path) -> dict:
     return out
 
 
+def is_run(folder: Path) -> bool:
+    """A run's folder: it holds results.json or Hydra's .hydra/ (a job that never wrote results.json)."""
+    return (folder / "results.json").is_file() or (folder / ".hydra").is_dir()
+
+
+def run_folders(folder) -> list[tuple[int | str, Path]]:
+    """[(job id, folder)] of the runs in `folder`: a multirun dir's numeric jobs 0/, 1/, ... (id: the
+    number); else `folder` itself when it is a run (id: its name); else every run below it, single
+    runs of outputs/<date>/<time> and sweeps' jobs alike (id: the path relative to `folder`), sorted."""
+    folder = Path(folder)
+    jobs = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    if jobs and (folder / "multirun.yaml").exists() or any(is_run(p) for p in jobs):
+        return [(int(p.name), p) for p in jobs]
+    if is_run(folder):
+        return [(folder.name, folder)]
+    found = {p.parent for name in ("results.json", ".hydra") for p in folder.rglob(name)}
+    return [(p.relative_to(folder).as_posix(), p) for p in sorted(found) if is_run(p)]
+
+
 def load_jobs(sweep_dir) -> tuple[list[dict], list[str]]:
-    """Reads a multirun dir: ([{job, dir, overrides, results (None if missing or unreadable), status}],
-    swept parameter keys in override order)."""
+    """Reads a folder of runs (`run_folders`: a multirun dir, one run, or runs below it): ([{job, dir,
+    overrides, results (None if missing or unreadable), status}], swept parameter keys in override order)."""
     sweep_dir = Path(sweep_dir)
     jobs = []
-    for d in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    for job, d in run_folders(sweep_dir):
         res, status = None, "missing"
         if (d / "results.json").exists():
             try:
@@ -38,7 +58,7 @@ def load_jobs(sweep_dir) -> tuple[list[dict], list[str]]:
                 status = job_status(d, res)     # a `running` job whose process is gone: lost
             except (OSError, ValueError):
                 status = "unreadable"
-        jobs.append({"job": int(d.name), "dir": d, "overrides": _overrides(d), "results": res, "status": status})
+        jobs.append({"job": job, "dir": d, "overrides": _overrides(d), "results": res, "status": status})
     keys = []
     for j in jobs:
         keys += [k for k in j["overrides"] if k not in keys]

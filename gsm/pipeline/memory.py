@@ -1,4 +1,4 @@
-"""A run's peak memory, estimated from its specification before anything is allocated (README, "Robustness").
+"""A run's peak memory, estimated from its specification before anything is allocated (docs/robustness.md).
 
 `check_memory(spec)` (called by `gsm.pipeline.run.run` right after validation) compares the estimate with
 the cap: `max_memory_gb` when set, else the memory available now (host RAM: MemAvailable; CUDA: the

@@ -1,4 +1,4 @@
-"""Truthful run statuses (README, "Robustness"): every run ends ok, diverged, interrupted or failed, and
+"""Truthful run statuses (docs/robustness.md): every run ends ok, diverged, interrupted or failed, and
 one that never ended is reported lost.
 
 When the work starts, results.json is written with status `running` and the process that runs it

@@ -25,6 +25,7 @@ particles`: its law is the second moment of `law_particles` particles and the 1/
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import math
 import sys
@@ -100,7 +101,13 @@ def make_scheduler(name: str, config: dict, steps: int):
     d = import_diffusers()
     names = scheduler_names()
     if name not in names:
-        raise ValueError(f"sampler.scheduler must be one of {', '.join(names)}, got {name}")
+        stems = {n.removesuffix("Scheduler").lower(): n for n in names}     # "Eulr" is close to "euler", not to its class name
+        close = [n for n in names if name.lower() in n.lower()] or \
+            [stems[s] for s in difflib.get_close_matches(name.lower().removesuffix("scheduler"), stems, n=3)]
+        close = sorted(close, key=lambda n: (n not in TESTED, len(n)))[:3]
+        raise ValueError(f"sampler.scheduler must be a diffusers scheduler class, got {name}"
+                         + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                         + f"; tested: {', '.join(TESTED)} ({len(names)} in diffusers.schedulers)")
     try:
         cls = getattr(d.schedulers, name)
     except (AttributeError, ImportError):

@@ -25,6 +25,16 @@ def spd_inverse(M: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(L)
 
 
+def matrix_inverse(M: torch.Tensor) -> torch.Tensor:
+    """M⁻¹ (..., d, d): `spd_inverse` (Cholesky) when M is symmetric to rounding (a second moment X̂ = xᵀx/N
+    need not be bitwise symmetric), LU otherwise (e.g. the bidiagonal blocks of Opitz' formula, 3×3, where
+    torch's batched-LU bug does not arise)."""
+    Mt = M.transpose(-1, -2)
+    if float((M - Mt).abs().max()) <= 1e-10 * float(M.abs().max()):
+        return spd_inverse(0.5 * (M + Mt))
+    return torch.linalg.inv(M)
+
+
 def dsm_optimum(cov: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
     """Minimiser of the DSM loss at each level l, A_l = (α_l² C + s_l² I)⁻¹.
 

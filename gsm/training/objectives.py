@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gsm.scores.linear import matrix_inverse
+
 F64 = torch.float64
 
 SGD_INIT = {"zeros": 0.0, "identity": 1.0}     # A₀ = a₀ I (model.init); "noise": a₀ = 1/s²; "optimum": A₀ = A*
@@ -92,7 +94,7 @@ class DSM:
         L, eye = a2.numel(), torch.eye(X.shape[-1], dtype=F64, device=X.device)
         a2, s2 = a2.to(X.device), s2.to(X.device)
         M = a2.view(-1, 1, 1) * X.to(F64).unsqueeze(-3) + s2.view(-1, 1, 1) * eye
-        A = torch.linalg.inv(M)
+        A = matrix_inverse(M)
         if budget is None or budget.init == "optimum":
             return A
         decay = torch.linalg.matrix_power(eye - budget.tau * s2.view(-1, 1, 1) / L * M, int(budget.steps))

@@ -1,12 +1,12 @@
 """Every `gsm …` command in the README and docs/ runs as written and is credible: status ok, and the
-measured W2² within 3 s.e. of the prediction or a run that says it is out of regime (tests/readme_commands.py,
+measured W2² within 3 s.e. of the prediction or a run that says it is out of regime (tools/readme_commands.py,
 which also runs the LONG ones with `--all`)."""
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[2] / "tools"))
 from readme_commands import CI_OVERRIDES, CI_PAGES, LONG, ci_overrides, readme_commands, run_command  # noqa: E402
 
 COMMANDS = readme_commands()

@@ -302,7 +302,7 @@ def test_a_signal_inside_deferred_is_raised_when_the_block_ends(default_signals)
 def test_a_signal_inside_a_tensorboard_call_is_raised_after_it(compose_cfg, tmp_path, monkeypatch, default_signals):
     """The run's writer calls are `deferred`: a SIGTERM arriving inside one (sent here by the call itself) is
     raised once TensorBoard's code has returned, never inside it (an exception in its queue hand-off could
-    make close() wait 120 s: tests/stress_signals.py)."""
+    make close() wait 120 s: tools/stress_signals.py)."""
     from torch.utils.tensorboard import SummaryWriter as TorchWriter
     real, seen = TorchWriter.add_scalar, {}
 

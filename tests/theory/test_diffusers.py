@@ -42,7 +42,8 @@ def test_missing_extra_names_it(monkeypatch):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(scheduler="NoSuchScheduler"), "sampler.scheduler must be one of .*DDPMScheduler"),
+    (dict(scheduler="NoSuchScheduler"),
+     "sampler.scheduler must be a diffusers scheduler class, got NoSuchScheduler.*tested: DDPMScheduler"),
     (dict(scheduler="DDIMScheduler", config={"no_such_key": 1}), "sampler.config.no_such_key must be a parameter"),
     (dict(scheduler="DDIMScheduler", config={"clip_sample": True}), "sampler.config.clip_sample must be false"),
     (dict(scheduler="DDIMScheduler", config={"prediction_type": "v_prediction"}), "prediction_type must be epsilon"),

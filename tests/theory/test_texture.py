@@ -358,7 +358,7 @@ def test_texture_needs_the_fourier_model(compose_cfg, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["replicates=4", "sampler.particles=64"],
-    # the 256×256 command (≈ 80 s) is run by `python tests/readme_commands.py --all` (LONG), not in CI
+    # the 256×256 command (≈ 80 s) is run by `python tools/readme_commands.py --all` (LONG), not in CI
 ], ids=["64x64"])
 def test_readme_texture_runs_end_to_end(compose_cfg, tmp_path, overrides):
     """The README's texture commands (brick, DSM-SGD, Langevin, exact evaluation, images) run to status ok

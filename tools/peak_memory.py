@@ -1,4 +1,4 @@
-"""`python tests/peak_memory.py <overrides>`: one run's measured peak memory next to gsm.pipeline.memory's estimate,
+"""`python tools/peak_memory.py <overrides>`: one run's measured peak memory next to gsm.pipeline.memory's estimate,
 as one JSON line. Peak: the largest anonymous resident size (RssAnon, sampled every millisecond: arrays
 are anonymous memory; ru_maxrss also counts the libraries' file pages, which a busy machine evicts and
 the run faults back in) minus the one before the run, after a tiny run of the same pipeline has loaded

@@ -1,4 +1,4 @@
-"""Stress check of interruption (not collected by pytest): `python tests/stress_signals.py [TRIES] [SEED]`.
+"""Stress check of interruption (not collected by pytest): `python tools/stress_signals.py [TRIES] [SEED]`.
 
 Starts `gsm` on a long tiny training run TRIES times, sends SIGTERM or SIGINT at a random moment of the
 training (which logs every 10 steps, so the signal often lands inside a TensorBoard call), and counts the

@@ -1,8 +1,8 @@
 """Fault injection: a multirun sweep with the joblib launcher, faults injected while it runs, then a
 check that every job ends with exactly one truthful status and that gsm-report accounts for every job.
 
-    python tests/fault_injection.py                    # 50 jobs, 2 workers (≈ 2–3 min on 2 cores)
-    python tests/fault_injection.py --jobs 60 --workers 4 --seed 3 --keep
+    python tools/fault_injection.py                    # 50 jobs, 2 workers (≈ 2–3 min on 2 cores)
+    python tools/fault_injection.py --jobs 60 --workers 4 --seed 3 --keep
 
 Faults, on jobs drawn at random (seeded): SIGKILL to a job's process while it runs (expected: `lost`,
 or `ok` if it had already written its final record), SIGTERM (`interrupted`, or `ok` likewise), a user
@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1] / "tests"     # user_models.FaultOnSeed lives there
 JOB = ["replicates=2", "data.dim=3", "data.n=30", "train.steps=5000", "sampler.steps=1000", "sampler.particles=50",
        "progress=false", "threads=1", "model=custom", "model._target_=user_models.FaultOnSeed"]
 OK_KEYS = ("config", "w2_exact", "w2_empirical", "w2_predicted", "seconds", "unstable_replicates")

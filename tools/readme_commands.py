@@ -1,7 +1,7 @@
 """Every `gsm …` command in the README's and docs' code blocks, run as a user types it.
 
-    python tests/readme_commands.py            # the commands CI runs (tests/integration/test_readme_commands.py)
-    python tests/readme_commands.py --all      # every page's commands, the long ones (LONG) too
+    python tools/readme_commands.py            # the commands CI runs (tests/integration/test_readme_commands.py)
+    python tools/readme_commands.py --all      # every page's commands, the long ones (LONG) too
 
 For each command it prints its wall time, the measured and predicted W2² (w2_exact against w2_predicted,
 or a neural score's w2_empirical_debiased against w2_predicted_linear), z and the regime verdict. A
