@@ -41,13 +41,14 @@ def dsm_optimum(cov: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor) -> 
     With y = α x + s z and loss ½‖s·s_A(y) + z‖², ∇L = s²(A(α²C + s²I) − I) (theory note §1),
     where C is the second moment of the data: C = Σ gives the exact score (oracle), C = Σ̂ the
     empirical minimiser. Shapes: cov (..., d, d) symmetric PSD, alphas and stds (L,) → (..., L, d, d),
-    float64 (inverted by Cholesky, `spd_inverse`).
+    float64 (inverted by Cholesky where C is symmetric, `matrix_inverse`; by LU for the non-symmetric
+    blocks of Opitz' formula).
     """
     cov = cov.to(torch.float64)
     a2 = alphas.to(cov.device, torch.float64).pow(2).view(-1, 1, 1)
     s2 = stds.to(cov.device, torch.float64).pow(2).view(-1, 1, 1)
     eye = torch.eye(cov.shape[-1], dtype=torch.float64, device=cov.device)
-    return spd_inverse(a2 * cov.unsqueeze(-3) + s2 * eye)
+    return matrix_inverse(a2 * cov.unsqueeze(-3) + s2 * eye)
 
 
 class LinearScore(ScoreModel):

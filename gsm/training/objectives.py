@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gsm.scores.linear import matrix_inverse
+from gsm.scores.linear import dsm_optimum
 
 F64 = torch.float64
 
@@ -90,13 +90,12 @@ class DSM:
 
         (the gradient is affine in A and a sample hits level l with probability 1/L). At s_l = 0 the DSM
         gradient vanishes: SGD leaves A₀."""
-        a2, s2 = _levels(alphas, stds)
-        L, eye = a2.numel(), torch.eye(X.shape[-1], dtype=F64, device=X.device)
-        a2, s2 = a2.to(X.device), s2.to(X.device)
-        M = a2.view(-1, 1, 1) * X.to(F64).unsqueeze(-3) + s2.view(-1, 1, 1) * eye
-        A = matrix_inverse(M)
+        A = dsm_optimum(X, torch.as_tensor(alphas, dtype=F64), torch.as_tensor(stds, dtype=F64))
         if budget is None or budget.init == "optimum":
             return A
+        a2, s2 = (t.to(X.device) for t in _levels(alphas, stds))
+        L, eye = a2.numel(), torch.eye(X.shape[-1], dtype=F64, device=X.device)
+        M = a2.view(-1, 1, 1) * X.to(F64).unsqueeze(-3) + s2.view(-1, 1, 1) * eye
         decay = torch.linalg.matrix_power(eye - budget.tau * s2.view(-1, 1, 1) / L * M, int(budget.steps))
         A0 = initial_scores(budget.init, stds).to(X.device).view(-1, 1, 1) * eye
         return torch.where((s2 == 0).view(-1, 1, 1), A0, A + (A0 - A) @ decay)
