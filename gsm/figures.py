@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import weakref
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,11 +26,48 @@ def figure_path(writer, tag: str) -> Path:
     return folder / (tag.replace("/", "_") + ".png")
 
 
+# the run title of each writer's figures (`set_run_title`): the figures are drawn by the backends and by the
+# samplers' own log hooks, which all get the writer, not the results
+_RUN_TITLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def set_run_title(writer, title: str) -> None:
+    """Every figure logged through `writer` from now on carries `title` (the run's parameters and W2²)."""
+    _RUN_TITLES[writer] = title
+
+
+def run_title(results: dict) -> str:
+    """Two lines naming the run: sampler, score, d, N, then measured and predicted W2² (squared)."""
+    cfg = results.get("config", {})
+    data, train, model = cfg.get("data", {}), cfg.get("train", {}), cfg.get("model", {})
+    sampler = str(cfg.get("sampler", {}).get("_target_", "?")).rsplit(".", 1)[-1]
+    if cfg.get("sampler", {}).get("scheme"):
+        sampler += f" ({cfg['sampler']['scheme']})"
+    score = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(model.get("_target_", "?")).rsplit(".", 1)[-1]).lower()
+    if "oracle" in score:
+        score = "exact score (oracle)"
+    else:
+        score += ", exact DSM minimiser" if train.get("solver") == "exact" else f", DSM-SGD τ = {train.get('tau')}"
+    d = results.get("texture", {}).get("d", data.get("dim"))
+    head = f"{sampler} · {score} · d = {d} · N = {data.get('n')}"
+    measured = results.get("w2_exact") or results.get("w2_empirical_debiased") or {}
+    predicted = results.get("w2_predicted", results.get("w2_predicted_linear"))
+    if measured.get("mean") is None:
+        return head
+    se = "" if measured.get("stderr") is None else f" ± {2 * measured['stderr']:.2g} (2 s.e.)"
+    return head + f"\nW2² measured {measured['mean']:.4g}{se}" + ("" if predicted is None else f", predicted {predicted:.4g}")
+
+
 def log_figure(writer, tag: str, fig, step: int) -> None:
     """The matplotlib figure as image `tag` in TensorBoard and as its PNG file; closes it. Drawn once
-    (drawing is most of the cost): the PNG's pixels are what TensorBoard gets, as add_figure would."""
+    (drawing is most of the cost): the PNG's pixels are what TensorBoard gets, as add_figure would.
+    The run's title (`set_run_title`) goes on top."""
     from PIL import Image
 
+    title = _RUN_TITLES.get(writer)
+    if title:
+        fig.suptitle(title, fontsize=8)
+        fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
     plt.close(fig)
@@ -81,18 +120,25 @@ def plot_kernels(prediction: dict):
     lam = prediction["eigenvalues"]
     order = torch.argsort(lam, descending=True)
     d = lam.numel()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, key, title in ((axes[0], "kernel_n", "K_N(λ_i, λ_j)  (1/N term)"),
-                           (axes[1], "kernel_tau", "K_τ(λ_i, λ_j)  (τ term)")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    gen, opt = prediction.get("generalization", 0.0), prediction.get("optimization", 0.0)
+    for ax, key, title in ((axes[0], "kernel_n", f"1/N term (score fitted on N samples) = {gen:.3g}\n"
+                                                 "its share from each eigen-pair (i, j): K_N(λ_i, λ_j)"),
+                           (axes[1], "kernel_tau", f"τ term (SGD fluctuations) = {opt:.3g}\n"
+                                                   "its share from each eigen-pair (i, j): K_τ(λ_i, λ_j)")):
         K = prediction[key][order][:, order]
         im = ax.imshow(K.numpy(), cmap="viridis", interpolation="nearest", extent=(0.5, d + 0.5, d + 0.5, 0.5))
-        ax.set(title=title, xlabel="j (λ_j sorted decreasingly)", ylabel="i (λ_i sorted decreasingly)")
+        ax.set_title(title, fontsize=9)
+        ax.set(xlabel="j (λ_j sorted decreasingly)", ylabel="i (λ_i sorted decreasingly)")
         for axis in (ax.xaxis, ax.yaxis):     # indices from 1, as in spectrum/target_vs_learned
             axis.set_major_locator(FixedLocator(range(1, d + 1)) if d <= 10 else MaxNLocator(6, integer=True))
         fig.colorbar(im, ax=ax, fraction=0.046)
     ax = axes[2]
     ax.loglog(lam[order].numpy(), prediction["bias_per_eigenvalue"][order].numpy().clip(1e-300), "o-", ms=3)
-    ax.set(title="bias (√λ_i − √c_i)²  [(a)+(d)]", xlabel="λ_i", ylabel="W2² contribution")
+    bias = float(prediction["bias_per_eigenvalue"].sum())
+    ax.set_title(f"bias (DSM noise σ + sampler steps) = {bias:.3g}\nper eigenvalue: (√λ_i − √c_i)²,\n"
+                 "c_i the sampler's variance with the exact score", fontsize=9)
+    ax.set(xlabel="λ_i", ylabel="W2² contribution")
     log_ticks(ax, "x")
     log_ticks(ax, "y")
     fig.tight_layout()

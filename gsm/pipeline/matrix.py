@@ -240,22 +240,27 @@ class NeuralBackend(MatrixBackend):
 
 def log_figures(writer, spectrum, C, pred, step):
     """spectrum/target_vs_learned and theory/kernels, in TensorBoard and as PNGs in <run>/figures/."""
-    log_figure(writer, "spectrum/target_vs_learned", spectrum_figure(spectrum, C), step)
+    log_figure(writer, "spectrum/target_vs_learned", spectrum_figure(spectrum, C, pred), step)
     log_figure(writer, "theory/kernels", plot_kernels(pred), step)
 
 
-def spectrum_figure(spectrum, C):
-    """The eigenvalues of the sampler covariances C (R, d, d) against the target's, both sorted
-    decreasingly and plotted against their rank i (log–log)."""
+def spectrum_figure(spectrum, C, pred=None):
+    """The eigenvalues of the sampler covariances C (R, d, d) against the target's and the predicted
+    c_i = h(λ_i) (the sampler's variance with the mean score: exact score, plus the SGD mean offset of a
+    finite budget), all sorted decreasingly and plotted against their rank i (log–log)."""
     import matplotlib.pyplot as plt
 
-    lam = spectrum.sort(descending=True).values
+    order = spectrum.argsort(descending=True)
+    lam = spectrum[order]
     learned = torch.linalg.eigvalsh(0.5 * (C + C.transpose(-1, -2))).flip(-1).cpu()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
     i = torch.arange(1, lam.numel() + 1)
     for r in range(min(learned.shape[0], 32)):
         ax.plot(i, learned[r], color="tab:orange", alpha=0.2, lw=0.8)
-    ax.plot(i, learned.mean(0), color="tab:orange", label="sampler covariance (mean over replicates)")
+    ax.plot(i, learned.mean(0), color="tab:orange", label="measured: learned sampler's covariance (mean, and 32 replicates)")
+    if pred is not None and "sampler_variance" in pred:
+        ax.plot(i, pred["sampler_variance"].to(torch.float64).cpu()[order], "o:", color="tab:blue", ms=3,
+                label="predicted: sampler variance c_i = h(λ_i) with the mean score")
     ax.plot(i, lam, "k--", label="target spectrum λ")
     ax.set(yscale="log", xlabel="index i (eigenvalues sorted decreasingly)", ylabel="eigenvalue")
     index_ticks(ax, lam.numel())

@@ -15,7 +15,7 @@ import torch
 
 from gsm.pipeline.interrupt import Terminated, deferred
 from gsm.pipeline.status import Heartbeat, error_record, process_record, write_results
-from gsm.theory.regime import RELAXATION_TIMES_MIN, relaxation_times, verdict_lines
+from gsm.theory.regime import RELAXATION_TIMES_MIN, Regime, relaxation_times, verdict_lines
 
 log = logging.getLogger("gsm")
 
@@ -150,7 +150,21 @@ def none_left(results: dict, unstable: torch.Tensor, warn) -> bool:
     if unstable.all():
         results["status"] = "diverged"
         warn("every replicate diverged or gave an unstable sampler: no W2 to report")
+        results["regime"] = diverged_regime(results)
     return bool(unstable.all())
+
+
+def diverged_regime(results: dict) -> dict:
+    """The verdict of a run with no replicate left (status diverged): out of regime, with the knob."""
+    at = [k for k in results.get("diverged_at", []) if k >= 0]
+    if at:
+        why = (f"DSM-SGD diverged in {len(at)} of {results['unstable_replicates']} replicates (first at step "
+               f"{min(at)}): lower train.tau (or raise train.batch_size); the warnings give the stability limit")
+    else:
+        why = "the sampler is unstable with every learned score: lower the sampler's step (sampler.gamma)"
+    verdict = Regime()
+    verdict.add(1.0, f"every replicate diverged, no W2² to measure: {why}")
+    return verdict.as_dict("the stability of the run (no replicate left to compare with the prediction)")
 
 
 def finite(x: torch.Tensor) -> torch.Tensor:
@@ -188,8 +202,10 @@ def log_regime(writer, regime: dict | None, step: int) -> None:
 
 
 def summary_table(results: dict) -> str:
-    """The short table printed at the end of a run."""
-    lines = [*verdict_lines(results.get("regime")),
+    """The short table printed at the end of a run: the verdict (every status has one), the status, the
+    measured and predicted W2², and w2_predicted term by term with each term's share."""
+    verdict = verdict_lines(results.get("regime")) or [f"regime: no verdict (status {results['status']})"]
+    lines = [*verdict,
              f"status: {results['status']}   unstable replicates: {results.get('unstable_replicates', 0)}"
              f"   seconds: {results.get('seconds', 0):.1f}"]
     for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear"):   # the last two: neural scores
@@ -199,7 +215,40 @@ def summary_table(results: dict) -> str:
             lines.append(f"  {k:<24} {v['mean']:.6g} ± {se} (s.e., {v['n']} replicates)")
         elif v is not None:
             lines.append(f"  {k:<24} {v:.6g}")
+    shares = term_shares(results)
+    if shares:
+        lines.append("  w2_predicted term by term (share):")
+        lines += [f"    {name:<22} {value:.4g}  ({100 * share:.0f} %){TERM_SOURCE.get(name, '')}"
+                  for name, value, share in shares]
     return "\n".join(lines)
+
+
+# what each term of w2_predicted comes from (docs/prediction.md): the console's and the figures' words
+TERM_SOURCE = {"noise": "   DSM noise σ (exact score)", "discretization": "   sampler steps (exact score)",
+               "mixing": "   finite K from N(0, c₀I)", "t_min": "   the chain stops at t_min",
+               "truncation": "   the chain stops at t = ε", "initialization": "   x_T ~ N(0, I), not p_T",
+               "bias": "   noise + discretisation (exact score)",
+               "transient": "   finite SGD budget", "generalization": "   1/N: score fitted on N samples",
+               "optimization": "   τ: SGD fluctuations (+ finite budget)"}
+# terms that are parts of another (sgd_mean_offset ⊂ optimization) or not in w2_predicted (particles: 1/M)
+SHARE_SHOWN = 1e-4     # terms below 0.01 % of w2_predicted (round-off of an exact term) are left out
+NOT_A_SHARE = {"total", "particles", "sgd_mean_offset", "F2", "optimization_second_order"}
+
+
+def term_shares(results: dict) -> list[tuple[str, float, float]]:
+    """(term, value, share of w2_predicted) for the terms that add up to w2_predicted, zero terms left out;
+    a remainder the listed terms do not cover (a backend's extra bias keys summed elsewhere) is `other`."""
+    total = results.get("w2_predicted")
+    terms = results.get("prediction_terms") or {}
+    if not total:
+        return []
+    order = list(TERM_SOURCE)
+    names = sorted((k for k in terms if k not in NOT_A_SHARE), key=lambda k: order.index(k) if k in order else len(order))
+    parts = [(k, terms[k]) for k in names if abs(terms[k]) > SHARE_SHOWN * abs(total)]
+    rest = total - sum(v for _, v in parts)
+    if abs(rest) > SHARE_SHOWN * abs(total):
+        parts.append(("other", rest))
+    return [(k, v, v / total) for k, v in parts]
 
 
 def record_prediction(results: dict, pred: dict, warn) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from gsm.figures import run_title, set_run_title
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.interrupt import SummaryWriter, interruptible
 from gsm.pipeline.kinds import backend_name
@@ -103,6 +104,7 @@ def run_stages(spec: RunSpec, output_dir, checks: list) -> dict:
         pred = backend.predict()                    # 5. the theory, term by term
         backend.record(pred)                        #    prediction terms and the regime verdict
         results["status"] = "ok"
+        set_run_title(writer, run_title(results))   #    every figure's title: parameters, measured and predicted W2²
         backend.log(writer, pred)                   # 6. TensorBoard scalars and figures
     return results
 

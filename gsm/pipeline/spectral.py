@@ -8,7 +8,7 @@ sampler through `LinearChain.covariance` (any A, non-commuting).
 
 Spectral path, per replicate (W2 is invariant under rotations, so Σ = diag(λ), whatever data.basis):
 
-* oracle: the output variance v(λ) (`spectral_output_variance`); the replicates differ by their particles;
+* oracle: the output variance v(λ) (`VP.spectral_variance`); the replicates differ by their particles;
 * solver=exact: Σ̂ = Λ^{½} W Λ^{½}/N, W ~ Wishart(N, I) drawn by Bartlett's decomposition (W = L Lᵀ,
   L_ii² ~ χ²_{N−i+1}, L_ij ~ N(0, 1) below the diagonal; N ≥ d) or from N samples (N < d) — the same law
   as the d×d pipeline's data; Σ̂ = V diag(μ) Vᵀ, scores a_l = 1/(α_l²μ + s_l²), and in V's basis
@@ -62,9 +62,11 @@ class SpectralBackend(Backend):
         M, frm = s.particles, s.particles_from
         use_chain = s.chain is not None and (frm == "chain" or (frm == "auto" and M * lam.numel() * s.K <= 1e8))
         self.results["particles_from"] = "chain" if use_chain else "law"
-        self.w2, self.w2_particles = [], []
+        self.w2, self.w2_particles, self.kept = [], [], []
         for _ in range(self.R):
             basis, a, C = self._replicate_law()
+            if basis is not None and len(self.kept) < TRAJECTORY_REPLICATES:
+                self.kept.append((basis, a))      # the learned (plug-in) scores of the trajectory figure
             self.w2.append(_bures_to_diag(lam, C, basis))
             if frm != "none":
                 x = _particles(s, lam, C, basis, a, M, self.gen, use_chain)
@@ -107,8 +109,13 @@ class SpectralBackend(Backend):
         log_w2(writer, self.results, self.results["prediction_terms"], 0)
         if s.chain is None or not s.figure:
             return
-        log_figure(writer, "vp/trajectory_all_schemes", trajectory_figure(self.lam, s), 0)
         t = vp_grid(s.T, s.eps, s.K)
+        pts = torch.unique(torch.linspace(0, s.K, min(50, s.K + 1)).round().long())
+        learned = None
+        if self.kept:     # plug-in scores: their mean W2² trajectory; the oracle's is the exact-score curve itself
+            w2 = torch.stack([_trajectory_in_basis(s, self.lam, b, a, t, pts) for b, a in self.kept]).mean(0)
+            learned = (t[pts], w2)
+        log_figure(writer, "vp/trajectory_all_schemes", trajectory_figure(self.lam, s, learned=learned), 0)
         traj = s.spectral_variance(self.lam, trajectory=True)
         marg = s.schedule.marginal(self.lam, t)
         wt = ((marg.sqrt() - traj.clamp_min(0).sqrt()) ** 2).sum(-1)
@@ -149,6 +156,27 @@ def _law_in_basis(sampler: VP, lam, basis, a) -> torch.Tensor:
     else:
         Cp = torch.diag(p * p + Q)
     return basis @ Cp @ basis.T
+
+
+TRAJECTORY_REPLICATES = 8     # replicates whose learned-score trajectory the VP figure averages
+
+
+def _trajectory_in_basis(sampler: VP, lam, basis, a, t, pts) -> torch.Tensor:
+    """W2²(law of x_{t_k}, p_{t_k}) at the steps k in `pts` for diagonal scores a (L, d) in `basis`: the
+    recursion of `_law_in_basis`, read along the way. (len(pts),) float64."""
+    ch, want = sampler.chain, set(pts.tolist())
+    p, Q = torch.ones_like(a[0]), torch.zeros_like(a[0])
+    C0 = basis.T @ (sampler.schedule.marginal(lam, sampler.T).view(-1, 1) * basis) if sampler.init == "prior" else None
+    marg = sampler.schedule.marginal(lam, t)      # (K+1, d), diagonal in Σ's basis
+    out = []
+    for k in range(ch.K + 1):
+        if k in want:
+            Cp = p.view(-1, 1) * C0 * p.view(1, -1) + torch.diag(Q) if C0 is not None else torch.diag(p * p + Q)
+            out.append(_bures_to_diag(marg[k], basis @ Cp @ basis.T, basis))
+        if k < ch.K:
+            m = ch.matrices(k, a, DIAG)
+            p, Q = m * p, m * m * Q + float(ch.q[k])
+    return torch.tensor(out, dtype=_F64)
 
 
 def _bures_to_diag(lam, C, basis) -> float:

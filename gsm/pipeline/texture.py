@@ -121,12 +121,32 @@ def log_texture_images(writer, source: torch.Tensor, adsn: torch.Tensor, learned
     [0, 1] by the same affine map (mean ± 3 std of the source), so contrasts compare. Also PNGs in
     <run>/figures/."""
     s = 3 * float(source.std())
-    img = lambda x: ((x.to(_F64) + s) / (2 * s)).clamp(0, 1)
+    zoom = max(1, READABLE_PX // source.shape[-1])       # pixels repeated: a 64×64 texture shows at 256×256
+    img = lambda x: ((x.to(_F64) + s) / (2 * s)).clamp(0, 1).repeat_interleave(zoom, -2).repeat_interleave(zoom, -1)
     log_image(writer, "texture/source", img(source), step)
     log_image(writer, "texture/adsn_sample", img(adsn), step)
-    gap = torch.ones(learned.shape[-2], 2, dtype=_F64)
-    row = torch.cat([torch.cat([img(x), gap], -1) for x in learned], -1)[:, :-2]
+    gap = torch.ones(learned.shape[-2] * zoom, 2 * zoom, dtype=_F64)
+    row = torch.cat([torch.cat([img(x), gap], -1) for x in learned], -1)[:, :-2 * zoom]
     log_image(writer, "texture/learned_samples", row, step)
+    log_figure(writer, "texture/source_vs_samples", texture_panels(source, adsn, learned, s), step)
+
+
+READABLE_PX = 256     # the texture images' smallest width on screen
+
+
+def texture_panels(source, adsn, learned, s: float):
+    """One labelled figure: the source image, a sample of its Gaussian model (ADSN: the target law) and
+    the learned sampler's particles, on the same grey scale (mean ± s)."""
+    import matplotlib.pyplot as plt
+
+    panels = [("source image", source), ("ADSN sample (target law)", adsn),
+              *((f"learned sample {k + 1}", x) for k, x in enumerate(learned))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 2.9))
+    for ax, (label, x) in zip(axes, panels):
+        ax.imshow(x.to(_F64).numpy(), cmap="gray", vmin=-s, vmax=s, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.set_axis_off()
+    return fig
 
 
 def radial_average(spec: torch.Tensor):
@@ -150,11 +170,11 @@ def radial_spectrum_figure(lam, c, emp, h):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
     r, t = radial_average(lam)
-    for y, kw in ((radial_average(emp.mean(0))[1], dict(color="tab:blue", lw=0.8, alpha=0.6, label="particles (periodogram)")),
-                  (radial_average(c.mean(0))[1], dict(color="tab:orange", label="learned sampler, exact")),
-                  (radial_average(h)[1], dict(color="tab:green", ls=":", label="exact score, sampler h(λ)")),
+    for y, kw in ((radial_average(emp.mean(0))[1], dict(color="tab:blue", lw=0.8, alpha=0.6, label="measured: particles' periodogram")),
+                  (radial_average(c.mean(0))[1], dict(color="tab:orange", label="measured: learned sampler's exact law")),
+                  (radial_average(h)[1], dict(color="tab:green", ls=":", label="predicted: sampler h(λ) with the exact score")),
                   (t, dict(color="k", ls="--", label="target λ (ADSN)"))):
         ax.plot(r[1:], y[1:], **kw)
     ax.set(xscale="log", yscale="log", xlabel="radius |ω| (cycles per image)", ylabel="power (radial mean)")

@@ -242,29 +242,36 @@ class VP(Sampler):
             writer.add_scalar("vp/w2_trajectory_learned", w, p)   # plain: the default TensorBoard loader
         if self.figure:
             from gsm.figures import log_figure      # matplotlib only when a figure is drawn
-            log_figure(writer, "vp/trajectory_all_schemes", trajectory_figure(lam.clamp_min(0), self), step)
+            log_figure(writer, "vp/trajectory_all_schemes",
+                       trajectory_figure(lam.clamp_min(0), self, learned=(t[pts].cpu(), w2.cpu())), step)
 
 
-def trajectory_figure(lam: torch.Tensor, sampler: VP, schemes=SDE_SCHEMES + ODE_SCHEMES):
-    """P–G Fig. 1: W2(law_k, p_{t_k}) along the trajectory (x axis: t_k) for every scheme with the exact
-    score, at the sampler's K, ε and init (the score evaluations differ: rk4 uses 4K)."""
+def trajectory_figure(lam: torch.Tensor, sampler: VP, schemes=SDE_SCHEMES + ODE_SCHEMES, learned=None):
+    """P–G Fig. 1 in W2²: W2²(law_k, p_{t_k}) along the trajectory (x axis: t_k) for every scheme with the
+    exact score, at the sampler's K, ε and init (the score evaluations differ: rk4 uses 4K); learned = (t, w2):
+    the run's own scheme with its learned score (mean over replicates), drawn over them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     lam = lam.to(_F64)
     t = vp_grid(sampler.T, sampler.eps, sampler.K)
     marg = sampler.schedule.marginal(lam, t)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for sc in schemes:
         if sc == "ddpm" and sampler.K * 1.0 <= (sampler.T - sampler.eps) * sampler.beta_max:
             continue
         other = VP(scheme=sc, steps=sampler.K, eps=sampler.eps, init=sampler.init, beta_min=sampler.beta_min,
                    beta_max=sampler.beta_max, T=sampler.T, particles=sampler.particles)
         traj = other.spectral_variance(lam, trajectory=True)
-        w = ((marg.sqrt() - traj.clamp_min(0).sqrt()) ** 2).sum(-1).sqrt()
-        ax.plot(t.numpy(), w.numpy(), label=f"{sc} ({other.evaluations} NFE)")
-    ax.set(xlabel="t", ylabel="W2(law of x_t, p_t)", yscale="log", title=f"K = {sampler.K}, ε = {sampler.eps:g}")
+        w = ((marg.sqrt() - traj.clamp_min(0).sqrt()) ** 2).sum(-1)
+        mine = sc == sampler.scheme
+        ax.plot(t.numpy(), w.numpy(), lw=2.2 if mine else 1.0,
+                label=f"{sc} ({other.evaluations} NFE), exact score" + (" (this run's scheme)" if mine else ""))
+    if learned is not None:
+        ax.plot(learned[0].numpy(), learned[1].numpy(), "k--", lw=1.5, label=f"{sampler.scheme}, learned score (this run)")
+    ax.set(xlabel="t (the sampler runs from t = T, left, to t = ε, right)", ylabel="W2²(law of x_t, p_t)", yscale="log")
+    ax.set_title(f"W2² along the trajectory, K = {sampler.K}, ε = {sampler.eps:g}", fontsize=9)
     ax.invert_xaxis()
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig

@@ -31,7 +31,7 @@ def test_problem_is_the_pipeline_config():
     cfg = compose_config([*SMALL, "train.batch_size=2", "sampler.init_var=0.5", "model.init=identity"])
     p = problem_from_config(cfg)
     assert (p.n, p.batch_size, p.sgd_steps, p.sampler_steps, p.init_var, p.init) == (200, 2, 500, 200, 0.5, "identity")
-    assert p.eigenvalues.tolist() == pytest.approx([1, 1 / 2, 1 / 3, 1 / 4])
+    assert p.eigenvalues.tolist() == pytest.approx([k ** -0.5 for k in (1, 2, 3, 4)])   # powerlaw λ_k = k^(-exponent), exponent 0.5
     ref = langevin_prediction(p.eigenvalues, n=200, sigma=0.4, tau=0.01, gamma=0.05, batch_size=2, steps=200,
                               init_var=0.5, sgd_steps=500, init="identity")["total"]
     assert p.objective(0.4, 0.01, 0.05) == ref
