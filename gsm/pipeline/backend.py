@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 
-from gsm.pipeline.record import record_prediction
+from gsm.pipeline.record import combined_z, record_prediction
 from gsm.theory.regime import linear_regime
 
 
@@ -40,6 +40,10 @@ class Backend(abc.ABC):
     def evaluate(self) -> None:
         """4. w2_exact, w2_empirical (mean ± s.e. over the stable replicates) into results."""
 
+    def trace_sigma(self) -> float:
+        """tr Σ, the scale of W2² (W2²(N(0, Σ), δ₀) = tr Σ)."""
+        return float(self.spec.data.spectrum.sum())
+
     @abc.abstractmethod
     def predict(self) -> dict:
         """5. The theory's prediction, term by term (`gsm.theory.prediction.sampler_prediction` or the
@@ -51,8 +55,13 @@ class Backend(abc.ABC):
 
     def record(self, pred: dict) -> None:
         """The prediction's terms and the regime verdict into results."""
-        terms = record_prediction(self.results, pred, self.warn)
-        self.results["regime"] = linear_regime(terms=terms, modelled=pred.get("modelled"), **self.regime_inputs())
+        r = self.results
+        terms = record_prediction(r, pred, self.warn)
+        if "w2_predicted_error" in r:
+            r["z"] = combined_z(r)
+        resolution = {k: r[k]["stderr"] for k in ("w2_exact", "w2_empirical") if isinstance(r.get(k), dict)}
+        r["regime"] = linear_regime(terms=terms, modelled=pred.get("modelled"), remainders=pred.get("remainders"),
+                                    resolution=resolution, **self.regime_inputs())
 
     @abc.abstractmethod
     def log(self, writer, pred: dict) -> None:

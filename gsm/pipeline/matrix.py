@@ -18,6 +18,7 @@ from gsm.scores.nets import build_score_model
 from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction, gaussian_fit,
                               gaussian_fit_w2, second_moment)
 from gsm.theory.prediction import sampler_prediction
+from gsm.theory.remainder import error_bar_draws
 from gsm.theory.regime import neural_regime
 from gsm.training.dsm import empirical_second_moment, train_linear_dsm, train_score_net
 
@@ -142,7 +143,8 @@ class MatrixBackend(Backend):
         return sampler_prediction(self.sampler, self.spectrum, objective=self.spec.objective,
                                   n=self.N if trained else None, sigma=t.sigma,
                                   tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
-                                  particles=self.sampler.particles, symmetric=self.model.symmetric, **self.budget)
+                                  particles=self.sampler.particles, symmetric=self.model.symmetric, **self.budget,
+                                  error_bar=error_bar_draws(self.R, self.d))
 
     def regime_inputs(self) -> dict:
         t = self.spec.train

@@ -214,7 +214,15 @@ def summary_table(results: dict) -> str:
             se = "n/a" if v["stderr"] is None else format(v["stderr"], ".2g")
             lines.append(f"  {k:<24} {v['mean']:.6g} ± {se} (s.e., {v['n']} replicates)")
         elif v is not None:
-            lines.append(f"  {k:<24} {v:.6g}")
+            e = results.get(k + "_error")
+            bar = f" ± {e:.2g} (its error bar: what the first order neglects)" if e is not None else ""
+            lines.append(f"  {k:<24} {v:.6g}{bar}")
+    z = {k: v for k, v in (results.get("z") or {}).items() if v is not None}
+    if z:
+        lines.append("  z (both error bars)      " + ", ".join(f"{k} {v:+.2f}" for k, v in z.items()))
+    scale = relative_scale(results)
+    if scale:
+        lines.append(scale)
     shares = term_shares(results)
     if shares:
         lines.append("  w2_predicted term by term (share):")
@@ -233,6 +241,30 @@ TERM_SOURCE = {"noise": "   DSM noise σ (exact score)", "discretization": "   s
 # terms that are parts of another (sgd_mean_offset ⊂ optimization) or not in w2_predicted (particles: 1/M)
 SHARE_SHOWN = 1e-4     # terms below 0.01 % of w2_predicted (round-off of an exact term) are left out
 NOT_A_SHARE = {"total", "particles", "sgd_mean_offset", "F2", "optimization_second_order"}
+
+
+FAR_FROM_DATA = 0.5     # W2²/tr Σ above it: the learned sampler's law is far from the data's
+
+
+def relative_scale(results: dict) -> str | None:
+    """The console's line putting W2² on the data's scale: w2_exact (or w2_empirical) / tr Σ, said plainly
+    when the sampler's law is far from the data's even if the prediction is right."""
+    rel = results.get("w2_relative")
+    if rel is None:
+        return None
+    line = f"  W2² / tr Σ               {rel:.3g} (tr Σ = {results['trace_sigma']:.4g})"
+    if rel > FAR_FROM_DATA:
+        line += (" — the learned sampler is FAR from the data: its law misses most of Σ's variance "
+                 "(whether or not the theory predicts it)")
+    return line
+
+
+def record_scale(results: dict, trace_sigma: float) -> None:
+    """results["trace_sigma"] and results["w2_relative"]: the measured W2² (w2_exact, else w2_empirical) / tr Σ."""
+    results["trace_sigma"] = float(trace_sigma)
+    m = results.get("w2_exact") if isinstance(results.get("w2_exact"), dict) else results.get("w2_empirical")
+    if isinstance(m, dict) and trace_sigma > 0:
+        results["w2_relative"] = m["mean"] / float(trace_sigma)
 
 
 def term_shares(results: dict) -> list[tuple[str, float, float]]:
@@ -260,9 +292,28 @@ def record_prediction(results: dict, pred: dict, warn) -> dict:
     results["w2_predicted"] = terms["total"] - terms.get("particles", 0.0)
     results["w2_predicted_empirical"] = terms["total"]
     results["diagnostics"] = {k: pred[k] for k in DIAGNOSTICS if k in pred}
+    rem = pred.get("remainders")
+    if rem is not None:       # the prediction's own error bar (gsm.theory.remainder)
+        results["prediction_remainders"] = {**rem["terms"], **{k: {"not_estimated": why}
+                                                              for k, why in rem["not_estimated"].items()}}
+        results["w2_predicted_error"] = rem["error"]
+        results["w2_predicted_empirical_error"] = rem["error_empirical"]
     for w in pred.get("warnings", []):
         warn(w)
     return terms
+
+
+def combined_z(results: dict) -> dict:
+    """z = (measured − predicted)/√(s.e.² + e²) with both error bars (e: the prediction's, `w2_predicted_error`)
+    for w2_exact and w2_empirical; None where a side is missing or both bars are 0."""
+    z = {}
+    for measured, predicted in (("w2_exact", "w2_predicted"), ("w2_empirical", "w2_predicted_empirical")):
+        m, p, e = results.get(measured), results.get(predicted), results.get(predicted + "_error")
+        if not isinstance(m, dict) or p is None or e is None:
+            continue
+        scale = math.hypot(m["stderr"] or 0.0, e)
+        z[measured] = (m["mean"] - p) / scale if scale > 0 and math.isfinite(scale) else None
+    return z
 
 
 def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, transient: str):

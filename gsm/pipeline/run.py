@@ -22,7 +22,7 @@ from gsm.pipeline.interrupt import SummaryWriter, interruptible
 from gsm.pipeline.kinds import backend_name
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
 from gsm.pipeline.memory import check_memory
-from gsm.pipeline.record import mean_stderr, record_failure, recorded, start, summary_table
+from gsm.pipeline.record import mean_stderr, record_failure, record_scale, recorded, start, summary_table
 from gsm.pipeline.spectral import SpectralBackend
 from gsm.pipeline.spec import ConfigError, RunSpec, as_config_error
 from gsm.pipeline.texture import TextureBackend
@@ -101,6 +101,7 @@ def run_stages(spec: RunSpec, output_dir, checks: list) -> dict:
         if not backend.sample(fit):                 # 3. exact law and particles (none stable: `diverged`)
             return results
         backend.evaluate()                          # 4. W2² of the law and of the particles
+        record_scale(results, backend.trace_sigma())  #    and on the data's scale, W2²/tr Σ
         pred = backend.predict()                    # 5. the theory, term by term
         backend.record(pred)                        #    prediction terms and the regime verdict
         results["status"] = "ok"

@@ -28,6 +28,7 @@ from gsm.algebra import DIAG
 from gsm.samplers.vp import VP, trajectory_figure
 from gsm.samplers.vp_schemes import exact_scores, vp_grid
 from gsm.theory.prediction import sampler_prediction
+from gsm.theory.remainder import error_bar_draws
 
 _F64 = torch.float64
 
@@ -98,7 +99,8 @@ class SpectralBackend(Backend):
         none = self.sampler.particles_from == "none"
         return sampler_prediction(self.sampler, self.lam, objective=self.spec.objective,
                                   n=None if self.oracle else self.N,
-                                  particles=None if none else self.sampler.particles)
+                                  particles=None if none else self.sampler.particles,
+                                  error_bar=error_bar_draws(self.R, self.lam.numel()))
 
     def regime_inputs(self) -> dict:
         return dict(d=self.lam.numel(), n=None if self.oracle else self.N, eps_tau=None, times=None, steps=0,

@@ -92,6 +92,11 @@ class TextureBackend(Backend):
         r["covariance_estimator"] = ("per frequency, (1/M) Σ_m |x̂_m(ω)|²/d over M independent particles "
                                      "(the circulant projection of (1/M) Σ x xᵀ)")
 
+    def trace_sigma(self) -> float:
+        """tr Σ = W2²(N(0, Σ), δ₀), summed over the half-plane as W2² is."""
+        lam = self.lam.to(torch.float64)
+        return float(fourier_bures_wasserstein2(lam, torch.zeros_like(lam)))
+
     def predict(self) -> dict:
         t, trained = self.spec.train, self.model.requires_training
         return fourier_prediction(self.lam, self.sampler, n=self.N if trained else None, sigma=t.sigma,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from gsm.theory.bures import bures_second_order_weights, kernel_m, kernel_n
+from gsm.theory.remainder import (ERROR_BAR_MAX_DIM, error_of, generalization_remainder, isotropic_start,
+                                  particles_remainder)
 from gsm.training.objectives import DSM, SGDBudget
 
 F64 = torch.float64
@@ -40,7 +42,7 @@ def w2_commuting(lam: torch.Tensor, h: torch.Tensor) -> float:
 
 
 def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, batch_size=1, particles=None,
-                      symmetric=False, budget: SGDBudget | None = None, bias_terms=None) -> dict:
+                      symmetric=False, budget: SGDBudget | None = None, bias_terms=None, error_bar: int = 0) -> dict:
     """E[W2²(N(0, Σ), law of the output)] term by term for the law map `law` (`gsm.theory.law`) whose scores
     are learned by `objective` at the levels (α_l, s_l) (module doc).
 
@@ -48,7 +50,8 @@ def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, bat
     budget (None: SGD at stationarity); particles: M (None: no 1/M term); bias_terms(h*) → the named parts
     of the bias (default {"discretization": bias}). Returns floats (the terms, `total`), kernels (d, d)
     `kernel_n`, `kernel_tau` (per unit τ), `kernel_m`, `bias_per_eigenvalue`, `sampler_variance`,
-    `eigenvalues`, diagnostics `eps_tau`, `d_over_n`, `warnings`, and `modelled`."""
+    `eigenvalues`, diagnostics `eps_tau`, `d_over_n`, `warnings`, and `modelled`; with error_bar = draws > 0,
+    also `remainders` (`prediction_remainders`: what each first-order term neglects)."""
     d = lam.numel()
     budget = budget if (budget is not None and tau > 0) else None
     a_star = objective.target(lam, alphas, stds)
@@ -76,7 +79,38 @@ def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, bat
                sampler_variance=h, eigenvalues=lam, eps_tau=eps_tau, d_over_n=d / n if n is not None else 0.0,
                warnings=_warnings(objective, lam, alphas, stds, n, tau, batch_size, eps_tau),
                modelled=_modelled(objective, n, tau, budget, symmetric, particles))
+    if error_bar:
+        score_of = (lambda mu: objective.mean(mu, alphas, stds, budget)) if budget is not None \
+            else (lambda mu: objective.target(mu, alphas, stds))
+        out["remainders"] = prediction_remainders(law, score_of, lam, h, n, particles, K_N, K_M,
+                                                  eps_tau, out["optimization"] - out["sgd_mean_offset"], error_bar)
     return out
+
+
+TAU_NEXT_ORDER = 8.5      # the τ term's relative next order is ≤ 8.5·ε_τ on every spectrum tested (note §5.5)
+
+
+def prediction_remainders(law, score_of, lam, h, n, particles, K_N, K_M, eps_tau, tau_term, draws) -> dict:
+    """What each first-order term neglects, as {"estimate", "stderr", "method"} per term (None: not
+    estimated, with the reason in `not_estimated`), and `error` (w2_predicted's error bar, the 1/M term's
+    left out) and `error_empirical` (w2_predicted_empirical's): sums of |estimate| + 2 s.e."""
+    d, rem, skipped = lam.numel(), {}, {}
+    if n is not None:
+        if d > ERROR_BAR_MAX_DIM or not isotropic_start(law):
+            skipped["generalization"] = (f"d = {d} > {ERROR_BAR_MAX_DIM}" if d > ERROR_BAR_MAX_DIM
+                                         else "the law map does not start from N(0, c₀I)")
+        else:
+            rem["generalization"] = dict(generalization_remainder(law, score_of, lam, n, K_N, draws),
+                                         method="Wishart Monte Carlo, second-order control variate")
+    if particles is not None and d <= ERROR_BAR_MAX_DIM:
+        rem["particles"] = dict(particles_remainder(lam, h, K_M, particles, draws),
+                                method="Wishart Monte Carlo, second-order control variate")
+    if eps_tau and tau_term:
+        rem["optimization"] = {"estimate": 0.0, "stderr": TAU_NEXT_ORDER * eps_tau * abs(tau_term) / 2,
+                               "method": f"bound {TAU_NEXT_ORDER:g}·ε_τ·(τ term) (note §5.5)"}
+    error = sum(error_of(rem.get(k)) for k in ("generalization", "optimization"))
+    return {"terms": rem, "not_estimated": skipped, "error": error,
+            "error_empirical": error + error_of(rem.get("particles"))}
 
 
 def _modelled(objective, n, tau, budget, symmetric, particles) -> dict:
@@ -106,11 +140,11 @@ def _warnings(objective, lam, alphas, stds, n, tau, batch_size, eps_tau) -> list
 
 
 def sampler_prediction(sampler, eigenvalues, *, objective=None, n=None, sigma=None, tau=0.0, batch_size=1,
-                       particles=None, symmetric=False, sgd_steps=None, init="zeros") -> dict:
+                       particles=None, symmetric=False, sgd_steps=None, init="zeros", error_bar: int = 0) -> dict:
     """`linear_prediction` for a gsm sampler (`gsm.samplers.base.Sampler`): its levels
     (`noise_levels(σ)`), its law map (`law(λ)`), its named bias parts (`bias_terms`) and its own
     warnings (`prediction_warnings`). objective: default DSM. sgd_steps = S (with τ > 0): the finite SGD
-    budget from A₀ = `init` (zeros | identity | optimum)."""
+    budget from A₀ = `init` (zeros | identity | optimum); error_bar: Wishart draws of the `remainders` (0: none) (`gsm.theory.remainder`)."""
     objective = objective or DSM()
     lam = check_spectrum(eigenvalues, allow_zero=sampler.allows_singular)
     sampler.check_prediction(lam, n)
@@ -119,6 +153,6 @@ def sampler_prediction(sampler, eigenvalues, *, objective=None, n=None, sigma=No
         if sgd_steps is not None and tau > 0 else None
     out = linear_prediction(sampler.law(lam), objective, lam, alphas, stds, n=n, tau=tau, batch_size=batch_size,
                             particles=particles, symmetric=symmetric, budget=budget,
-                            bias_terms=lambda h: sampler.bias_terms(lam, h, sigma))
+                            bias_terms=lambda h: sampler.bias_terms(lam, h, sigma), error_bar=error_bar)
     out["warnings"] += sampler.prediction_warnings(lam, n=n, sigma=sigma)
     return out

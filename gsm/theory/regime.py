@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gsm.theory.remainder import error_of
+
 RELAXATION_TIMES_MIN = 5.0      # e^{-5} < 1 % of the initial SGD mean offset is left
 EPS_TAU_MAX = 0.005             # first-order τ term within 5 % for every spectrum tested (§5.5)
-N_OVER_D_MIN = 5                # first-order 1/N term within 5 % (§5.5)
+N_OVER_D_MIN = 5                # first-order 1/N term within 5 % (§5.5): the rule where no estimate exists
+REL_TOL = 0.05                  # the prediction's error bar must stay below 5 % of it, and below one s.e.
 
 
 def relaxation_times(steps: int, tau: float, alphas: torch.Tensor, stds: torch.Tensor, lam_min: float,
@@ -59,9 +62,12 @@ class Regime:
 
 def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, times: torch.Tensor | None,
                   steps: int, tau: float, unstable: int, replicates: int, sampling: str,
-                  modelled: dict | None = None) -> dict:
+                  modelled: dict | None = None, remainders: dict | None = None,
+                  resolution: dict | None = None) -> dict:
     """The verdict for a linear score. terms: the prediction's terms; times: `relaxation_times` per level
-    (None when nothing was trained by SGD); modelled: the prediction's `modelled` (what it took into account)."""
+    (None when nothing was trained by SGD); modelled: the prediction's `modelled` (what it took into account);
+    remainders: the prediction's `remainders` (what each term neglects, `gsm.theory.remainder`): a term whose
+    error bar exceeds `tolerance` is a reason; resolution: the s.e. of w2_exact and w2_empirical."""
     v = Regime()
     total = abs(terms.get("total", 0.0)) or 1.0
     offset = terms.get("sgd_mean_offset", terms.get("transient", 0.0))     # the Fourier pipeline's name for it
@@ -77,14 +83,28 @@ def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, 
               f"slowest level (< {RELAXATION_TIMES_MIN:g}); the SGD mean offset is {offset:.3g} of the predicted "
               f"{terms.get('total', 0.0):.3g} and {how}; train.steps ≥ {need} "
               f"reaches {RELAXATION_TIMES_MIN:g} (or fewer levels, a larger train.tau)")
-    if eps_tau is not None and tau > 0 and eps_tau > EPS_TAU_MAX:
+    rem = (remainders or {}).get("terms", {})
+    allowed, against = tolerance((resolution or {}).get("w2_exact"), terms.get("total", 0.0) - terms.get("particles", 0.0))
+    if "optimization" in rem:
+        _check_remainder(v, rem["optimization"], allowed, against, "the τ term", "lower train.tau (its next "
+                         "order shrinks like τ²) or raise train.batch_size")
+    elif eps_tau is not None and tau > 0 and eps_tau > EPS_TAU_MAX:
         v.add(8.5 * eps_tau * tau_term, f"eps_tau = {eps_tau:.3g} > {EPS_TAU_MAX}: the first-order τ term "
               f"({tau_term:.3g}) may be off by ~{100 * min(8.5 * eps_tau, 1):.0f} %; lower train.tau to "
               f"{tau * EPS_TAU_MAX / eps_tau:.3g} or raise train.batch_size")
-    if n is not None and n < N_OVER_D_MIN * d:
+    if "generalization" in rem:
+        _check_remainder(v, rem["generalization"], allowed, against, "the 1/N term",
+                         f"raise data.n (N = {n} = {n / d:.3g}d; the next order also grows near a stability edge, "
+                         "e.g. Langevin at γ close to 2(λ_min + σ²))")
+    elif n is not None and n < N_OVER_D_MIN * d:
         gen = terms.get("generalization", 0.0)
         v.add(0.3 * d / n * gen, f"N = {n} < {N_OVER_D_MIN}d = {N_OVER_D_MIN * d}: the 1/N term ({gen:.3g}) "
               f"may be off by more than ~5 %; raise data.n")
+    if "particles" in rem:
+        allowed_m, against_m = tolerance((resolution or {}).get("w2_empirical"), terms.get("total", 0.0))
+        _check_remainder(v, rem["particles"], allowed_m, against_m.replace("w2_exact", "w2_empirical")
+                         .replace("w2_predicted", "w2_predicted_empirical"), "the 1/M particle term (of "
+                         "w2_predicted_empirical)", "raise sampler.particles (w2_exact does not depend on M)")
     if unstable:
         v.add(total, f"{unstable} of {replicates} replicates diverged or gave an unstable sampler and are left "
               "out of the means (the measured W2² is conditional on stability)")
@@ -94,9 +114,31 @@ def linear_regime(*, terms: dict, d: int, n: int | None, eps_tau: float | None, 
     return v.as_dict("the first-order prediction (w2_predicted) of this linear score")
 
 
+def tolerance(stderr: float | None, predicted: float) -> tuple[float, str]:
+    """How large the prediction's error bar may be: below one s.e. of the measurement (a run with more
+    replicates resolves more, so it is held to more) and below REL_TOL of the prediction."""
+    rel = REL_TOL * abs(predicted)
+    if stderr is not None and stderr < rel:
+        return stderr, f"one s.e. of w2_exact ({stderr:.2g})"
+    return rel, f"{100 * REL_TOL:g} % of w2_predicted ({rel:.2g})"
+
+
+def _check_remainder(v: Regime, rem: dict, allowed: float, against: str, term: str, knob: str) -> None:
+    """One reason when `term`'s error bar (|estimate| + 2 s.e.) exceeds `allowed`, with its size and knob."""
+    err = error_of(rem)
+    if err <= allowed:
+        return
+    if rem.get("note"):
+        v.add(err, f"{term}'s next order is unbounded ({rem['note']}); {knob}")
+        return
+    v.add(err, f"{term} neglects {rem['estimate']:.3g} ± {rem['stderr']:.2g} ({rem['method']}): an error bar of "
+          f"{err:.3g} on the prediction, above {against}; {knob}")
+
+
 def neural_regime(*, escaped: torch.Tensor, unstable: int, replicates: int, tail: float) -> dict:
-    """The verdict for a non-linear score: its law has no prediction (w2_predicted_linear is the linear
-    theory's, for comparison); it fails when particles escaped or replicates diverged."""
+    """The checks for a non-linear score: its law has no prediction (w2_predicted_linear is the linear
+    theory's, for comparison), so `prediction` is False and `ok` says only whether the checks that apply
+    pass: no particles escaped, no replicate diverged."""
     v = Regime()
     bad = int((escaped > 0).sum())
     if bad:
@@ -105,14 +147,21 @@ def neural_regime(*, escaped: torch.Tensor, unstable: int, replicates: int, tail
               "the sampler; train longer (train.steps) or use model.skip=true")
     if unstable:
         v.add(1.0, f"{unstable} of {replicates} replicates diverged and are left out of the means")
-    return v.as_dict("the particles of a non-linear score (no prediction: w2_predicted_linear is the linear "
-                     "theory's, for comparison)")
+    out = v.as_dict("the particles of a non-linear score: escaped particles, divergence")
+    out["prediction"] = False      # ok: the checks that apply pass; there is no prediction to be in regime of
+    return out
 
 
 def verdict_lines(regime: dict | None) -> list[str]:
     """The console's first lines: the verdict, then one line per reason (dominant first)."""
     if not regime:
         return []
+    if regime.get("prediction") is False:
+        head = ("regime: no prediction for a non-linear score (w2_predicted_linear is the linear theory's, for "
+                "comparison only); checks ")
+        if regime["ok"]:
+            return [head + "passed: no escaped particles, no diverged replicate"]
+        return [head + f"FAILED — dominant: {regime['reasons'][0]}", *(f"  also: {r}" for r in regime["reasons"][1:])]
     if regime["ok"]:
         return [f"regime: ok (no assumption fails; checked: {regime['scope']})"]
     return [f"regime: OUT OF REGIME — dominant: {regime['reasons'][0]}",

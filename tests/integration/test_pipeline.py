@@ -42,7 +42,7 @@ def test_oracle_w2_exact_is_the_exact_bias(compose_cfg, tmp_path, K, c0):
     cfg = compose_cfg(*TINY, "model=oracle", "data.dim=5", f"sampler.steps={K}", f"sampler.init_var={c0}",
                       "train.sigma=0.4", "sampler.gamma=0.07")
     res = run(cfg, tmp_path)
-    lam = 1 / torch.arange(1, 6, dtype=torch.float64)
+    lam = torch.arange(1, 6, dtype=torch.float64) ** -0.5      # data=powerlaw: λ_k = k^(-exponent), exponent 0.5
     expected = _exact_bias_after_K_steps(lam, 0.4, 0.07, K, c0)
     assert res["w2_exact"]["mean"] == pytest.approx(expected, rel=1e-8)
     assert res["w2_exact"]["stderr"] < 1e-10 * expected          # same law for every replicate

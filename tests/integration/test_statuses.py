@@ -158,7 +158,7 @@ def test_an_untrained_linear_score_gives_the_k_step_law_of_a_zero_score(compose_
     cfg = compose_cfg(*TINY, override)
     res = run(cfg, tmp_path)
     gamma, K = cfg.sampler.gamma, cfg.sampler.steps
-    lam = torch.tensor([1.0, 1 / 2, 1 / 3], dtype=torch.float64)         # powerlaw, d = 3
+    lam = torch.arange(1, 4, dtype=torch.float64) ** -0.5        # powerlaw λ_k = k^(-exponent), exponent 0.5, d = 3
     expected = float(((lam.sqrt() - math.sqrt(1.0 + 2 * gamma * K)) ** 2).sum())
     assert res["status"] == "ok" and res["unstable_replicates"] == 0
     assert res["w2_exact"]["n"] == 3 and res["w2_exact"]["mean"] == pytest.approx(expected, rel=1e-6 if "sigma" in override else 1e-9)

@@ -139,7 +139,8 @@ def test_far_from_stationary_ddpm_matches_the_budgeted_prediction(compose_cfg, t
     relaxation times at the slowest level, so the SGD mean offset is ~95 % of the error. The measured exact
     W2² agrees with the prediction that includes the finite budget within 3 s.e. (and 10 %); the stationary
     prediction is off by far more; the run says it is out of regime, with that reason first."""
-    res = run(compose_cfg("sampler=ddpm", "sampler.steps=10", "train=default", "replicates=32",
+    res = run(compose_cfg("sampler=ddpm", "sampler.steps=10", "train=default", "replicates=32", "train.tau=0.005",
+                          "train.steps=20000", "data.spectrum.exponent=1.0",     # the 0.1 defaults
                           "sampler.particles=100", "progress=false", "threads=1"), tmp_path)
     w, se, pred = res["w2_exact"]["mean"], res["w2_exact"]["stderr"], res["w2_predicted"]
     assert abs(w - pred) < 3 * se and abs(w - pred) < 0.1 * w

@@ -51,9 +51,10 @@ def test_each_failed_assumption_gives_a_reason_and_the_largest_stake_comes_first
 def test_neural_verdict_and_console_lines():
     v = neural_regime(escaped=torch.tensor([0.0, 0.01]), unstable=0, replicates=2, tail=1e-9)
     assert v["ok"] is False and "1 of 2 replicates have particles beyond" in v["reasons"][0]
-    assert verdict_lines(v)[0].startswith("regime: OUT OF REGIME — dominant: 1 of 2")
-    assert verdict_lines(neural_regime(escaped=torch.zeros(3), unstable=0, replicates=3, tail=1e-9))[0] \
-        .startswith("regime: ok")
+    assert verdict_lines(v)[0].startswith("regime: no prediction for a non-linear score")
+    assert "checks FAILED — dominant: 1 of 2" in verdict_lines(v)[0]
+    clean = verdict_lines(neural_regime(escaped=torch.zeros(3), unstable=0, replicates=3, tail=1e-9))[0]
+    assert "checks passed" in clean and "regime: ok" not in clean      # no prediction to be in regime of
 
 
 @pytest.mark.parametrize("args, ok", [([], True), (["sampler=ddpm", "sampler.steps=10", "train=default"], False)],
