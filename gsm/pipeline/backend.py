@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 
-from gsm.pipeline.record import combined_z, record_prediction
+from gsm.pipeline.record import combined_z, measured_stderr, record_prediction
 from gsm.theory.regime import linear_regime
 
 
@@ -59,9 +59,8 @@ class Backend(abc.ABC):
         terms = record_prediction(r, pred, self.warn)
         if "w2_predicted_error" in r:
             r["z"] = combined_z(r)
-        resolution = {k: r[k]["stderr"] for k in ("w2_exact", "w2_empirical") if isinstance(r.get(k), dict)}
         r["regime"] = linear_regime(terms=terms, modelled=pred.get("modelled"), remainders=pred.get("remainders"),
-                                    resolution=resolution, **self.regime_inputs())
+                                    resolution=measured_stderr(r), **self.regime_inputs())
 
     @abc.abstractmethod
     def log(self, writer, pred: dict) -> None:

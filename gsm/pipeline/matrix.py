@@ -11,7 +11,7 @@ from gsm.data.gaussian import make_gaussian
 from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
-                                 none_left, record_divergence, record_relaxation)
+                                 measured_stderr, none_left, record_divergence, record_relaxation)
 from gsm.pipeline.spec import as_config_error
 from gsm.scores.linear import dsm_optimum
 from gsm.scores.nets import build_score_model
@@ -144,7 +144,8 @@ class MatrixBackend(Backend):
                                   n=self.N if trained else None, sigma=t.sigma,
                                   tau=t.tau if self.learned else 0.0, batch_size=t.batch_size,
                                   particles=self.sampler.particles, symmetric=self.model.symmetric, **self.budget,
-                                  error_bar=error_bar_draws(self.R, self.d))
+                                  error_bar=error_bar_draws(self.R, self.d),
+                                  resolution=measured_stderr(self.results))
 
     def regime_inputs(self) -> dict:
         t = self.spec.train

@@ -303,6 +303,11 @@ def record_prediction(results: dict, pred: dict, warn) -> dict:
     return terms
 
 
+def measured_stderr(results: dict) -> dict:
+    """The s.e. of w2_exact and w2_empirical (where measured): the resolution the verdict holds a prediction to."""
+    return {k: results[k]["stderr"] for k in ("w2_exact", "w2_empirical") if isinstance(results.get(k), dict)}
+
+
 def combined_z(results: dict) -> dict:
     """z = (measured − predicted)/√(s.e.² + e²) with both error bars (e: the prediction's, `w2_predicted_error`)
     for w2_exact and w2_empirical; None where a side is missing or both bars are 0."""

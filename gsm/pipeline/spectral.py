@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from gsm.figures import log_figure
 from gsm.pipeline.backend import Backend
-from gsm.pipeline.record import log_w2, mean_stderr
+from gsm.pipeline.record import log_w2, mean_stderr, measured_stderr
 from gsm.pipeline.spec import as_config_error
 from gsm.algebra import DIAG
 from gsm.samplers.vp import VP, trajectory_figure
@@ -100,7 +100,8 @@ class SpectralBackend(Backend):
         return sampler_prediction(self.sampler, self.lam, objective=self.spec.objective,
                                   n=None if self.oracle else self.N,
                                   particles=None if none else self.sampler.particles,
-                                  error_bar=error_bar_draws(self.R, self.lam.numel()))
+                                  error_bar=error_bar_draws(self.R, self.lam.numel()),
+                                  resolution=measured_stderr(self.results))
 
     def regime_inputs(self) -> dict:
         return dict(d=self.lam.numel(), n=None if self.oracle else self.N, eps_tau=None, times=None, steps=0,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from gsm.theory.bures import bures_second_order_weights, kernel_m, kernel_n
-from gsm.theory.remainder import (ERROR_BAR_MAX_DIM, error_of, generalization_remainder, isotropic_start,
+from gsm.theory.remainder import (ERROR_BAR_MAX_DIM, REL_TOL, error_of, generalization_remainder, isotropic_start,
                                   particles_remainder)
 from gsm.training.objectives import DSM, SGDBudget
 
@@ -42,7 +42,8 @@ def w2_commuting(lam: torch.Tensor, h: torch.Tensor) -> float:
 
 
 def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, batch_size=1, particles=None,
-                      symmetric=False, budget: SGDBudget | None = None, bias_terms=None, error_bar: int = 0) -> dict:
+                      symmetric=False, budget: SGDBudget | None = None, bias_terms=None, error_bar: int = 0,
+                      resolution: dict | None = None) -> dict:
     """E[W2²(N(0, Σ), law of the output)] term by term for the law map `law` (`gsm.theory.law`) whose scores
     are learned by `objective` at the levels (α_l, s_l) (module doc).
 
@@ -83,27 +84,33 @@ def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, bat
         score_of = (lambda mu: objective.mean(mu, alphas, stds, budget)) if budget is not None \
             else (lambda mu: objective.target(mu, alphas, stds))
         out["remainders"] = prediction_remainders(law, score_of, lam, h, n, particles, K_N, K_M,
-                                                  eps_tau, out["optimization"] - out["sgd_mean_offset"], error_bar)
+                                                  eps_tau, out["optimization"] - out["sgd_mean_offset"], error_bar,
+                                                  out["total"], resolution or {})
     return out
 
 
 TAU_NEXT_ORDER = 8.5      # the τ term's relative next order is ≤ 8.5·ε_τ on every spectrum tested (note §5.5)
 
 
-def prediction_remainders(law, score_of, lam, h, n, particles, K_N, K_M, eps_tau, tau_term, draws) -> dict:
+def prediction_remainders(law, score_of, lam, h, n, particles, K_N, K_M, eps_tau, tau_term, draws, total,
+                          resolution) -> dict:
     """What each first-order term neglects, as {"estimate", "stderr", "method"} per term (None: not
     estimated, with the reason in `not_estimated`), and `error` (w2_predicted's error bar, the 1/M term's
-    left out) and `error_empirical` (w2_predicted_empirical's): sums of |estimate| + 2 s.e."""
+    left out) and `error_empirical` (w2_predicted_empirical's): sums of |estimate| + 2 s.e. resolution: the
+    measurement's s.e. ("w2_exact", "w2_empirical"); the draws grow until each estimate is finer than half
+    the verdict's tolerance min(s.e., REL_TOL·prediction) or resolved."""
     d, rem, skipped = lam.numel(), {}, {}
+    target = _half_tolerance(resolution.get("w2_exact"), total)
     if n is not None:
         if d > ERROR_BAR_MAX_DIM or not isotropic_start(law):
             skipped["generalization"] = (f"d = {d} > {ERROR_BAR_MAX_DIM}" if d > ERROR_BAR_MAX_DIM
                                          else "the law map does not start from N(0, c₀I)")
         else:
-            rem["generalization"] = dict(generalization_remainder(law, score_of, lam, n, K_N, draws),
+            rem["generalization"] = dict(generalization_remainder(law, score_of, lam, n, K_N, draws, target),
                                          method="Wishart Monte Carlo, second-order control variate")
     if particles is not None and d <= ERROR_BAR_MAX_DIM:
-        rem["particles"] = dict(particles_remainder(lam, h, K_M, particles, draws),
+        rem["particles"] = dict(particles_remainder(lam, h, K_M, particles, draws,
+                                                    _half_tolerance(resolution.get("w2_empirical"), total)),
                                 method="Wishart Monte Carlo, second-order control variate")
     if eps_tau and tau_term:
         rem["optimization"] = {"estimate": 0.0, "stderr": TAU_NEXT_ORDER * eps_tau * abs(tau_term) / 2,
@@ -111,6 +118,10 @@ def prediction_remainders(law, score_of, lam, h, n, particles, K_N, K_M, eps_tau
     error = sum(error_of(rem.get(k)) for k in ("generalization", "optimization"))
     return {"terms": rem, "not_estimated": skipped, "error": error,
             "error_empirical": error + error_of(rem.get("particles"))}
+
+
+def _half_tolerance(stderr, total) -> float:
+    return 0.5 * min(stderr if stderr else float("inf"), REL_TOL * abs(total))
 
 
 def _modelled(objective, n, tau, budget, symmetric, particles) -> dict:
@@ -140,7 +151,8 @@ def _warnings(objective, lam, alphas, stds, n, tau, batch_size, eps_tau) -> list
 
 
 def sampler_prediction(sampler, eigenvalues, *, objective=None, n=None, sigma=None, tau=0.0, batch_size=1,
-                       particles=None, symmetric=False, sgd_steps=None, init="zeros", error_bar: int = 0) -> dict:
+                       particles=None, symmetric=False, sgd_steps=None, init="zeros", error_bar: int = 0,
+                       resolution: dict | None = None) -> dict:
     """`linear_prediction` for a gsm sampler (`gsm.samplers.base.Sampler`): its levels
     (`noise_levels(σ)`), its law map (`law(λ)`), its named bias parts (`bias_terms`) and its own
     warnings (`prediction_warnings`). objective: default DSM. sgd_steps = S (with τ > 0): the finite SGD
@@ -153,6 +165,7 @@ def sampler_prediction(sampler, eigenvalues, *, objective=None, n=None, sigma=No
         if sgd_steps is not None and tau > 0 else None
     out = linear_prediction(sampler.law(lam), objective, lam, alphas, stds, n=n, tau=tau, batch_size=batch_size,
                             particles=particles, symmetric=symmetric, budget=budget,
-                            bias_terms=lambda h: sampler.bias_terms(lam, h, sigma), error_bar=error_bar)
+                            bias_terms=lambda h: sampler.bias_terms(lam, h, sigma), error_bar=error_bar,
+                            resolution=resolution)
     out["warnings"] += sampler.prediction_warnings(lam, n=n, sigma=sigma)
     return out

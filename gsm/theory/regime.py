@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gsm.theory.remainder import error_of
+from gsm.theory.remainder import REL_TOL, error_of
 
 RELAXATION_TIMES_MIN = 5.0      # e^{-5} < 1 % of the initial SGD mean offset is left
 EPS_TAU_MAX = 0.005             # first-order τ term within 5 % for every spectrum tested (§5.5)
 N_OVER_D_MIN = 5                # first-order 1/N term within 5 % (§5.5): the rule where no estimate exists
-REL_TOL = 0.05                  # the prediction's error bar must stay below 5 % of it, and below one s.e.
 
 
 def relaxation_times(steps: int, tau: float, alphas: torch.Tensor, stds: torch.Tensor, lam_min: float,

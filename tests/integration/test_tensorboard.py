@@ -166,7 +166,7 @@ def test_default_tensorboard_serves_a_texture_run(tmp_path):
     images (source, ADSN sample, learned samples, radial spectrum) are served."""
     out = tmp_path / "run"
     run_script(script("gsm"), "data=texture", "model=fourier_linear", "data.size=16", "data.n=8",
-               "train.steps=2000", "threads=1", "progress=false", f"hydra.run.dir={out}")
+               "train.steps=2000", "train.solver=sgd", "threads=1", "progress=false", f"hydra.run.dir={out}")
     res = json.loads((out / "results.json").read_text())
     images = ("texture/source", "texture/adsn_sample", "texture/learned_samples", "spectrum/radial_target_vs_learned")
     with tensorboard(out, tmp_path) as server:

@@ -61,7 +61,7 @@ def test_the_default_runs_fit_in_a_few_hundred_megabytes(compose_cfg):
     ["model=mlp", "replicates=4", "data.dim=32", "train.steps=20", "train.batch_size=4096", "sampler.particles=100000",
      "sampler.steps=5"],
     ["data=texture", "model=fourier_linear", "data.size=128", "data.n=64", "replicates=4", "train.steps=300",
-     "sampler.particles=64", "sampler.steps=20"],
+     "sampler.particles=64", "sampler.steps=20", "train.solver=sgd"],     # the SGD buffers too
 ], ids=["data", "sgd", "particles", "ddpm", "exact_d1000", "mlp", "texture"])
 def test_the_estimate_bounds_the_measured_peak_within_a_factor_2(overrides):
     """Each config is dominated by one stage (0.3–1.5 GB measured), so the libraries' own ~0.35 GB and
