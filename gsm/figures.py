@@ -146,3 +146,56 @@ def plot_kernels(prediction: dict):
 
 
 # ------------------------------------------------------------------------------------------ figures
+
+
+# ----------------------------------------------------------------------------------------------
+# the run's comparison (gsm.pipeline.board): measured W2² against the prediction term by term
+
+TERM_COLORS = {"noise": "#4C72B0", "discretization": "#64B5CD", "bias": "#4C72B0", "mixing": "#8172B2",
+               "t_min": "#8172B2", "truncation": "#8172B2", "initialization": "#937860",
+               "transient": "#CCB974", "generalization": "#DD8452", "optimization": "#55A868",
+               "particles": "#C44E52", "other": "#BBBBBB"}
+
+
+def comparison_figure(rows: list[dict]):
+    """One panel per measured W2² (`gsm.pipeline.board.comparisons`): the prediction as a bar stacked term
+    by term (each segment labelled with its share), the measured mean as a point with a ± 2 s.e. error bar
+    next to it, and the predicted total as a dashed level across both, so that "is the point on the bar's
+    top?" is read at a glance."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.4 * len(rows) + 0.6, 6.4), squeeze=False)
+    for ax, c in zip(axes[0], rows):
+        comparison_panel(ax, c)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)   # below: tight_layout keeps it
+    fig.tight_layout()
+    return fig
+
+
+def comparison_panel(ax, c: dict) -> None:
+    """A comparison (see comparison_figure) on one axis, from 0 up."""
+    low = high = 0.0
+    for term, value, share, why in c["parts"]:
+        base = high if value >= 0 else low
+        ax.bar(0, value, 0.55, bottom=base, color=TERM_COLORS.get(term, "#999999"), edgecolor="white",
+               label=f"{term}: {why}" if why else term)
+        if abs(share) >= 0.06:
+            ax.text(0, base + value / 2, f"{term}\n{value:.3g} ({100 * share:.0f} %)", ha="center", va="center",
+                    fontsize=7.5, color="white", fontweight="bold")
+        high, low = (high + value, low) if value >= 0 else (high, low + value)
+    m = c["measured"]
+    err = 2 * (m.get("stderr") or 0.0)
+    ax.errorbar(1, m["mean"], yerr=err, fmt="D", color="black", ms=7, capsize=10, elinewidth=2, capthick=2,
+                label="measured mean ± 2 s.e.")
+    ax.axhline(c["predicted"], color="black", ls="--", lw=0.9)
+    se = "" if m.get("stderr") is None else f"\n± {err:.2g}"
+    ax.annotate(f"{m['mean']:.4g}{se}", (1, m["mean"] + err), xytext=(0, 6), textcoords="offset points",
+                ha="center", va="bottom", fontsize=9)
+    ax.annotate(f"{c['predicted']:.4g}", (0, high), xytext=(0, 4), textcoords="offset points", ha="center",
+                va="bottom", fontsize=9)
+    ax.set_xticks([0, 1], [f"predicted\n{c['predicted_key']}", f"measured\n{c['measured_key']}"])
+    ax.set_xlim(-0.6, 1.6)
+    ax.set_ylim(min(0.0, low * 1.15), 1.25 * max(high, m["mean"] + err))
+    z = "" if c["z"] is None else f", z = {c['z']:+.2f}"
+    ax.set_title(f"{c['what']}\n{m['n']} replicates{z}", fontsize=9)
+    ax.set_ylabel("W2² (squared Bures–Wasserstein)")

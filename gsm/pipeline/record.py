@@ -123,14 +123,43 @@ def _close_writer(writer, results: dict):
     ended otherwise) and returned, so that results.json is written first."""
     try:
         if results["status"] in ("ok", "diverged"):
-            writer.add_hparams(_flatten(results["config"]),
-                               {f"hparam/{k}": as_scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+            log_hparams(writer, results)
         writer.close()
     except Exception as e:
         if results["status"] in ("ok", "diverged", "running"):
             results["status"], results["error"] = "failed", error_record(e)
         return e
     return None
+
+
+# the HParams tab's metrics, scalars a run writes (the plugin shows each one's last value): W2² measured and
+# predicted, z = (w2_exact − w2_predicted) / s.e., the verdict (1 = in regime)
+HPARAM_METRICS = ("eval/w2_exact", "eval/w2_predicted", "eval/w2_exact_z", "eval/w2_empirical",
+                  "eval/w2_predicted_empirical", "eval/w2_empirical_debiased", "eval/w2_predicted_linear", "regime/ok")
+
+
+def log_hparams(writer, results: dict) -> None:
+    """The HParams tab: the flattened config (data.n, train.tau, ...) as hyperparameters and the
+    HPARAM_METRICS the run has as metrics, written into the run's own event file (no sub-run folder: a
+    sweep's table has one row per run, named by its folder). A run with no eval/ scalars (diverged) writes
+    its regime/ok = 0 here."""
+    from torch.utils.tensorboard.summary import hparams
+
+    if results.get("regime") and results["status"] != "ok":
+        writer.add_scalar("regime/ok", float(results["regime"]["ok"]), 0)
+    config = {k: v for k, v in _flatten(results["config"]).items() if v is not None}
+    experiment, session_start, session_end = hparams(config, dict.fromkeys(hparam_metrics(results), 0.0))
+    for summary in (experiment, session_start, session_end):
+        writer.file_writer.add_summary(summary)
+
+
+def hparam_metrics(results: dict) -> list[str]:
+    """The HPARAM_METRICS this run writes: regime/ok, eval/<key> for its numbers, z with an s.e."""
+    def written(tag):
+        if tag == "eval/w2_exact_z":
+            return results["status"] == "ok" and bool((results.get("w2_exact") or {}).get("stderr"))
+        return tag == "regime/ok" or (results["status"] == "ok" and results.get(tag[5:]) is not None)
+    return [tag for tag in HPARAM_METRICS if written(tag)]
 
 
 def record_divergence(results: dict, fit: dict) -> torch.Tensor:
@@ -179,19 +208,18 @@ def as_scalar(v):
 
 
 def log_w2(writer, results: dict, terms: dict, step: int) -> None:
-    """eval/<w2 key> and theory/<term> scalars, and the Custom Scalars charts that overlay measured and
-    predicted W2². Plain (float32) scalar summaries: TensorBoard's default loader skips double-precision
+    """eval/<w2 key> and theory/<term> scalars, regime/, and the comparison of measured and predicted W2²
+    (image, table, Custom Scalars charts: `gsm.pipeline.board`). Plain (float32) scalar summaries: TensorBoard's default loader skips double-precision
     tensors; the full-precision numbers are in results.json."""
     for k in (*W2_KEYS, "w2_exact_stationary"):
         if k in W2_KEYS or k in results:
             writer.add_scalar(f"eval/{k}", as_scalar(results.get(k)), step)
+    from gsm.pipeline.board import log_comparison     # board builds on term_shares below
+
     for k, v in terms.items():
         writer.add_scalar(f"theory/{k}", v, step)
-    writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
-        "measured vs predicted": ["Multiline", ["eval/w2_exact", "eval/w2_predicted"]],
-        "particles vs predicted with 1/M": ["Multiline", ["eval/w2_empirical", "eval/w2_predicted_empirical"]],
-    }})
     log_regime(writer, results.get("regime"), step)
+    log_comparison(writer, results, step)
 
 
 def log_regime(writer, regime: dict | None, step: int) -> None:
