@@ -40,17 +40,6 @@ def mean_stderr(values: torch.Tensor) -> dict:
     return out
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (bool, int, float, str)) else str(v)
-    return out
-
-
 def record_failure(out: Path, config: dict, checks: list, e: Exception) -> None:
     """results.json with status `failed` for an exception raised before `recorded` took over (building
     the backend, the writer, ...); `recorded` has written it already for one raised inside. config: the
@@ -123,6 +112,8 @@ def _close_writer(writer, results: dict):
     ended otherwise) and returned, so that results.json is written first."""
     try:
         if results["status"] in ("ok", "diverged"):
+            from gsm.pipeline.board import log_hparams     # board builds on this module
+
             log_hparams(writer, results)
         writer.close()
     except Exception as e:
@@ -130,36 +121,6 @@ def _close_writer(writer, results: dict):
             results["status"], results["error"] = "failed", error_record(e)
         return e
     return None
-
-
-# the HParams tab's metrics, scalars a run writes (the plugin shows each one's last value): W2² measured and
-# predicted, z = (w2_exact − w2_predicted) / s.e., the verdict (1 = in regime)
-HPARAM_METRICS = ("eval/w2_exact", "eval/w2_predicted", "eval/w2_exact_z", "eval/w2_empirical",
-                  "eval/w2_predicted_empirical", "eval/w2_empirical_debiased", "eval/w2_predicted_linear", "regime/ok")
-
-
-def log_hparams(writer, results: dict) -> None:
-    """The HParams tab: the flattened config (data.n, train.tau, ...) as hyperparameters and the
-    HPARAM_METRICS the run has as metrics, written into the run's own event file (no sub-run folder: a
-    sweep's table has one row per run, named by its folder). A run with no eval/ scalars (diverged) writes
-    its regime/ok = 0 here."""
-    from torch.utils.tensorboard.summary import hparams
-
-    if results.get("regime") and results["status"] != "ok":
-        writer.add_scalar("regime/ok", float(results["regime"]["ok"]), 0)
-    config = {k: v for k, v in _flatten(results["config"]).items() if v is not None}
-    experiment, session_start, session_end = hparams(config, dict.fromkeys(hparam_metrics(results), 0.0))
-    for summary in (experiment, session_start, session_end):
-        writer.file_writer.add_summary(summary)
-
-
-def hparam_metrics(results: dict) -> list[str]:
-    """The HPARAM_METRICS this run writes: regime/ok, eval/<key> for its numbers, z with an s.e."""
-    def written(tag):
-        if tag == "eval/w2_exact_z":
-            return results["status"] == "ok" and bool((results.get("w2_exact") or {}).get("stderr"))
-        return tag == "regime/ok" or (results["status"] == "ok" and results.get(tag[5:]) is not None)
-    return [tag for tag in HPARAM_METRICS if written(tag)]
 
 
 def record_divergence(results: dict, fit: dict) -> torch.Tensor:
