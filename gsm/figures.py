@@ -187,14 +187,15 @@ def comparison_figure(c: dict):
     ax.annotate(f"{c['predicted']:.4g}", (high, 1), xytext=(6, 0), textcoords="offset points", ha="left",
                 va="center", fontsize=12)
     ax.set_yticks([1, 0], ["predicted", "measured\n± 2 s.e."], fontsize=12)
-    ax.set_ylim(-0.6, 1.55)
+    thin = len(ax.get_legend_handles_labels()[0])
+    ax.set_ylim(-0.6, 1.55 + 0.2 * math.ceil(thin / 3))      # the legend of thin terms above the bar
     ax.set_xlim(min(0.0, low * 1.15), 1.25 * max(high, m["mean"] + err))     # room for the numbers on the right
     z = "" if c["z"] is None else f"   z = {c['z']:+.2f}"
     ax.set_title(f"{c['measured_key']} vs {c['predicted_key']}{z}\n{c['what']}, {m['n']} replicates", fontsize=11)
     ax.set_xlabel("W2² (squared Bures–Wasserstein)", fontsize=11)
     ax.tick_params(axis="x", labelsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=9, frameon=False)
+    if thin:
+        ax.legend(loc="upper left", ncol=3, fontsize=9, frameon=False, borderaxespad=0.2, handlelength=1.2)
     fig.tight_layout()
     return fig
 
