@@ -58,15 +58,15 @@ def run_title(results: dict) -> str:
     return head + f"\nW2² measured {measured['mean']:.4g}{se}" + ("" if predicted is None else f", predicted {predicted:.4g}")
 
 
-def log_figure(writer, tag: str, fig, step: int) -> None:
+def log_figure(writer, tag: str, fig, step: int, title_size: float = 8) -> None:
     """The matplotlib figure as image `tag` in TensorBoard and as its PNG file; closes it. Drawn once
     (drawing is most of the cost): the PNG's pixels are what TensorBoard gets, as add_figure would.
-    The run's title (`set_run_title`) goes on top."""
+    The run's title (`set_run_title`) goes on top, in `title_size` points."""
     from PIL import Image
 
     title = _RUN_TITLES.get(writer)
     if title:
-        fig.suptitle(title, fontsize=8)
+        fig.suptitle(title, fontsize=title_size)
         fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
@@ -146,3 +146,58 @@ def plot_kernels(prediction: dict):
 
 
 # ------------------------------------------------------------------------------------------ figures
+
+
+# ----------------------------------------------------------------------------------------------
+# the run's comparison (gsm.pipeline.board): measured W2² against the prediction term by term
+
+TERM_COLORS = {"noise": "#4C72B0", "discretization": "#64B5CD", "bias": "#4C72B0", "mixing": "#8172B2",
+               "t_min": "#8172B2", "truncation": "#8172B2", "initialization": "#937860",
+               "transient": "#CCB974", "generalization": "#DD8452", "optimization": "#55A868",
+               "particles": "#C44E52", "other": "#BBBBBB"}
+
+
+def comparison_figure(c: dict):
+    """A comparison (`gsm.pipeline.board.comparisons`) drawn to be read in a TensorBoard card (Time
+    Series fits images to a short card, Images shows them at their size; hence one comparison per figure,
+    wide and short, large type): the prediction as a horizontal bar stacked term by term, each segment
+    labelled with its term, value and share (segments too thin for a label are in the legend); under it
+    the measured mean with its ± 2 s.e. error bar; the predicted total as a dashed level across both, so
+    that "does the dashed line cross the error bar?" is read at a glance."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    low = high = 0.0
+    for term, value, share, why in c["parts"]:
+        base = high if value >= 0 else low
+        labelled = abs(share) >= LABELLED_SHARE
+        ax.barh(1, value, 0.7, left=base, color=TERM_COLORS.get(term, "#999999"), edgecolor="white",
+                label=None if labelled else f"{term} {value:.2g} ({100 * share:.0f} %)")
+        if labelled:
+            ax.text(base + value / 2, 1, f"{term}\n{value:.3g}\n{100 * share:.0f} %", ha="center", va="center",
+                    fontsize=9.5, color="white", fontweight="bold")
+        high, low = (high + value, low) if value >= 0 else (high, low + value)
+    m = c["measured"]
+    err = 2 * (m.get("stderr") or 0.0)
+    ax.errorbar(m["mean"], 0, xerr=err, fmt="D", color="black", ms=9, capsize=12, elinewidth=2.5, capthick=2.5)
+    ax.axvline(c["predicted"], color="black", ls="--", lw=1)
+    se = "" if m.get("stderr") is None else f" ± {err:.2g}"
+    ax.annotate(f"{m['mean']:.4g}{se}", (m["mean"] + err, 0), xytext=(8, 0), textcoords="offset points",
+                ha="left", va="center", fontsize=12)
+    ax.annotate(f"{c['predicted']:.4g}", (high, 1), xytext=(6, 0), textcoords="offset points", ha="left",
+                va="center", fontsize=12)
+    ax.set_yticks([1, 0], ["predicted", "measured\n± 2 s.e."], fontsize=12)
+    thin = len(ax.get_legend_handles_labels()[0])
+    ax.set_ylim(-0.6, 1.55 + 0.2 * math.ceil(thin / 3))      # the legend of thin terms above the bar
+    ax.set_xlim(min(0.0, low * 1.15), 1.25 * max(high, m["mean"] + err))     # room for the numbers on the right
+    z = "" if c["z"] is None else f"   z = {c['z']:+.2f}"
+    ax.set_title(f"{c['measured_key']} vs {c['predicted_key']}{z}\n{c['what']}, {m['n']} replicates", fontsize=11)
+    ax.set_xlabel("W2² (squared Bures–Wasserstein)", fontsize=11)
+    ax.tick_params(axis="x", labelsize=10)
+    if thin:
+        ax.legend(loc="upper left", ncol=3, fontsize=9, frameon=False, borderaxespad=0.2, handlelength=1.2)
+    fig.tight_layout()
+    return fig
+
+
+LABELLED_SHARE = 0.1     # thinner segments are too thin for their label (the legend has them)

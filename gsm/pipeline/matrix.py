@@ -10,6 +10,7 @@ import torch
 from gsm.data.gaussian import make_gaussian
 from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
 from gsm.pipeline.backend import Backend
+from gsm.pipeline.board import log_comparison
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
                                  measured_stderr, none_left, record_divergence, record_relaxation)
 from gsm.pipeline.spec import as_config_error
@@ -235,9 +236,7 @@ class NeuralBackend(MatrixBackend):
             writer.add_scalar(f"eval/{k}", as_scalar(r[k]), step)
         writer.add_scalar("eval/escaped_fraction_max", float(self.escaped.max()), step)
         log_regime(writer, r["regime"], step)
-        writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
-            "neural score (Gaussian fit, debiased) vs linear-score prediction":
-                ["Multiline", ["eval/w2_empirical_debiased", "eval/w2_predicted_linear"]]}})
+        log_comparison(writer, r, step)     # debiased Gaussian-fit W2² against the linear-score prediction
         log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
 
 

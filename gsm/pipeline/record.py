@@ -40,17 +40,6 @@ def mean_stderr(values: torch.Tensor) -> dict:
     return out
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (bool, int, float, str)) else str(v)
-    return out
-
-
 def record_failure(out: Path, config: dict, checks: list, e: Exception) -> None:
     """results.json with status `failed` for an exception raised before `recorded` took over (building
     the backend, the writer, ...); `recorded` has written it already for one raised inside. config: the
@@ -123,8 +112,9 @@ def _close_writer(writer, results: dict):
     ended otherwise) and returned, so that results.json is written first."""
     try:
         if results["status"] in ("ok", "diverged"):
-            writer.add_hparams(_flatten(results["config"]),
-                               {f"hparam/{k}": as_scalar(results.get(k)) for k in W2_KEYS}, run_name=".")
+            from gsm.pipeline.board import log_hparams     # board builds on this module
+
+            log_hparams(writer, results)
         writer.close()
     except Exception as e:
         if results["status"] in ("ok", "diverged", "running"):
@@ -179,19 +169,18 @@ def as_scalar(v):
 
 
 def log_w2(writer, results: dict, terms: dict, step: int) -> None:
-    """eval/<w2 key> and theory/<term> scalars, and the Custom Scalars charts that overlay measured and
-    predicted W2². Plain (float32) scalar summaries: TensorBoard's default loader skips double-precision
+    """eval/<w2 key> and theory/<term> scalars, regime/, and the comparison of measured and predicted W2²
+    (image, table, Custom Scalars charts: `gsm.pipeline.board`). Plain (float32) scalar summaries: TensorBoard's default loader skips double-precision
     tensors; the full-precision numbers are in results.json."""
     for k in (*W2_KEYS, "w2_exact_stationary"):
         if k in W2_KEYS or k in results:
             writer.add_scalar(f"eval/{k}", as_scalar(results.get(k)), step)
+    from gsm.pipeline.board import log_comparison     # board builds on term_shares below
+
     for k, v in terms.items():
         writer.add_scalar(f"theory/{k}", v, step)
-    writer.add_custom_scalars({"W2² (squared Bures–Wasserstein)": {
-        "measured vs predicted": ["Multiline", ["eval/w2_exact", "eval/w2_predicted"]],
-        "particles vs predicted with 1/M": ["Multiline", ["eval/w2_empirical", "eval/w2_predicted_empirical"]],
-    }})
     log_regime(writer, results.get("regime"), step)
+    log_comparison(writer, results, step)
 
 
 def log_regime(writer, regime: dict | None, step: int) -> None:

@@ -103,7 +103,12 @@ def f32(x: float) -> float:
 
 
 def custom_chart_tags(layout: dict) -> set:
-    return {t for cat in layout.get("category", []) for chart in cat["chart"] for t in chart["multiline"]["tag"]}
+    """The scalar tags of the Custom Scalars charts (multiline and margin)."""
+    tags = set()
+    for chart in (c for cat in layout.get("category", []) for c in cat["chart"]):
+        tags |= set(chart.get("multiline", {}).get("tag", []))
+        tags |= {s[k] for s in chart.get("margin", {}).get("series", []) for k in ("value", "lower", "upper")}
+    return tags
 
 
 def assert_run_served(server: Server, run: str, res: dict, images=("spectrum/target_vs_learned", "theory/kernels"),
@@ -120,10 +125,12 @@ def assert_run_served(server: Server, run: str, res: dict, images=("spectrum/tar
     served = server.wait_for_scalars(run, expected)
     assert expected <= served, (sorted(expected - served), server.tail())
     chart = custom_chart_tags(server.get("data/plugin/custom_scalars/layout"))
-    assert {"eval/w2_exact", "eval/w2_predicted"} <= chart and chart <= served, (chart, served)
+    assert {"margin/w2_predicted", "margin/w2_exact_lower", "margin/w2_exact_upper"} <= chart <= served, (chart, served)
     for tag, value in want.items():
         assert server.scalar(run, tag) == {step: f32(value)}, tag
-    assert set(images) <= set(server.get("data/plugin/images/tags").get(run, {})), server.tail()
+    images = {"eval/comparison", "eval/comparison_w2_empirical", *images}
+    assert images <= set(server.get("data/plugin/images/tags").get(run, {})), server.tail()
+    assert "eval/comparison/text_summary" in server.get("data/plugin/text/tags").get(run, []), server.tail()
 
 
 def assert_pngs(run_dir: Path, names):
