@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gsm.pipeline.record import TERM_SOURCE, term_shares
+from gsm.pipeline.record import TERM_SOURCE, term_shares, z_score
 from gsm.theory.regime import verdict_lines
 
 CATEGORY = "W2² (squared Bures–Wasserstein)"
@@ -16,13 +16,6 @@ CATEGORY = "W2² (squared Bures–Wasserstein)"
 PAIRS = (("w2_exact", "w2_predicted", "the sampler's exact law"),
          ("w2_empirical", "w2_predicted_empirical", "M particles (prediction + 1/M term)"),
          ("w2_empirical_debiased", "w2_predicted_linear", "neural score's particles, debiased"))
-
-
-def z_score(measured: dict, predicted: float | None) -> float | None:
-    """(measured − predicted) / s.e. of the measured mean; None without a prediction or an s.e."""
-    if predicted is None or not measured.get("stderr"):
-        return None
-    return (measured["mean"] - predicted) / measured["stderr"]
 
 
 def comparisons(results: dict) -> list[dict]:
@@ -42,7 +35,8 @@ def comparisons(results: dict) -> list[dict]:
         if not parts:
             parts = [(pkey, predicted, 1.0, "a linear score's prediction at the same (N, σ, τ, γ)")]
         out.append({"measured_key": mkey, "predicted_key": pkey, "what": what, "measured": measured,
-                    "predicted": predicted, "z": z_score(measured, predicted), "parts": parts})
+                    "predicted": predicted, "z": z_score(measured, predicted, results.get(pkey + "_error")),
+                    "parts": parts})
     return out
 
 
@@ -102,7 +96,7 @@ def log_margin_charts(writer, rows: list[dict], step: int) -> None:
 
 
 # the HParams tab's metrics, scalars a run writes (the plugin shows each one's last value): W2² measured and
-# predicted, z = (w2_exact − w2_predicted) / s.e., the verdict (1 = in regime)
+# predicted, z = (w2_exact − w2_predicted)/√(s.e.² + e²) with both error bars, the verdict (1 = in regime)
 HPARAM_METRICS = ("eval/w2_exact", "eval/w2_predicted", "eval/w2_exact_z", "eval/w2_empirical",
                   "eval/w2_predicted_empirical", "eval/w2_empirical_debiased", "eval/w2_predicted_linear", "regime/ok")
 
@@ -168,5 +162,4 @@ def flat_config(d: dict, prefix: str = "") -> dict:
     return out
 
 
-__all__ = ["comparisons", "markdown_table", "log_comparison", "log_margin_charts", "log_hparams", "flat_config",
-           "z_score"]
+__all__ = ["comparisons", "markdown_table", "log_comparison", "log_margin_charts", "log_hparams", "flat_config"]

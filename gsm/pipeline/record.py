@@ -297,16 +297,21 @@ def measured_stderr(results: dict) -> dict:
     return {k: results[k]["stderr"] for k in ("w2_exact", "w2_empirical") if isinstance(results.get(k), dict)}
 
 
+def z_score(measured: dict, predicted: float | None, error: float | None = None) -> float | None:
+    """(measured − predicted)/√(s.e.² + e²): both error bars, the measured mean's s.e. and the prediction's
+    own e (`w2_predicted_error`; None: no estimate, the s.e. alone); None without a prediction or a bar."""
+    if predicted is None or measured.get("mean") is None:
+        return None
+    scale = math.hypot(measured.get("stderr") or 0.0, error or 0.0)
+    return (measured["mean"] - predicted) / scale if scale > 0 and math.isfinite(scale) else None
+
+
 def combined_z(results: dict) -> dict:
-    """z = (measured − predicted)/√(s.e.² + e²) with both error bars (e: the prediction's, `w2_predicted_error`)
-    for w2_exact and w2_empirical; None where a side is missing or both bars are 0."""
+    """`z_score` for w2_exact and w2_empirical against w2_predicted(_empirical), with both error bars."""
     z = {}
     for measured, predicted in (("w2_exact", "w2_predicted"), ("w2_empirical", "w2_predicted_empirical")):
-        m, p, e = results.get(measured), results.get(predicted), results.get(predicted + "_error")
-        if not isinstance(m, dict) or p is None or e is None:
-            continue
-        scale = math.hypot(m["stderr"] or 0.0, e)
-        z[measured] = (m["mean"] - p) / scale if scale > 0 and math.isfinite(scale) else None
+        if isinstance(results.get(measured), dict):
+            z[measured] = z_score(results[measured], results.get(predicted), results.get(predicted + "_error"))
     return z
 
 

@@ -1,9 +1,10 @@
 """The run's comparison as TensorBoard gets it (docs/tensorboard.md), read back from the event file with
 tensorboard's own EventAccumulator: the comparison images and Markdown table, the Custom Scalars margin
 charts (band: measured ± 2 s.e.; line: the prediction) and the HParams summaries. The numbers are checked
-against results.json, recomputed here (z = (mean − predicted) / s.e.); the served side, in a real
+against results.json, recomputed here (z = (mean − predicted)/√(s.e.² + e²), e the prediction's own error bar); the served side, in a real
 browser, is tools/tensorboard_screenshots.py and the slow tests of test_tensorboard.py."""
 import json
+import math
 import re
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_the_comparison_table_adds_up_and_states_z_and_the_verdict(default_run):
     assert sum(float(v) for _, v, _ in rows) == pytest.approx(res["w2_predicted"], rel=2e-3), law
     assert abs(sum(int(s) for _, _, s in rows) - 100) <= len(rows), law
     m = res["w2_exact"]
-    z = (m["mean"] - res["w2_predicted"]) / m["stderr"]
+    z = (m["mean"] - res["w2_predicted"]) / math.hypot(m["stderr"], res["w2_predicted_error"])   # both error bars
     assert f"**{m['mean']:.4g} ± {2 * m['stderr']:.2g}** (2 s.e.) | z = {z:+.2f}" in law, law
     assert "| particles |" in text.split("**w2_empirical**")[1]      # the 1/M term: the particles' table only
 
@@ -88,7 +89,7 @@ def test_the_margin_charts_band_the_measurement_around_the_prediction_line(defau
                 f"margin/{pkey}": res[pkey]}
         for tag, value in want.items():      # a level from step 0 to the last SGD step
             assert {(e.step, e.value) for e in acc.Scalars(tag)} == {(0, f32(value)), (steps, f32(value))}, tag
-    z = (res["w2_exact"]["mean"] - res["w2_predicted"]) / res["w2_exact"]["stderr"]
+    z = (res["w2_exact"]["mean"] - res["w2_predicted"]) / math.hypot(res["w2_exact"]["stderr"], res["w2_predicted_error"])
     assert [(e.step, e.value) for e in acc.Scalars("eval/w2_exact_z")] == [(steps, pytest.approx(z, abs=1e-5))]
 
 
