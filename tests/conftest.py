@@ -23,3 +23,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def gsm_script() -> str:
+    """The `gsm` console script beside this Python (the installed one), else on PATH; the test is skipped
+    when neither exists (the package is imported but not installed)."""
+    import os
+    import shutil
+    import sys
+    exe = shutil.which("gsm", path=os.path.dirname(sys.executable)) or shutil.which("gsm")
+    if exe is None:
+        pytest.skip("the gsm console script is not installed")
+    return exe

@@ -83,10 +83,21 @@ def validate(spec: RunSpec) -> list[str]:
     if not model.linear:
         _check_neural(spec, model)
         return []
+    _check_rank(spec)
     _check_langevin_step(spec.sampler, spec.data.spectrum, spec.train.sigma)
     if spec.train.solver != "sgd" or not model.requires_training:
         return []
     return _tau_warning(spec.train, spec.data.spectrum, alphas, stds, texture)
+
+
+def _check_rank(spec: RunSpec) -> None:
+    """A rank-deficient Σ (zero eigenvalues) only under a sampler that declares `allows_singular`: the
+    others fail there (DDPM, DDIM: a last level without noise, where M = α²Σ̂ is singular; EDM diverged)."""
+    zeros = int((spec.data.spectrum == 0).sum())
+    if zeros and not getattr(spec.sampler, "allows_singular", False):
+        raise ConfigError(f"data.spectrum has {zeros} zero eigenvalue(s) (rank-deficient Σ), which "
+                          f"sampler {type(spec.sampler).__name__} does not support: "
+                          "use sampler=langevin or sampler=vp, or eigenvalues > 0")
 
 
 def _check_model_fits_data(spec: RunSpec) -> None:

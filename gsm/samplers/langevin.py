@@ -78,6 +78,7 @@ class Langevin(Sampler):
     particles_from: str = "chains"
 
     requires_linear_score = False
+    allows_singular = True          # rank-deficient Σ: the score is read at noise σ > 0 (m = λ + σ² > 0)
 
     def __post_init__(self):
         number("sampler.gamma", self.gamma, 0, low_open=True)

@@ -106,6 +106,18 @@ def test_a_running_record_whose_process_is_gone_is_lost(tmp_path):
     assert job_status(tmp_path, other) == "lost"
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="start_ticks needs Linux /proc")
+def test_a_running_record_with_a_reused_pid_is_lost(tmp_path):
+    """pid reuse: the recorded pid is alive (this test's own process) but started at another time than the
+    run's record says (its start_ticks, field 22 of /proc/<pid>/stat, read here without gsm's helper):
+    another process holds the pid, so the run is lost. The same record with the true start time is running."""
+    own = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    rec = {**process_record(), "pid": os.getpid(), "start_ticks": own}
+    assert job_status(tmp_path, {"status": "running", "process": rec}) == "running"
+    reused = {**rec, "start_ticks": own - 1}
+    assert job_status(tmp_path, {"status": "running", "process": reused}) == "lost"
+
+
 def test_report_lists_failed_and_lost_jobs_apart_from_finished_ones(tmp_path, capsys):
     dead = {**process_record(), "pid": 2 ** 22 + 1, "start_ticks": -1}      # no such process
     records = {0: {"status": "ok", "w2_exact": {"mean": 1.0, "stderr": 0.1, "n": 3}},

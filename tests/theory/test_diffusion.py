@@ -115,6 +115,9 @@ def test_bad_input(make, match):
 
 # --------------------------------------------------------------- exact-score regression values
 
+# The tables below are the theory note's (/work/shared/theory/gaussian-errors.md, §6 and §7: its own
+# computation, printed to 3 significant digits). They are also recomputed here by `ho_variance`, a plain-float
+# transcription of the note's scalar recursions (no gsm code), in test_the_tables_follow_from_the_scalar_recursion.
 # theory note §6, d = 32, λ_i = 1/i: T -> (DDPM β, DDPM β̃, DDIM) scaled, DDPM β unscaled
 TABLE_T = {25: ("6.43e-02", "1.97e-01", "6.92e-02", "1.91e-01"), 50: ("1.21e-02", "7.17e-02", "1.97e-02", "2.58e-02"),
            100: ("2.70e-03", "2.46e-02", "5.54e-03", "1.94e-03"), 250: ("4.07e-04", "5.38e-03", "1.01e-03", "1.35e-04"),
@@ -123,6 +126,51 @@ TABLE_T = {25: ("6.43e-02", "1.97e-01", "6.92e-02", "1.91e-01"), 50: ("1.21e-02"
 TABLE_TMIN = {0: ("2.48e-05",) * 3, 2: ("7.15e-05", "7.43e-05", "1.34e-05"), 5: ("1.86e-04", "2.00e-04", "5.09e-06"),
               10: ("7.03e-04", "7.76e-04", "2.31e-04"), 50: ("8.11e-02", "9.57e-02", "5.48e-02")}
 
+
+
+def ho_variance(lam: float, T: int, noise: str, scaled: bool = False, t_min: int = 0) -> float:
+    """The output variance of one eigenvalue λ under the exact score, from the note's §6 written out in
+    plain floats: β_t = linspace(1e-4, 0.02, T) (both ends × 1000/T when scaled), ᾱ_t = Π(1 − β), s_t =
+    ᾱ_tλ + 1 − ᾱ_t, x_T ~ N(0, 1); DDPM: v ← F_t²v + η_t², F_t = √α_t s_{t−1}/s_t, η_t² = β_t or
+    β̃_t = β_t(1 − ᾱ_{t−1})/(1 − ᾱ_t), noise-free at t = 1; DDIM: v ← k_t²v, k_t = [√(ᾱ_{t−1}ᾱ_t)λ +
+    √((1 − ᾱ_{t−1})(1 − ᾱ_t))]/s_t. Steps t = T … t_min + 1 (the raw x_{t_min})."""
+    k = 1000 / T if scaled else 1.0
+    beta = [k * (1e-4 + (0.02 - 1e-4) * i / (T - 1)) for i in range(T)]
+    ab = [1.0]
+    for b in beta:
+        ab.append(ab[-1] * (1 - b))
+    s = [a * lam + 1 - a for a in ab]
+    v = 1.0
+    for t in range(T, t_min, -1):
+        b = beta[t - 1]
+        if noise == "ddim":
+            v *= ((math.sqrt(ab[t - 1] * ab[t]) * lam + math.sqrt((1 - ab[t - 1]) * (1 - ab[t]))) / s[t]) ** 2
+            continue
+        eta2 = b if noise == "beta" else b * (1 - ab[t - 1]) / (1 - ab[t])
+        v = (1 - b) * (s[t - 1] / s[t]) ** 2 * v + (0.0 if t == 1 else eta2)
+    return v
+
+
+def ho_w2(lams, *args, **kw) -> float:
+    """W2² = Σ(√λ − √v)² (commuting Gaussians)."""
+    return sum((math.sqrt(ho_variance(float(lam), *args, **kw)) - math.sqrt(float(lam))) ** 2 for lam in lams)
+
+
+@pytest.mark.parametrize("T", sorted(TABLE_T))
+def test_the_tables_follow_from_the_scalar_recursion(T):
+    """The note's printed values against `ho_variance` (independent of gsm and of the note's code): §6's
+    T table (each column), §6's raw t_min column and §7's DDPM values."""
+    cols = (ho_w2(LAM32, T, "beta", True), ho_w2(LAM32, T, "beta_tilde", True), ho_w2(LAM32, T, "ddim", True),
+            ho_w2(LAM32, T, "beta"))
+    assert all(agrees_to_printed(v, p) for v, p in zip(cols, TABLE_T[T])), cols
+    if T == 1000:
+        for t_min, printed in TABLE_TMIN.items():
+            assert agrees_to_printed(ho_w2(LAM32, 1000, "beta", t_min=t_min), printed[0]), t_min
+        v = [ho_variance(float(lam), 1000, "beta") for lam in LAM4]
+        assert v == pytest.approx([0.250752075008, 0.500658938482, 0.9999, 1.997381193091], rel=1e-11)
+        assert abs(ho_w2(LAM4, 1000, "beta") - 1.64206e-6) <= 0.5e-11
+        assert abs(ho_w2(LAM4, 1000, "beta_tilde") - 7.8484e-5) <= 0.5e-9
+        assert abs(ho_w2(LAM4, 1000, "ddim") - 1.38742e-5) <= 0.5e-10
 
 @pytest.mark.parametrize("T", sorted(TABLE_T))
 def test_exact_score_table_T(T):
@@ -140,6 +188,7 @@ def test_exact_score_table_t_min(t_min):
 
 
 def test_regression_values_section7():
+    """The note's §7 DDPM/DDIM values (recomputed without gsm in test_the_tables_follow_from_the_scalar_recursion)."""
     ab = grid(1000)
     ch = ddpm_chain(ab, "beta")
     v = variance(exact_scores(LAM4, ch), ch)

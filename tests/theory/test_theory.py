@@ -38,33 +38,52 @@ def dsm_score_matrix(X, sigma, tau, k, init):
 
 
 # ---------------------------------------------------------------------------------------------
-# §7 regression values (1e-9 relative, or the printed precision)
+# §7 regression values (1e-9 relative, or the printed precision). Source: the theory note
+# /work/shared/theory/gaussian-errors.md §7 ("regression values for checking another implementation"), an
+# independent derivation and computation. Where a value has a one-line closed form it is also derived here:
+# the ULA stationary variance of x ← x − γx/m + √(2γ)z, m = λ + σ², is c = 2γ/(1 − (1 − γ/m)²); commuting
+# Gaussians have W2² = Σ(√c − √λ)²; and the total is bias + ΣK_N/N + τΣK_τ + ΣK_M/M (note §5).
 
 @pytest.fixture(scope="module")
 def pred():
     return T.langevin_prediction(LAM, n=200, tau=0.002, particles=1000, **KW)
 
 
+def ula_variance(lam, sigma, gamma):
+    """c = 2γ/(1 − (1 − γ/m)²), m = λ + σ²: the stationary variance of the scalar ULA chain (derived above)."""
+    m = lam + sigma ** 2
+    return 2 * gamma / (1 - (1 - gamma / m) ** 2)
+
+
 def test_sampler_variance(pred):
-    c = [0.526315789474, 0.775862068966, 1.275510204082, 2.275280898876]
+    c = [0.526315789474, 0.775862068966, 1.275510204082, 2.275280898876]       # note §7
+    derived = [ula_variance(lam, 0.5, 0.05) for lam in LAM.tolist()]
+    assert derived == pytest.approx(c, abs=5e-13)
     for ci, ref in zip(pred["sampler_variance"].tolist(), c):
         assert abs(ci - ref) < 5e-13          # printed to 12 decimals
 
 
 def test_bias_and_noise(pred):
+    lam = LAM.tolist()                        # note §7, and Σ(√c − √λ)², Σ(√(λ + σ²) − √λ)² derived here
+    assert rel(sum((math.sqrt(ula_variance(x, 0.5, 0.05)) - math.sqrt(x)) ** 2 for x in lam), 0.106631587958) < 1e-9
+    assert rel(sum((math.sqrt(x + 0.25) - math.sqrt(x)) ** 2 for x in lam), 0.089439682803) < 1e-9
     assert rel(pred["noise"] + pred["discretization"], 0.106631587958) < 1e-9
     assert rel(pred["noise"], 0.089439682803) < 1e-9
     assert pred["mixing"] == 0.0
 
 
 def test_kernel_sums(pred):
+    """Note §7 (its Daleckii–Krein and Lyapunov sums; recomputed by autograd in the consistency tests below)."""
     assert rel(float(pred["kernel_n"].sum()), 2.627158120676) < 1e-9
     assert rel(float(pred["kernel_tau"].sum()), 3.001191582097) < 1e-9
     assert rel(float(pred["kernel_m"].sum()), 4.559862189467) < 1e-9
 
 
 def test_total_prediction(pred):
-    # printed as 0.130329624 (9 decimals): agree to half a unit of the last printed digit
+    # note §7: printed as 0.130329624 (9 decimals): agree to half a unit of the last printed digit; and the
+    # note's own parts compose to it (bias + ΣK_N/N + τΣK_τ + ΣK_M/M, N = 200, τ = 0.002, M = 1000)
+    assert abs(0.106631587958 + 2.627158120676 / 200 + 0.002 * 3.001191582097 + 4.559862189467 / 1000
+               - 0.130329624) < 5e-10
     assert abs(pred["total"] - 0.130329624) < 5e-10
     for key, ref in (("generalization", .013136), ("optimization", .006002), ("particles", .004560)):
         assert abs(pred[key] - ref) < 5e-7
@@ -73,6 +92,9 @@ def test_total_prediction(pred):
 
 
 def test_bias_model_extra_terms(pred):
+    """Note §5.6/§7: the 1/N part 3.334633977676 (note §7) and the τ part τ(1 + |μ|²)Σλm/(2b) (note §5.6),
+    derived here: λ = (1/4, 1/2, 1, 2), m = λ + 1/4, Σλm/2 = (1/8 + 3/8 + 5/4 + 9/2)/2 = 3.125, ×4 at |μ|² = 3."""
+    assert sum(x * (x + 0.25) / 2 for x in LAM.tolist()) == pytest.approx(3.125, rel=1e-15)
     p = T.langevin_prediction(LAM, n=200, tau=0.002, particles=1000, bias=True, mean_norm2=0.0, **KW)
     assert rel((p["generalization"] - pred["generalization"]) * 200, 3.334633977676) < 1e-9
     assert rel((p["optimization"] - pred["optimization"]) / 0.002, 3.125) < 1e-9
@@ -81,6 +103,7 @@ def test_bias_model_extra_terms(pred):
 
 
 def test_fourth_order_F2():
+    """Note §7, printed to 4 significant digits."""
     assert abs(T.tau_fourth_order(LAM, **KW) - 28.07) < 0.005
 
 

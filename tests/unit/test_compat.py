@@ -103,10 +103,10 @@ def test_old_targets_in_a_config_are_rewritten_with_a_warning(compose_cfg):
         assert update_targets(compose_cfg()) == []
 
 
-def test_gsm_command_runs_an_old_target(tmp_path):
+def test_gsm_command_runs_an_old_target(tmp_path, gsm_script):
     """The console script applies the alias: a 0.1 `_target_` on the command line runs, with one
     FutureWarning, and results.json records the new path."""
-    proc = subprocess.run(["gsm", "model=oracle", "model._target_=gsm.models.OracleScore", "replicates=2",
+    proc = subprocess.run([gsm_script, "model=oracle", "model._target_=gsm.models.OracleScore", "replicates=2",
                            "data.dim=2", "data.n=10", "sampler.steps=10", "sampler.particles=20",
                            f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -149,3 +149,47 @@ def test_the_estimate_term_by_term(case, compose_cfg):
     assert est["bytes"] == total
     assert sorted((t["name"], t["bytes"]) for t in est["terms"]) == \
         sorted([*keep.items(), *(kv for s in stages for kv in s.items())])
+
+
+def terms_by_name(est) -> dict:
+    return {t["name"]: t["bytes"] for t in est["terms"]}
+
+
+def test_the_texture_estimate_term_by_term(compose_cfg):
+    """The Fourier-diagonal texture pipeline, each term counted here from the tensors it holds: h, the
+    number of rfft2 coefficients of an n×n image, is read off torch's own rfft2 (not the code's formula);
+    the data spectra R·N·h complex128; the data drawn as R·N n×n float64 images, twice (noise and image);
+    one SGD chunk of c = min(256, S) steps: R·b images, 5 half-spectra (real and imaginary) in the training
+    dtype and an 8-byte level index; the particles R·M images ×3, half-spectra ×3 and a float64 half-spectrum,
+    plus the law's 4 float64 (R, L, h) arrays. Total: BASE + the spectra + the largest stage."""
+    import torch
+    from gsm.pipeline.memory import BASE
+    n, R, Nn, b, S, M = 16, 2, 8, 4, 300, 6
+    spec = RunSpec.from_config(compose_cfg("data=texture", "model=fourier_linear", f"data.size={n}", f"replicates={R}",
+                                           f"data.n={Nn}", f"train.batch_size={b}", f"train.steps={S}",
+                                           f"sampler.particles={M}", "sampler.steps=5", "progress=false"))
+    L = int(spec.sampler.noise_levels(spec.train.sigma)[0].numel())
+    h, e, c = torch.fft.rfft2(torch.zeros(n, n)).numel(), 4, 256
+    want = {"data spectra (complex128)": R * Nn * h * 16,
+            "drawing the data": 2 * R * Nn * n * n * 8,
+            "SGD chunk draws": c * R * b * (n * n * e + 5 * 2 * h * e + 8),
+            "sampler particles": R * M * (3 * n * n * e + 3 * 2 * h * e + 8 * h) + 4 * R * L * h * 8}
+    est = estimate(spec)
+    assert terms_by_name(est) == want
+    stages = [v for k, v in want.items() if k != "data spectra (complex128)"]
+    assert est["bytes"] == BASE + want["data spectra (complex128)"] + max(stages)
+
+
+def test_the_spectral_estimate_term_by_term(compose_cfg):
+    """The per-eigenvalue backend (oracle scores, sampler=vp, sampler.spectral=true): one replicate's 20
+    d×d float64 arrays, and the level scores (2 float64 (L, d) arrays) with the M particles (4 float64
+    copies of (M, d)); both live together, so the total is BASE + their sum."""
+    from gsm.pipeline.memory import BASE
+    d, M = 7, 11
+    spec = RunSpec.from_config(compose_cfg("sampler=vp", "model=oracle", "sampler.spectral=true", f"data.dim={d}",
+                                           f"sampler.particles={M}", "sampler.steps=9", "progress=false"))
+    L = int(spec.sampler.noise_levels(spec.train.sigma)[0].numel())
+    want = {"per-eigenvalue path: d×d arrays of one replicate and the prediction": 20 * d * d * 8,
+            "level scores and particles": 2 * L * d * 8 + 4 * M * d * 8}
+    est = estimate(spec)
+    assert terms_by_name(est) == want and est["bytes"] == BASE + sum(want.values())

@@ -48,6 +48,17 @@ def test_each_failed_assumption_gives_a_reason_and_the_largest_stake_comes_first
     assert _regime(terms=small_offset, times=torch.tensor([1.0]), eps_tau=0.1)["reasons"][0].startswith("eps_tau")
 
 
+def test_the_slowest_level_decides_stationarity():
+    """Two levels, one far past 5 relaxation times and one at 0.5: SGD is not stationary (the slowest level
+    decides), whichever order the levels come in; the same run with both levels past 5 is stationary."""
+    for times in ([50.0, 0.5], [0.5, 50.0]):
+        v = _regime(times=torch.tensor(times))
+        assert v["ok"] is False and v["reasons"][0].startswith("SGD is not stationary: 0.5 relaxation times")
+    assert _regime(times=torch.tensor([50.0, 6.0]))["ok"] is True
+    # steps for 5 relaxation times at the slowest level: 1000 steps gave 0.5 there, so 10 000
+    assert steps_for_relaxation(1000, torch.tensor([50.0, 0.5])) == pytest.approx(10000, abs=1)
+
+
 def test_neural_verdict_and_console_lines():
     v = neural_regime(escaped=torch.tensor([0.0, 0.01]), unstable=0, replicates=2, tail=1e-9)
     assert v["ok"] is False and "1 of 2 replicates have particles beyond" in v["reasons"][0]
@@ -59,10 +70,10 @@ def test_neural_verdict_and_console_lines():
 
 @pytest.mark.parametrize("args, ok", [([], True), (["sampler=ddpm", "sampler.steps=10", "train=default"], False)],
                          ids=["langevin-default", "ddpm-far-from-stationary"])
-def test_the_console_prints_the_verdict_first(tmp_path, args, ok):
+def test_the_console_prints_the_verdict_first(tmp_path, args, ok, gsm_script):
     """`gsm …` as a user types it: the summary starts with the verdict, before the numbers; results.json
     holds the same verdict."""
-    out = subprocess.run(["gsm", *args, "replicates=4", "sampler.particles=50", "progress=false", "threads=1",
+    out = subprocess.run([gsm_script, *args, "replicates=4", "sampler.particles=50", "progress=false", "threads=1",
                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
