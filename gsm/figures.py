@@ -6,14 +6,21 @@ import io
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib import ticker
 
 from gsm.io import atomic_path
 
 _F64 = torch.float64
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on a cluster node), imported when a figure is drawn:
+    a run that draws none does not pay its 0.5 s of import."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def figure_path(writer, tag: str) -> Path:
@@ -31,7 +38,7 @@ def log_figure(writer, tag: str, fig, step: int) -> None:
 
     png = io.BytesIO()
     fig.savefig(png, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     with atomic_path(figure_path(writer, tag)) as tmp:
         tmp.write_bytes(png.getvalue())
     writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
@@ -41,12 +48,13 @@ def log_image(writer, tag: str, image, step: int) -> None:
     """A grey-level image (H, W) with values in [0, 1], in TensorBoard and as its PNG file."""
     writer.add_image(tag, image, step, dataformats="HW")
     with atomic_path(figure_path(writer, tag)) as tmp:
-        plt.imsave(tmp, image.float().numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png")
+        pyplot().imsave(tmp, image.float().numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png")
 
 
 def log_ticks(ax, which: str = "y") -> None:
     """Labels of a log axis that do not overlap: one per decade over ≥ 2 decades, else 1-2-5 (or, below
     half a decade, evenly spaced) values in plain notation; no minor-tick labels. Call after plotting."""
+    from matplotlib import ticker
     axis = ax.yaxis if which == "y" else ax.xaxis
     lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
     decades = math.log10(hi) - math.log10(lo) if 0 < lo < hi < math.inf else math.inf   # hi/lo can overflow
@@ -60,6 +68,7 @@ def log_ticks(ax, which: str = "y") -> None:
 def index_ticks(ax, d: int) -> None:
     """A log-scaled x axis of indices 1, 2, …, d: a tick at each index up to d = 8, else at the powers
     of 2, labelled as integers."""
+    from matplotlib import ticker
     ax.set_xscale("log", base=2)
     if d <= 8:
         ax.set_xticks(range(1, d + 1))
@@ -73,7 +82,6 @@ def index_ticks(ax, d: int) -> None:
 def plot_kernels(prediction: dict):
     """Heatmaps of K_N and K_τ over the spectrum and the bias per eigenvalue (a matplotlib Figure).
     Eigen-indices i, j = 1 … d are sorted by decreasing λ."""
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
     from gsm.figures import log_ticks
@@ -81,7 +89,7 @@ def plot_kernels(prediction: dict):
     lam = prediction["eigenvalues"]
     order = torch.argsort(lam, descending=True)
     d = lam.numel()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.6))
     for ax, key, title in ((axes[0], "kernel_n", "K_N(λ_i, λ_j)  (1/N term)"),
                            (axes[1], "kernel_tau", "K_τ(λ_i, λ_j)  (τ term)")):
         K = prediction[key][order][:, order]

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import sys
 
-import matplotlib
 import torch
 from gsm.data.gaussian import make_gaussian
-from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
+from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels, pyplot
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
                                  none_left, record_divergence, record_relaxation)
@@ -21,7 +20,6 @@ from gsm.theory.prediction import sampler_prediction
 from gsm.theory.regime import neural_regime
 from gsm.training.dsm import empirical_second_moment, train_linear_dsm, train_score_net
 
-matplotlib.use("Agg")      # figures without a display (none on a cluster node)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -247,8 +245,7 @@ def log_figures(writer, spectrum, C, pred, step):
 def spectrum_figure(spectrum, C):
     """The eigenvalues of the sampler covariances C (R, d, d) against the target's, both sorted
     decreasingly and plotted against their rank i (log–log)."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     lam = spectrum.sort(descending=True).values
     learned = torch.linalg.eigvalsh(0.5 * (C + C.transpose(-1, -2))).flip(-1).cpu()
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from gsm.data.texture import adsn_sample, multiplicity, periodogram
-from gsm.figures import log_figure, log_image
+from gsm.figures import log_figure, log_image, pyplot
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.matrix import resolve_device, resolve_dtype
 from gsm.pipeline.record import (dsm_loss_logger, finite, log_w2, mean_stderr, none_left, record_divergence,
@@ -146,11 +146,7 @@ def radial_average(spec: torch.Tensor):
 def radial_spectrum_figure(lam, c, emp, h):
     """Radially averaged power spectrum: target λ, the learned sampler's exact variance (mean over
     replicates), its particle periodogram, and the exact-score sampler's h(λ)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     r, t = radial_average(lam)
     for y, kw in ((radial_average(emp.mean(0))[1], dict(color="tab:blue", lw=0.8, alpha=0.6, label="particles (periodogram)")),
                   (radial_average(c.mean(0))[1], dict(color="tab:orange", label="learned sampler, exact")),
