@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ def eye_like(X):
 def series_mm(X, Y):
     """Product of truncated series (..., n): Z_r = Σ_{p+q=r} X_p Y_q (upper-triangular Toeplitz product)."""
     n = X.shape[-1]
-    Z = torch.zeros(torch.broadcast_shapes(X.shape, Y.shape), dtype=X.dtype, device=X.device)
+    # numpy's broadcast_shapes: torch's imports torch.fx's symbolic shapes and sympy (0.7 s of start-up)
+    Z = torch.zeros(np.broadcast_shapes(X.shape, Y.shape), dtype=X.dtype, device=X.device)
     for p in range(n):
         Z[..., p:] += X[..., p:p + 1] * Y[..., :n - p]
     return Z

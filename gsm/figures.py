@@ -8,14 +8,21 @@ import re
 import weakref
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib import ticker
 
 from gsm.io import atomic_path
 
 _F64 = torch.float64
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on a cluster node), imported when a figure is drawn:
+    a run that draws none does not pay its 0.5 s of import."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def figure_path(writer, tag: str) -> Path:
@@ -70,7 +77,7 @@ def log_figure(writer, tag: str, fig, step: int, title_size: float = 8) -> None:
         fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     with atomic_path(figure_path(writer, tag)) as tmp:
         tmp.write_bytes(png.getvalue())
     writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
@@ -80,12 +87,13 @@ def log_image(writer, tag: str, image, step: int) -> None:
     """A grey-level image (H, W) with values in [0, 1], in TensorBoard and as its PNG file."""
     writer.add_image(tag, image, step, dataformats="HW")
     with atomic_path(figure_path(writer, tag)) as tmp:
-        plt.imsave(tmp, image.float().numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png")
+        pyplot().imsave(tmp, image.float().numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png")
 
 
 def log_ticks(ax, which: str = "y") -> None:
     """Labels of a log axis that do not overlap: one per decade over ≥ 2 decades, else 1-2-5 (or, below
     half a decade, evenly spaced) values in plain notation; no minor-tick labels. Call after plotting."""
+    from matplotlib import ticker
     axis = ax.yaxis if which == "y" else ax.xaxis
     lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
     decades = math.log10(hi) - math.log10(lo) if 0 < lo < hi < math.inf else math.inf   # hi/lo can overflow
@@ -99,6 +107,7 @@ def log_ticks(ax, which: str = "y") -> None:
 def index_ticks(ax, d: int) -> None:
     """A log-scaled x axis of indices 1, 2, …, d: a tick at each index up to d = 8, else at the powers
     of 2, labelled as integers."""
+    from matplotlib import ticker
     ax.set_xscale("log", base=2)
     if d <= 8:
         ax.set_xticks(range(1, d + 1))
@@ -112,15 +121,12 @@ def index_ticks(ax, d: int) -> None:
 def plot_kernels(prediction: dict):
     """Heatmaps of K_N and K_τ over the spectrum and the bias per eigenvalue (a matplotlib Figure).
     Eigen-indices i, j = 1 … d are sorted by decreasing λ."""
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, MaxNLocator
-
-    from gsm.figures import log_ticks
 
     lam = prediction["eigenvalues"]
     order = torch.argsort(lam, descending=True)
     d = lam.numel()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 4.2))
     gen, opt = prediction.get("generalization", 0.0), prediction.get("optimization", 0.0)
     for ax, key, title in ((axes[0], "kernel_n", f"1/N term (score fitted on N samples) = {gen:.3g}\n"
                                                  "its share from each eigen-pair (i, j): K_N(λ_i, λ_j)"),
@@ -164,7 +170,7 @@ def comparison_figure(c: dict):
     labelled with its term, value and share (segments too thin for a label are in the legend); under it
     the measured mean with its ± 2 s.e. error bar; the predicted total as a dashed level across both, so
     that "does the dashed line cross the error bar?" is read at a glance."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8.5, 3.8))
     low = high = 0.0

@@ -5,6 +5,7 @@
     python -m gsm.bench --smoke          # tiny sizes, seconds (CI): checks that every ratio prints
     python -m gsm.bench --only readme    # the README tour's commands: rewrites its table of times
     python -m gsm.bench --only readme --dry-run     # lists those commands
+    python -m gsm.bench --only startup   # a tiny run's wall seconds against the bare imports (subprocesses)
 
 Every figure is a median over repeats measured in this process; ratios compare numbers from the
 same run. The baselines (issue 7): one replicate at a time, the reference DSM-SGD loop
@@ -377,10 +378,39 @@ def bench_readme(p, device="cpu"):
     return {r["command"]: r["seconds"] for r in rows}
 
 
+TINY_RUN = ("replicates=2", "train.steps=100", "sampler.steps=10", "progress=false")
+BARE_IMPORTS = "import torch, hydra, tensorboard"
+
+
+def wall_seconds(cmd) -> float:
+    import subprocess
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def bench_startup(p, device="cpu"):
+    """(9) Start-up: a tiny run (`gsm replicates=2 train.steps=100 sampler.steps=10`, a subprocess) against
+    the bare imports (`python -c "import torch, hydra, tensorboard"`), interleaved, medians of 5 wall
+    seconds, with the 1-minute load average before; the ratio (target ≤ 1.3)."""
+    import shutil
+    import sys
+    exe = shutil.which("gsm", path=os.path.dirname(sys.executable)) or shutil.which("gsm")
+    repeat = 2 if p.get("smoke") else 5
+    avg, bare, tiny = os.getloadavg()[0], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            bare.append(wall_seconds([sys.executable, "-c", BARE_IMPORTS]))
+            tiny.append(wall_seconds([exe, *TINY_RUN, f"device={device}", f"hydra.run.dir={tmp}/{i}"]))
+    b, t = statistics.median(bare), statistics.median(tiny)
+    return {f"bare imports s (load {avg:.1f})": b, "tiny run s": t, "tiny run / bare imports": t / b}
+
+
 BENCHMARKS = {"dsm_sgd": bench_dsm_sgd, "langevin": bench_langevin, "bures": bench_bures,
               "exact_laws": bench_exact_laws, "end_to_end": bench_end_to_end,
-              "pipelines": bench_pipelines, "vp": bench_vp, "readme": bench_readme}
-ALL = [k for k in BENCHMARKS if k != "readme"]      # the suite; the README's tour only when named
+              "pipelines": bench_pipelines, "vp": bench_vp, "startup": bench_startup,
+              "readme": bench_readme}
+ALL = [k for k in BENCHMARKS if k not in ("readme", "startup")]   # the suite; the tour and start-up when named
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gsm.pipeline.record import TERM_SOURCE, term_shares, z_score
+from gsm.pipeline.terms import TERM_SOURCE, term_shares, z_score
 from gsm.theory.regime import verdict_lines
 
 CATEGORY = "W2² (squared Bures–Wasserstein)"
@@ -59,9 +59,9 @@ def markdown_table(results: dict, rows: list[dict]) -> str:
     return "\n\n".join(["  \n".join(verdict), *blocks])
 
 
-def log_comparison(writer, results: dict, step: int) -> None:
-    """eval/comparison as image and text, eval/w2_exact_z, and the Custom Scalars margin charts."""
-    from gsm.figures import comparison_figure, log_figure     # matplotlib only when a run logs
+def log_comparison(writer, results: dict, step: int, image: bool = True) -> None:
+    """eval/comparison as image (unless image=False: a run that draws no figures, e.g. a P–G cell) and
+    text, eval/w2_exact_z, and the Custom Scalars margin charts."""
 
     rows = comparisons(results)
     writer.add_text("eval/comparison", markdown_table(results, rows), step)
@@ -70,7 +70,8 @@ def log_comparison(writer, results: dict, step: int) -> None:
     for c in rows:
         if c["z"] is not None:
             writer.add_scalar(f"eval/{c['measured_key']}_z", c["z"], step)
-    for i, c in enumerate(rows):     # one image each: a card is ~350 px wide
+    for i, c in enumerate(rows if image else []):     # one image each: a card is ~350 px wide
+        from gsm.figures import comparison_figure, log_figure     # matplotlib only when a figure is drawn
         tag = "eval/comparison" if i == 0 else f"eval/comparison_{c['measured_key']}"
         log_figure(writer, tag, comparison_figure(c), step, title_size=9.5)
     log_margin_charts(writer, rows, step)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import sys
 
-import matplotlib
 import torch
 from gsm.data.gaussian import make_gaussian
-from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels
+from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels, pyplot
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.board import log_comparison
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
@@ -23,7 +22,6 @@ from gsm.theory.remainder import error_bar_draws
 from gsm.theory.regime import neural_regime
 from gsm.training.dsm import empirical_second_moment, train_linear_dsm, train_score_net
 
-matplotlib.use("Agg")      # figures without a display (none on a cluster node)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -250,7 +248,7 @@ def spectrum_figure(spectrum, C, pred=None):
     """The eigenvalues of the sampler covariances C (R, d, d) against the target's and the predicted
     c_i = h(λ_i) (the sampler's variance with the mean score: exact score, plus the SGD mean offset of a
     finite budget), all sorted decreasingly and plotted against their rank i (log–log)."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     order = spectrum.argsort(descending=True)
     lam = spectrum[order]

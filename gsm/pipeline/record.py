@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from gsm.pipeline.interrupt import Terminated, deferred
+from gsm.pipeline.terms import TERM_SOURCE, term_shares, z_score
 from gsm.pipeline.status import Heartbeat, error_record, process_record, write_results
 from gsm.theory.regime import RELAXATION_TIMES_MIN, Regime, relaxation_times, verdict_lines
 
@@ -168,7 +169,7 @@ def as_scalar(v):
     return float("nan") if v is None else float(v)
 
 
-def log_w2(writer, results: dict, terms: dict, step: int) -> None:
+def log_w2(writer, results: dict, terms: dict, step: int, image: bool = True) -> None:
     """eval/<w2 key> and theory/<term> scalars, regime/, and the comparison of measured and predicted W2²
     (image, table, Custom Scalars charts: `gsm.pipeline.board`). Plain (float32) scalar summaries: TensorBoard's default loader skips double-precision
     tensors; the full-precision numbers are in results.json."""
@@ -180,7 +181,7 @@ def log_w2(writer, results: dict, terms: dict, step: int) -> None:
     for k, v in terms.items():
         writer.add_scalar(f"theory/{k}", v, step)
     log_regime(writer, results.get("regime"), step)
-    log_comparison(writer, results, step)
+    log_comparison(writer, results, step, image)
 
 
 def log_regime(writer, regime: dict | None, step: int) -> None:
@@ -220,18 +221,6 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# what each term of w2_predicted comes from (docs/prediction.md): the console's and the figures' words
-TERM_SOURCE = {"noise": "   DSM noise σ (exact score)", "discretization": "   sampler steps (exact score)",
-               "mixing": "   finite K from N(0, c₀I)", "t_min": "   the chain stops at t_min",
-               "truncation": "   the chain stops at t = ε", "initialization": "   x_T ~ N(0, I), not p_T",
-               "bias": "   noise + discretisation (exact score)",
-               "transient": "   finite SGD budget", "generalization": "   1/N: score fitted on N samples",
-               "optimization": "   τ: SGD fluctuations (+ finite budget)"}
-# terms that are parts of another (sgd_mean_offset ⊂ optimization) or not in w2_predicted (particles: 1/M)
-SHARE_SHOWN = 1e-4     # terms below 0.01 % of w2_predicted (round-off of an exact term) are left out
-NOT_A_SHARE = {"total", "particles", "sgd_mean_offset", "F2", "optimization_second_order"}
-
-
 FAR_FROM_DATA = 0.5     # W2²/tr Σ above it: the learned sampler's law is far from the data's
 
 
@@ -254,22 +243,6 @@ def record_scale(results: dict, trace_sigma: float) -> None:
     m = results.get("w2_exact") if isinstance(results.get("w2_exact"), dict) else results.get("w2_empirical")
     if isinstance(m, dict) and trace_sigma > 0:
         results["w2_relative"] = m["mean"] / float(trace_sigma)
-
-
-def term_shares(results: dict) -> list[tuple[str, float, float]]:
-    """(term, value, share of w2_predicted) for the terms that add up to w2_predicted, zero terms left out;
-    a remainder the listed terms do not cover (a backend's extra bias keys summed elsewhere) is `other`."""
-    total = results.get("w2_predicted")
-    terms = results.get("prediction_terms") or {}
-    if not total:
-        return []
-    order = list(TERM_SOURCE)
-    names = sorted((k for k in terms if k not in NOT_A_SHARE), key=lambda k: order.index(k) if k in order else len(order))
-    parts = [(k, terms[k]) for k in names if abs(terms[k]) > SHARE_SHOWN * abs(total)]
-    rest = total - sum(v for _, v in parts)
-    if abs(rest) > SHARE_SHOWN * abs(total):
-        parts.append(("other", rest))
-    return [(k, v, v / total) for k, v in parts]
 
 
 def record_prediction(results: dict, pred: dict, warn) -> dict:
@@ -295,15 +268,6 @@ def record_prediction(results: dict, pred: dict, warn) -> dict:
 def measured_stderr(results: dict) -> dict:
     """The s.e. of w2_exact and w2_empirical (where measured): the resolution the verdict holds a prediction to."""
     return {k: results[k]["stderr"] for k in ("w2_exact", "w2_empirical") if isinstance(results.get(k), dict)}
-
-
-def z_score(measured: dict, predicted: float | None, error: float | None = None) -> float | None:
-    """(measured − predicted)/√(s.e.² + e²): both error bars, the measured mean's s.e. and the prediction's
-    own e (`w2_predicted_error`; None: no estimate, the s.e. alone); None without a prediction or a bar."""
-    if predicted is None or measured.get("mean") is None:
-        return None
-    scale = math.hypot(measured.get("stderr") or 0.0, error or 0.0)
-    return (measured["mean"] - predicted) / scale if scale > 0 and math.isfinite(scale) else None
 
 
 def combined_z(results: dict) -> dict:

@@ -21,6 +21,7 @@ the backends take the spec.
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,6 +37,7 @@ from gsm.training.objectives import DSM
 from gsm.training.settings import TrainSettings
 
 _ABSENT = object()
+FILE_SPECTRUM = "gsm.data.gaussian.file_spectrum"    # data=file: d is the file's length
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float64")
 
@@ -251,14 +253,25 @@ def _gaussian(cfg) -> GaussianData:
         basis = check_basis(cfg.data.basis)
     with as_config_error("data.spectrum"):
         lam = torch.as_tensor(instantiate(cfg.data.spectrum)).to(torch.float64)
-    d = _get(cfg, "data.dim")
-    d = None if d is _ABSENT else d
+    d = _spectrum_dim(cfg, lam)
     if lam.ndim != 1 or not lam.numel() or lam.numel() != (d or lam.numel()) or not torch.isfinite(lam).all() \
             or (lam < 0).any() or not (lam > 0).any():
         shown = lam.tolist() if lam.numel() <= 8 else f"{lam.numel()} values in [{lam.min()}, {lam.max()}]"
         raise ConfigError(f"data.spectrum must give {f'data.dim = {d}' if d else 'd >= 1'} eigenvalues, finite and "
                           f">= 0 (not all 0), got {shown}")
     return GaussianData(spectrum=lam, n=n, basis=basis)
+
+
+def _spectrum_dim(cfg, lam):
+    """The d that data.spectrum must give: data.dim, except for data=file, whose d is the file's length (a
+    data.dim there, e.g. a preset's, is ignored with a warning, so +experiment=pg_table data=file works)."""
+    d = _get(cfg, "data.dim")
+    d = None if d is _ABSENT else d
+    if _get(cfg, "data.spectrum._target_") != FILE_SPECTRUM or d is None:
+        return d
+    if d != lam.numel():
+        warnings.warn(f"data.dim={d} ignored: data=file takes d = {lam.numel()} from data.path", stacklevel=2)
+    return None
 
 
 def _model_class(cfg):

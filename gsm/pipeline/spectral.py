@@ -109,7 +109,7 @@ class SpectralBackend(Backend):
 
     def log(self, writer, pred) -> None:
         s = self.sampler
-        log_w2(writer, self.results, self.results["prediction_terms"], 0)
+        log_w2(writer, self.results, self.results["prediction_terms"], 0, image=s.figure)
         if s.chain is None or not s.figure:
             return
         t = vp_grid(s.T, s.eps, s.K)

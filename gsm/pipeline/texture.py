@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from gsm.data.texture import adsn_sample, multiplicity, periodogram
-from gsm.figures import log_figure, log_image
+from gsm.figures import log_figure, log_image, pyplot
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.matrix import resolve_device, resolve_dtype
 from gsm.pipeline.record import (dsm_loss_logger, finite, log_w2, mean_stderr, none_left, record_divergence,
@@ -142,7 +142,7 @@ READABLE_PX = 256     # the texture images' smallest width on screen
 def texture_panels(source, adsn, learned, s: float):
     """One labelled figure: the source image, a sample of its Gaussian model (ADSN: the target law) and
     the learned sampler's particles, on the same grey scale (mean ± s)."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [("source image", source), ("ADSN sample (target law)", adsn),
               *((f"learned sample {k + 1}", x) for k, x in enumerate(learned))]
@@ -171,9 +171,7 @@ def radial_average(spec: torch.Tensor):
 def radial_spectrum_figure(lam, c, emp, h):
     """Radially averaged power spectrum: target λ, the learned sampler's exact variance (mean over
     replicates), its particle periodogram, and the exact-score sampler's h(λ)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     r, t = radial_average(lam)

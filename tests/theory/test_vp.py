@@ -441,6 +441,26 @@ def test_pg_table_sweep_and_report(tmp_path):
     assert len(rows) == 3 and rows[0].startswith("job,scheme,init,eps,nfe_budget,nfe,steps")
 
 
+def test_pg_table_data_file_takes_d_from_the_file(compose_cfg, tmp_path):
+    """The preset as documented, +experiment=pg_table data=file data.path=…: d is the file's length (the
+    preset's data.dim: 64 is ignored with a warning); the cell equals the plain data=file run."""
+    import subprocess
+    import sys
+    from gsm.pipeline.run import run
+    np.save(tmp_path / "lam.npy", np.linspace(0.1, 2.0, 6))
+    cell = ["sampler.scheme=em", "sampler.nfe=50", "sampler.eps=1e-3", "sampler.init=normal", "replicates=1",
+            "sampler.particles=20"]
+    proc = subprocess.run([sys.executable, "-m", "gsm", "+experiment=pg_table", "data=file",
+                           f"data.path={tmp_path / 'lam.npy'}", *cell, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "data.dim=64 ignored: data=file takes d = 6" in proc.stderr
+    saved = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())
+    ref = run(compose_cfg(*FILE, f"data.path={tmp_path / 'lam.npy'}", "model=oracle", "threads=1",
+                          *cell, "sampler.steps=null"), tmp_path / "ref")
+    assert abs(saved["w2_exact"]["mean"] - ref["w2_exact"]["mean"]) <= 1e-12 * ref["w2_exact"]["mean"]
+
+
 @pytest.mark.parametrize("scheme", ["ddpm", "rk4"])
 def test_diagonal_particles_match_the_per_eigenvalue_law(scheme):
     """The per-eigenvalue particle chain (spectral path) against `variance`: within 4.5 measured s.e."""
