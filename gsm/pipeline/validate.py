@@ -124,10 +124,19 @@ def _check_sampler_fits(spec: RunSpec) -> None:
 
 
 def _check_objective(spec: RunSpec, model) -> None:
-    """What the objective declares (`gsm.training.objectives`): an SGD trainer for train.solver=sgd (and any
-    neural model), gsm's closed-form paths for data=texture."""
+    """What the objective declares (`gsm.training.objectives`): what it learns (`predicts`: score, or velocity
+    for objective=cfm) is what the sampler reads (`reads`, default score), an SGD trainer for train.solver=sgd
+    (and any neural model), gsm's closed-form paths for data=texture; a sampler's `oracle_only` refusal
+    (sampler=flow scheme=ode) for a learned model."""
     obj = spec.objective
     name = getattr(obj, "name", type(obj).__name__)
+    reads, predicts = getattr(spec.sampler, "reads", "score"), getattr(obj, "predicts", "score")
+    if reads != predicts:
+        raise ConfigError(f"objective must learn the {reads} that {class_path(type(spec.sampler))} reads "
+                          f"({'objective=cfm' if reads == 'velocity' else 'objective=dsm'}), got objective {name} "
+                          f"(a {predicts})")
+    if model.requires_training and getattr(spec.sampler, "oracle_only", None):
+        raise ConfigError(spec.sampler.oracle_only)
     if model.requires_training and spec.train.solver == "sgd" and not getattr(obj, "sgd_trainable", False):
         raise ConfigError(f"train.solver must be exact (or model=oracle) for objective {name}: it declares no SGD "
                           f"trainer (sgd_trainable is False), got train.solver=sgd")

@@ -180,7 +180,9 @@ def check(objs: dict, cfg) -> None:
     for v in (alphas, stds):
         assert isinstance(v, torch.Tensor) and v.dtype == torch.float64 and v.ndim == 1, v
     assert alphas.numel() == stds.numel() >= 1
-    assert torch.isfinite(alphas).all() and (alphas > 0).all() and torch.isfinite(stds).all() and (stds >= 0).all()
+    # α = 0 is the pure-noise level (sampler=flow reads its velocity at t = 0); no level is empty (α = s = 0)
+    assert torch.isfinite(alphas).all() and (alphas >= 0).all() and torch.isfinite(stds).all() and (stds >= 0).all()
+    assert ((alphas > 0) | (stds > 0)).all()
 
     model, R, L = objs["model"], int(cfg.replicates), alphas.numel()
     assert isinstance(model, torch.nn.Module), type(model)

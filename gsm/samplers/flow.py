@@ -1,0 +1,139 @@
+"""`sampler=flow`: ODE samplers of a flow-matching velocity (docs/flow.md, docs/theory.md "Flow matching").
+
+From x₀ ~ N(0, I) at t = 0 to the data at t = 1, on the uniform grid t_k = k/K, k = 0..K, h = 1/K, for a
+linear velocity v_l(x) = −B_l x learned at the times t_l the scheme evaluates (objective=cfm): the ODE
+x′ = G(t)x, G = −B, integrated by an explicit Runge–Kutta step (`gsm.theory.chain.explicit_rk_step`),
+
+    euler     M = I + hG(t_k)                                                         1 evaluation
+    midpoint  M = I + hG(t_k + h/2)(I + (h/2)G(t_k))                                  2 evaluations
+    heun      M = I + (h/2)(G(t_k) + G(t_{k+1})(I + hG(t_k)))                         2 evaluations
+    rk4       classical RK4, stages at t_k, t_k + h/2 (twice), t_{k+1}                4 evaluations
+
+so each sampler is a linear chain x ← M_k x (no noise) and its law and prediction derive from it
+(`gsm.samplers.base.Sampler`). `nfe` = evaluations per step × K. `ode` is the exact flow of the exact
+velocity: per eigenvalue x_t = √((1 − t)² + t²λ) x₀, so the output is N(0, Σ) exactly (x₁ = Σ^{½}x₀);
+it needs model=oracle (a learned velocity has no closed-form flow here).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gsm.checks import choice, number
+from gsm.samplers.base import Sampler
+from gsm.theory.chain import LinearChain, explicit_rk_step
+
+F64 = torch.float64
+
+# Butcher tableaux (a, b, c) of the explicit schemes
+TABLEAUS = {
+    "euler": ([[0.0]], [1.0], [0.0]),
+    "midpoint": ([[0.0, 0.0], [0.5, 0.0]], [0.0, 1.0], [0.0, 0.5]),
+    "heun": ([[0.0, 0.0], [1.0, 0.0]], [0.5, 0.5], [0.0, 1.0]),
+    "rk4": ([[0.0] * 4, [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1.0, 0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6],
+            [0.0, 0.5, 0.5, 1.0]),
+}
+SCHEMES = (*TABLEAUS, "ode")
+
+
+def _rk_fn(levels, h, tableau):
+    a, b, _ = tableau
+    return lambda A, alg: explicit_rk_step([-A(l) for l in levels], h, a, b, alg)
+
+
+def flow_chain(scheme: str, steps: int):
+    """The scheme's chain on t_k = k/K and its level times: (LinearChain, times (L,) float64), levels
+    numbered in order of first use."""
+    h, index, times = 1.0 / steps, {}, []
+    fns, reads = [], []
+    tableau = TABLEAUS[scheme]
+    for k in range(steps):
+        ls = []
+        for c in tableau[2]:
+            t = (2 * k + round(2 * c)) / (2 * steps)        # c ∈ {0, ½, 1}: exact binary fractions of the grid
+            if t not in index:
+                index[t] = len(times)
+                times.append(t)
+            ls.append(index[t])
+        fns.append(_rk_fn(ls, h, tableau))
+        reads.append(tuple(ls))
+    chain = LinearChain(fns, torch.zeros(steps, dtype=F64), reads, len(times))
+    return chain, torch.tensor(times, dtype=F64)
+
+
+@dataclass
+class ExactFlowLaw:
+    """The law map of the exact flow (scheme=ode): the output variance is λ for the exact velocity."""
+
+    lam: torch.Tensor
+
+    def variance(self, a: torch.Tensor) -> torch.Tensor:
+        return self.lam.clone()
+
+    def divided_differences(self, *args, **kwargs):
+        raise ValueError("sampler.scheme=ode is the exact flow of the exact velocity: it needs model=oracle")
+
+    tau_cells = divided_differences
+
+
+@dataclass
+class Flow(Sampler):
+    """`sampler=flow` (module doc): scheme euler | midpoint | heun | rk4 | ode, steps K, particles M."""
+
+    scheme: str = "euler"
+    steps: int = 10
+    particles: int = 2000
+
+    reads = "velocity"              # reads a velocity field (objective=cfm), not a score
+    init_var = 1.0                  # the source N(0, I)
+
+    def __post_init__(self):
+        choice("sampler.scheme", self.scheme, SCHEMES)
+        number("sampler.particles", self.particles, 2, integer=True)
+        self.K = int(number("sampler.steps", self.steps, 1, integer=True))
+        if self.scheme == "ode":
+            self.chain, self.times, self.evaluations = None, torch.tensor([0.0, 1.0], dtype=F64), 0
+        else:
+            self.chain, self.times = flow_chain(self.scheme, self.K)
+            self.evaluations = len(TABLEAUS[self.scheme][1]) * self.K
+        self.root = None
+        self.oracle_only = ("sampler.scheme must be euler | midpoint | heun | rk4 with a learned velocity "
+                            "(ode is the exact flow of the exact velocity: model=oracle), got ode") \
+            if self.scheme == "ode" else None
+
+    def noise_levels(self, sigma=None):
+        """The path x_t = t x₁ + (1 − t)x₀ as levels: α_l = t_l, s_l = 1 − t_l (σ unused)."""
+        return self.times.clone(), 1.0 - self.times
+
+    def bind(self, cov: torch.Tensor) -> dict:
+        """Keeps Σ^{½} for the exact flow (x₁ = Σ^{½}x₀); reports nfe and steps."""
+        if self.chain is None:
+            lam, U = torch.linalg.eigh(cov.to(F64))
+            self.root = (U * lam.clamp_min(0).sqrt()) @ U.T
+        return {"nfe": self.evaluations, "steps": self.K}
+
+    def _require_root(self):
+        if self.root is None:
+            raise ValueError("sampler.scheme=ode needs the target covariance (Flow.bind(Σ) before sampling)")
+        return self.root
+
+    def covariance(self, A: torch.Tensor) -> torch.Tensor:
+        """The exact law (R, d, d): the chain's, or Σ for the exact flow."""
+        if self.chain is not None:
+            return super().covariance(A)
+        root = self._require_root().to(A.device)
+        return (root @ root).expand(A.shape[0], *root.shape).clone()
+
+    def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False,
+               dtype=torch.float32) -> torch.Tensor:
+        """M particles per replicate (R, M, d) from N(0, I) through the chain (or Σ^{½} for ode)."""
+        if self.chain is not None:
+            return super().sample(model, replicates, dim, generator, device, progress, dtype)
+        x = math.sqrt(self.init_var) * torch.randn(replicates, self.particles, dim, generator=generator,
+                                                   device=device, dtype=dtype)
+        return x @ self._require_root().to(device=device, dtype=dtype)
+
+    def law(self, lam: torch.Tensor):
+        return ExactFlowLaw(lam.to(F64)) if self.chain is None else super().law(lam)

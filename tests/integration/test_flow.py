@@ -1,0 +1,98 @@
+"""sampler=flow objective=cfm as the user meets it: the `gsm` console script (issue 23).
+
+The references are derived here: per eigenvalue λ the exact velocity of the path x_t = (1 − t)x₀ + t x₁ is
+β(t)x, β(t) = (tλ − (1 − t))/((1 − t)² + t²λ), and Euler / Heun are the scalar recursions of their definitions.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gsm.pipeline.validate import ConfigError, validate_config
+
+F64 = torch.float64
+LAM = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=F64)     # conf/data/custom.yaml
+
+
+def gsm_script() -> str:
+    exe = shutil.which("gsm", path=os.path.dirname(sys.executable)) or shutil.which("gsm")
+    if exe is None:
+        pytest.skip("the gsm console script is not installed")
+    return exe
+
+
+def run_gsm(folder, *args):
+    return subprocess.run([gsm_script(), *args], cwd=folder, capture_output=True, text=True, timeout=600)
+
+
+def beta(t, lam):
+    return (t * lam - (1 - t)) / ((1 - t) ** 2 + t * t * lam)
+
+
+def factor(scheme, lam, K):
+    """x_K/x_0 per eigenvalue: Euler x ← x + hβ(t_k)x; Heun x′ = x + hβ(t_k)x, x ← x + (h/2)(β(t_k)x + β(t_{k+1})x′)."""
+    h, x = 1.0 / K, torch.ones_like(lam)
+    for k in range(K):
+        b0, b1 = beta(k * h, lam), beta((k + 1) * h, lam)
+        x = x + h * b0 * x if scheme == "euler" else x + h / 2 * (b0 * x + b1 * (x + h * b0 * x))
+    return x
+
+
+@pytest.mark.slow
+def test_flow_runs_through_gsm(tmp_path):
+    """One multirun: schemes euler and heun, model oracle and linear (train.solver=exact, N = 10d, R = 400).
+    Oracle: w2_exact = w2_predicted = Σ(√λ − |x_K/x_0|)² (rel 1e-9), nfe = K or 2K. Plug-in: the 1/N term is
+    resolved (> 4 s.e.) and w2_exact agrees with w2_predicted within 3 s.e."""
+    K, N = 5, 40
+    proc = run_gsm(tmp_path, "-m", "sampler=flow", "objective=cfm", "data=custom", "sampler.scheme=euler,heun",
+                   "model=oracle,linear", "train.solver=exact", f"sampler.steps={K}", f"data.n={N}",
+                   "replicates=400", "sampler.particles=200", "threads=1", "progress=false", "hydra.sweep.dir=sweep")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in range(4)]
+    for res in runs:
+        scheme, oracle = res["config"]["sampler"]["scheme"], res["config"]["model"]["_target_"].endswith("OracleScore")
+        assert res["status"] == "ok" and res["nfe"] == {"euler": K, "heun": 2 * K}[scheme]
+        w, p = res["w2_exact"], res["w2_predicted"]
+        if oracle:
+            w2 = float(((LAM.sqrt() - factor(scheme, LAM, K).abs()) ** 2).sum())
+            assert w["mean"] == pytest.approx(w2, rel=1e-9) and p == pytest.approx(w2, rel=1e-9)
+        else:
+            assert res["prediction_terms"]["generalization"] > 4 * w["stderr"]
+            assert abs(w["mean"] - p) < 3 * w["stderr"], (scheme, w, p, res["prediction_terms"])
+
+
+def test_a_refusal_through_the_console_script_exits_2_before_any_work(tmp_path):
+    """sampler=flow with the default objective (dsm, a score): one line, exit 2, nothing written."""
+    proc = run_gsm(tmp_path, "sampler=flow", "model=oracle", "hydra.run.dir=run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["gsm: error: objective must learn the velocity that gsm.samplers.flow.Flow "
+                                        "reads (objective=cfm), got objective dsm (a score)"]
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sampler=flow", "model=oracle"], "objective must learn the velocity that gsm.samplers.flow.Flow reads"),
+    (["sampler=ddpm", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.ddpm.DDPM"),
+    (["sampler=vp", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.vp.VP"),
+    (["sampler=flow", "objective=cfm", "sampler.scheme=ode", "train.solver=exact"],
+     "sampler.scheme must be euler | midpoint | heun | rk4 with a learned velocity"),
+    (["sampler=flow", "objective=cfm"], "train.solver must be exact (or model=oracle) for objective cfm"),
+    (["sampler=flow", "objective=cfm", "model=oracle", "sampler.scheme=dopri"],
+     "sampler.scheme must be one of euler | midpoint | heun | rk4 | ode, got dopri"),
+    (["sampler=flow", "objective=cfm", "model=oracle", "sampler.steps=0"], "sampler.steps must be an integer >= 1"),
+])
+def test_impossible_combinations_are_refused(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_cfg(*overrides))
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_possible_combinations_validate(compose_cfg):
+    for scheme in ("euler", "midpoint", "heun", "rk4", "ode"):
+        assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "model=oracle",
+                                           f"sampler.scheme={scheme}")) == []
+    assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "train.solver=exact")) == []
