@@ -37,7 +37,7 @@ CASES = [
     ("vp euler, N = 2d, spectral", ["sampler=vp", "sampler.scheme=em", "sampler.steps=100", "data.dim=12",
                                     "data.n=24", "train.solver=exact", "replicates=1000"]),
     ("edm VE, sgd finite budget", ["sampler=edm", "sampler.steps=8", "sampler.sigma_max=3", "data.dim=5",
-                                   "data.n=100", "train.steps=3000", "replicates=200"]),
+                                   "data.n=100", "train.steps=3000", "train.tau=0.002", "replicates=200"]),
     ("langevin symmetric, far from stationary", ["model.symmetric=true", "data.dim=5", "train.steps=3000",
                                                  "replicates=400"]),
     ("diffusers UniPC, exact", ["sampler=diffusers", "sampler.scheduler=UniPCMultistepScheduler",
