@@ -17,9 +17,9 @@ def gsm(*args, tmp_path):
 
 @pytest.mark.parametrize("args, line", [
     (["sampler=dpm"], "gsm: error: sampler=dpm is not an option of group sampler "
-                      "(did you mean ddpm? options: ddim, ddpm, diffusers, edm, langevin, vp)"),
+                      "(did you mean ddpm? options: ddim, ddpm, diffusers, edm, flow, langevin, vp)"),
     (["-m", "sampler=ddpm,lanjevin"], "gsm: error: sampler=lanjevin is not an option of group sampler "
-                                      "(did you mean langevin? options: ddim, ddpm, diffusers, edm, langevin, vp)"),
+                                      "(did you mean langevin? options: ddim, ddpm, diffusers, edm, flow, langevin, vp)"),
     (["data=powerlw"], "gsm: error: data=powerlw is not an option of group data (did you mean powerlaw? options: "
                        "custom, file, isotropic, powerlaw, texture, two_level)"),
 ])
