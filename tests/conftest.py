@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -11,6 +13,11 @@ def compose_cfg():
             return compose(config_name="config", overrides=list(overrides))
     return _compose
 
+
+# Under pytest-xdist (`-n auto`, one worker per core) each worker keeps to one intra-op thread: several
+# threads per worker would oversubscribe the cores, and small batched ops then wait on each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

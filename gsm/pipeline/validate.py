@@ -132,9 +132,10 @@ def _check_objective(spec: RunSpec, model) -> None:
     name = getattr(obj, "name", type(obj).__name__)
     reads, predicts = getattr(spec.sampler, "reads", "score"), getattr(obj, "predicts", "score")
     if reads != predicts:
+        fix = "objective=cfm" if reads == "velocity" else "objective=dsm"
+        other = "sampler=flow reads a velocity" if predicts == "velocity" else "a score sampler reads it"
         raise ConfigError(f"objective must learn the {reads} that {class_path(type(spec.sampler))} reads "
-                          f"({'objective=cfm' if reads == 'velocity' else 'objective=dsm'}), got objective {name} "
-                          f"(a {predicts})")
+                          f"({fix}), got objective {name} (a {predicts}: {other})")
     if model.requires_training and getattr(spec.sampler, "oracle_only", None):
         raise ConfigError(spec.sampler.oracle_only)
     if model.requires_training and spec.train.solver == "sgd" and not getattr(obj, "sgd_trainable", False):

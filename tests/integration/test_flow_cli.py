@@ -70,13 +70,16 @@ def test_a_refusal_through_the_console_script_exits_2_before_any_work(tmp_path):
     proc = run_gsm(tmp_path, "sampler=flow", "model=oracle", "hydra.run.dir=run")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.splitlines() == ["gsm: error: objective must learn the velocity that gsm.samplers.flow.Flow "
-                                        "reads (objective=cfm), got objective dsm (a score)"]
+                                        "reads (objective=cfm), got objective dsm (a score: a score sampler "
+                                        "reads it)"]
     assert not (tmp_path / "run" / "results.json").exists()
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["sampler=flow", "model=oracle"], "objective must learn the velocity that gsm.samplers.flow.Flow reads"),
-    (["sampler=ddpm", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.ddpm.DDPM"),
+    (["sampler=ddpm", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.ddpm.DDPM "
+                                                        "reads (objective=dsm), got objective cfm (a velocity: "
+                                                        "sampler=flow reads a velocity)"),
     (["sampler=vp", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.vp.VP"),
     (["sampler=flow", "objective=cfm", "sampler.scheme=ode", "train.solver=exact"],
      "sampler.scheme must be euler | midpoint | heun | rk4 with a learned velocity"),
