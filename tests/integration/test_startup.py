@@ -33,7 +33,7 @@ def imported_by(tmp_path, *overrides):
 def test_tiny_run_imports_no_heavy_module_it_does_not_use(tmp_path):
     mods = imported_by(tmp_path)
     assert not any(mods[m] for m in ("sympy", "torch.fx.experimental.symbolic_shapes", "diffusers",
-                                     "torch._dynamo")), mods
+                                     "torch._dynamo", "scipy")), mods
     # TensorBoard's remote file systems (gfile's s3:// and fsspec support), 0.2 s: a run's event file is local
     assert not any(mods[m] for m in ("boto3", "botocore", "fsspec")), mods
 
