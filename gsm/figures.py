@@ -74,7 +74,8 @@ def log_figure(writer, tag: str, fig, step: int, title_size: float = 8) -> None:
     title = _RUN_TITLES.get(writer)
     if title:
         fig.suptitle(title, fontsize=title_size)
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:     # gsm's figures have the tight engine: laid out once, in savefig
+            fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
     pyplot().close(fig)
@@ -147,7 +148,7 @@ def plot_kernels(prediction: dict):
     ax.set(xlabel="λ_i", ylabel="W2² contribution")
     log_ticks(ax, "x")
     log_ticks(ax, "y")
-    fig.tight_layout()
+    fig.set_layout_engine("tight")     # laid out when drawn, once, with the run title log_figure adds
     return fig
 
 
@@ -202,7 +203,7 @@ def comparison_figure(c: dict):
     ax.tick_params(axis="x", labelsize=10)
     if thin:
         ax.legend(loc="upper left", ncol=3, fontsize=9, frameon=False, borderaxespad=0.2, handlelength=1.2)
-    fig.tight_layout()
+    fig.set_layout_engine("tight")     # laid out when drawn, once, with the run title log_figure adds
     return fig
 
 

@@ -12,6 +12,7 @@ this): a signal that arrives there is kept and raised as soon as the call return
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -82,10 +83,8 @@ class SummaryWriter:
     """torch.utils.tensorboard.SummaryWriter whose method calls are `deferred()` blocks."""
 
     def __init__(self, log_dir: str, **kwargs):
-        from torch.utils.tensorboard import SummaryWriter as _Writer
-
         with deferred():     # the constructor starts the writer thread and opens the event file
-            self._writer = _Writer(log_dir=log_dir, **kwargs)
+            self._writer = torch_summary_writer()(log_dir=log_dir, **kwargs)
 
     def __getattr__(self, name):
         attr = getattr(self._writer, name)
@@ -96,3 +95,22 @@ class SummaryWriter:
             with deferred():
                 return attr(*args, **kwargs)
         return call
+
+
+# TensorBoard's gfile imports these for remote log dirs (s3://, fsspec URLs): 0.2 s of a tiny run's start-up
+REMOTE_FILE_SYSTEMS = ("botocore", "boto3", "fsspec")
+
+
+def torch_summary_writer():
+    """torch.utils.tensorboard.SummaryWriter, imported with REMOTE_FILE_SYSTEMS hidden when not yet loaded:
+    a run's event file is local (<run>/tb). Hidden during this import only (None in sys.modules makes
+    `import` raise ImportError, which gfile catches); later imports of them work."""
+    hidden = [m for m in REMOTE_FILE_SYSTEMS if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    finally:
+        for m in hidden:
+            if sys.modules.get(m, True) is None:
+                del sys.modules[m]
+    return SummaryWriter

@@ -266,5 +266,5 @@ def spectrum_figure(spectrum, C, pred=None):
     index_ticks(ax, lam.numel())
     log_ticks(ax, "y")
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.set_layout_engine("tight")     # laid out when drawn, once, with the run title log_figure adds
     return fig

@@ -182,5 +182,5 @@ def radial_spectrum_figure(lam, c, emp, h):
         ax.plot(r[1:], y[1:], **kw)
     ax.set(xscale="log", yscale="log", xlabel="radius |ω| (cycles per image)", ylabel="power (radial mean)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.set_layout_engine("tight")     # laid out when drawn, once, with the run title log_figure adds
     return fig

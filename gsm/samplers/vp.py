@@ -273,5 +273,5 @@ def trajectory_figure(lam: torch.Tensor, sampler: VP, schemes=SDE_SCHEMES + ODE_
     ax.set_title(f"W2² along the trajectory, K = {sampler.K}, ε = {sampler.eps:g}", fontsize=9)
     ax.invert_xaxis()
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
+    fig.set_layout_engine("tight")     # laid out when drawn, once, with the run title log_figure adds
     return fig

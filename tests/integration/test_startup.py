@@ -14,7 +14,8 @@ try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 except SystemExit as e:
     code = e.code
-heavy = ["matplotlib", "sympy", "torch.fx.experimental.symbolic_shapes", "diffusers", "torch._dynamo", "scipy"]
+heavy = ["matplotlib", "sympy", "torch.fx.experimental.symbolic_shapes", "diffusers", "torch._dynamo", "scipy",
+         "boto3", "botocore", "fsspec"]
 print("MODULES " + json.dumps({m: m in sys.modules for m in heavy}))
 """
 
@@ -32,7 +33,9 @@ def imported_by(tmp_path, *overrides):
 def test_tiny_run_imports_no_heavy_module_it_does_not_use(tmp_path):
     mods = imported_by(tmp_path)
     assert not any(mods[m] for m in ("sympy", "torch.fx.experimental.symbolic_shapes", "diffusers",
-                                     "torch._dynamo")), mods
+                                     "torch._dynamo", "scipy")), mods
+    # TensorBoard's remote file systems (gfile's s3:// and fsspec support), 0.2 s: a run's event file is local
+    assert not any(mods[m] for m in ("boto3", "botocore", "fsspec")), mods
 
 
 def test_run_without_figures_does_not_import_matplotlib(tmp_path):
@@ -40,3 +43,18 @@ def test_run_without_figures_does_not_import_matplotlib(tmp_path):
     run draws its spectrum figure: matplotlib, imported when drawn."""
     cell = imported_by(tmp_path / "cell", "sampler=vp", "model=oracle", "sampler.figure=false", "data.dim=4")
     assert not cell["matplotlib"], cell
+
+
+def test_remote_file_systems_hidden_only_while_tensorboard_imports():
+    """torch_summary_writer hides boto3/botocore/fsspec from TensorBoard's import only: importing them
+    afterwards works (sys.modules holds no None left behind)."""
+    code = ("import sys; from gsm.pipeline.interrupt import REMOTE_FILE_SYSTEMS, torch_summary_writer\n"
+            "w = torch_summary_writer()\n"
+            "assert w.__name__ == 'SummaryWriter' and not set(REMOTE_FILE_SYSTEMS) & set(sys.modules), sys.modules\n"
+            "import importlib.util\n"
+            "for m in REMOTE_FILE_SYSTEMS:\n"
+            "    if importlib.util.find_spec(m) is not None:\n"
+            "        __import__(m)\n"
+            "print('OK')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "OK", proc.stderr[-2000:]
