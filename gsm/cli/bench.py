@@ -307,6 +307,19 @@ def numpy_vp_variance(scheme, lam, beta_min, beta_max, T, eps, K, v0=1.0):
     return v
 
 
+def _numpy_vp_rows(scheme, lam, s, K, res, repeat) -> dict:
+    """bench_vp's rows against `numpy_vp_variance` (init=normal: v₀ = 1) for one gsm run's results `res`."""
+    import numpy as np
+
+    args = (scheme, lam, s.beta_min, s.beta_max, s.T, s.eps, K)
+    v = numpy_vp_variance(*args)
+    w2 = float(((np.sqrt(lam) - np.sqrt(np.maximum(v, 0.0))) ** 2).sum())
+    t_np = median_time(lambda: numpy_vp_variance(*args), repeat=repeat)
+    return {f"  numpy {scheme} s": t_np,
+            f"  {scheme} W2² rel. diff gsm vs numpy": abs(res["w2_exact"]["mean"] - w2) / w2,
+            f"  {scheme} gsm run (prediction incl.) / numpy": res["seconds"] / t_np}
+
+
 def bench_vp(p, device="cpu"):
     """(6) sampler=vp at image scale (issue 15): `data=file` with d = vp_d eigenvalues (λ_i = 0.3 i^−1.3, the
     last 16 zero), K = vp_K steps, through gsm.pipeline.run.run (the per-eigenvalue path): model=oracle for
@@ -341,15 +354,8 @@ def bench_vp(p, device="cpu"):
             res, s = once(sc, "model=oracle", "replicates=1", f"sampler.scheme={sc}",
                           "sampler.particles_from=none", "sampler.figure=false")
             out[f"oracle {sc} s (d={d}, K={K})"] = res["seconds"]
-            if sc in ("sde", "ode"):
-                continue
-            args = (sc, lam, s.beta_min, s.beta_max, s.T, s.eps, K)
-            v = numpy_vp_variance(*args)                                  # init=normal: v₀ = 1
-            w2 = float(((np.sqrt(lam) - np.sqrt(np.maximum(v, 0.0))) ** 2).sum())
-            t_np = median_time(lambda: numpy_vp_variance(*args), repeat=p["repeat"])
-            out[f"  numpy {sc} s"] = t_np
-            out[f"  {sc} W2² rel. diff gsm vs numpy"] = abs(res["w2_exact"]["mean"] - w2) / w2
-            out[f"  {sc} gsm run (prediction incl.) / numpy"] = res["seconds"] / t_np
+            if sc not in ("sde", "ode"):
+                out.update(_numpy_vp_rows(sc, lam, s, K, res, p["repeat"]))
         out["oracle rk4 + 2000 particles (law) + figure s"] = once(
             "rk4p", "model=oracle", "replicates=1", "sampler.scheme=rk4", "sampler.particles_from=law")[0]["seconds"]
         R = p["vp_exact_R"]     # replicates cost the same: R = 16 is extrapolated from R (the run's own seconds)
