@@ -264,13 +264,71 @@ def bench_end_to_end(p, device="cpu"):
                     f"× {steps} steps, {R} replicates, {len(chains)} values of N"}
 
 
+def numpy_vp_variance(scheme, lam, beta_min, beta_max, T, eps, K, v0=1.0):
+    """The hand-written baseline of bench_vp: a scheme's output variance per eigenvalue, vectorised over λ (d,)
+    in plain numpy, written from docs/vp.md (not through gsm's chains). Grid t_k = T − k(T − ε)/K, h = t_k − t_{k+1},
+    B(t) = β_min t + ½(β_max − β_min)t², σ_t(λ) = e^{−B}λ + 1 − e^{−B}, exact score a_t = 1/σ_t; each step
+    v ← m² v + q with em m = 1 + b/2 − b a, q = b (b = hβ(t_k)); ei m = e^{ΔB/2} − 2(e^{ΔB/2} − 1)a, q = e^{ΔB} − 1;
+    ddpm m = (1 − b a)/√(1 − b), q = b; the flow-ODE schemes integrate y′ = G(t) y backward, G = ½β(1 − a),
+    q = 0 (euler m = 1 + hG₀; heun m = 1 + h(G₀ + G₁(1 + hG₀))/2; rk4 the classical stages at t_k, t_k − h/2,
+    t_{k+1})."""
+    import numpy as np
+
+    beta = lambda t: beta_min + t * (beta_max - beta_min)                  # noqa: E731
+    B = lambda t: beta_min * t + 0.5 * (beta_max - beta_min) * t * t       # noqa: E731
+    G = lambda t: 0.5 * beta(t) * (1.0 - 1.0 / (np.exp(-B(t)) * lam + 1.0 - np.exp(-B(t))))   # noqa: E731
+    t = np.linspace(T, eps, K + 1)
+    v = np.full_like(lam, v0) if np.ndim(v0) == 0 else np.array(v0, dtype=np.float64)
+    for k in range(K):
+        t0, t1 = t[k], t[k + 1]
+        h, q = t0 - t1, 0.0
+        if scheme in ("em", "ei", "ddpm"):
+            a, b = 1.0 / (np.exp(-B(t0)) * lam + 1.0 - np.exp(-B(t0))), h * beta(t0)
+            if scheme == "em":
+                m, q = 1.0 + 0.5 * b - b * a, b
+            elif scheme == "ei":
+                e = math.exp(0.5 * (B(t0) - B(t1)))
+                m, q = e - 2.0 * (e - 1.0) * a, e * e - 1.0
+            else:
+                m, q = (1.0 - b * a) / math.sqrt(1.0 - b), b
+        elif scheme == "euler":
+            m = 1.0 + h * G(t0)
+        elif scheme == "heun":
+            g0 = G(t0)
+            m = 1.0 + 0.5 * h * (g0 + G(t1) * (1.0 + h * g0))
+        else:
+            gm = G(0.5 * (t0 + t1))
+            k1 = G(t0)
+            k2 = gm * (1.0 + 0.5 * h * k1)
+            k3 = gm * (1.0 + 0.5 * h * k2)
+            k4 = G(t1) * (1.0 + h * k3)
+            m = 1.0 + h * (k1 + 2.0 * k2 + 2.0 * k3 + k4) / 6.0
+        v = m * m * v + q
+    return v
+
+
+def _numpy_vp_rows(scheme, lam, s, K, res, repeat) -> dict:
+    """bench_vp's rows against `numpy_vp_variance` (init=normal: v₀ = 1) for one gsm run's results `res`."""
+    import numpy as np
+
+    args = (scheme, lam, s.beta_min, s.beta_max, s.T, s.eps, K)
+    v = numpy_vp_variance(*args)
+    w2 = float(((np.sqrt(lam) - np.sqrt(np.maximum(v, 0.0))) ** 2).sum())
+    t_np = median_time(lambda: numpy_vp_variance(*args), repeat=repeat)
+    return {f"  numpy {scheme} s": t_np,
+            f"  {scheme} W2² rel. diff gsm vs numpy": abs(res["w2_exact"]["mean"] - w2) / w2,
+            f"  {scheme} gsm run (prediction incl.) / numpy": res["seconds"] / t_np}
+
+
 def bench_vp(p, device="cpu"):
     """(6) sampler=vp at image scale (issue 15): `data=file` with d = vp_d eigenvalues (λ_i = 0.3 i^−1.3, the
     last 16 zero), K = vp_K steps, through gsm.pipeline.run.run (the per-eigenvalue path): model=oracle for
     every scheme (R = 1, no particles, no figure: the exact law and the prediction), the same with M = 2000
     particles from the law, and train.solver=exact with R = vp_exact_R, N = 5d (Wishart Σ̂ by Bartlett,
     one eigendecomposition + one Bures eigvalsh per replicate, the 1/N term), also extrapolated to R = 16.
-    Wall seconds of the run (results.json `seconds`), imports excluded (a warm-up run first)."""
+    Wall seconds of the run (results.json `seconds`: the law and the prediction), imports excluded (a warm-up
+    run first). Baseline per chain scheme (issue 26): `numpy_vp_variance`, its W2² against w2_exact and the
+    ratio gsm run / numpy (the numpy side computes the law only: no prediction)."""
     import numpy as np
     from hydra import compose, initialize_config_module
 
@@ -289,17 +347,20 @@ def bench_vp(p, device="cpu"):
                     "sampler=vp", "data=file", f"data.path={tmp}/lam.npy", "progress=false", f"sampler.steps={K}",
                     "sampler.eps=1e-3", *over])
             cfg.device = device
-            return run(cfg, f"{tmp}/{name}")["seconds"]
+            return run(cfg, f"{tmp}/{name}"), cfg.sampler
 
         once("warmup", "model=oracle", "replicates=1", "sampler.steps=2", "sampler.particles_from=none")
         for sc in ("em", "ei", "ddpm", "euler", "heun", "rk4", "sde", "ode"):
-            out[f"oracle {sc} s (d={d}, K={K})"] = once(sc, "model=oracle", "replicates=1", f"sampler.scheme={sc}",
-                                                          "sampler.particles_from=none", "sampler.figure=false")
+            res, s = once(sc, "model=oracle", "replicates=1", f"sampler.scheme={sc}",
+                          "sampler.particles_from=none", "sampler.figure=false")
+            out[f"oracle {sc} s (d={d}, K={K})"] = res["seconds"]
+            if sc not in ("sde", "ode"):
+                out.update(_numpy_vp_rows(sc, lam, s, K, res, p["repeat"]))
         out["oracle rk4 + 2000 particles (law) + figure s"] = once(
-            "rk4p", "model=oracle", "replicates=1", "sampler.scheme=rk4", "sampler.particles_from=law")
+            "rk4p", "model=oracle", "replicates=1", "sampler.scheme=rk4", "sampler.particles_from=law")[0]["seconds"]
         R = p["vp_exact_R"]     # replicates cost the same: R = 16 is extrapolated from R (the run's own seconds)
         t_exact = once("exact", "train.solver=exact", f"replicates={R}", f"data.n={5 * d}", "sampler.scheme=em",
-                       "sampler.particles_from=none", "sampler.figure=false")
+                       "sampler.particles_from=none", "sampler.figure=false")[0]["seconds"]
         out[f"solver=exact em s (R={R}, N=5d)"] = t_exact
         out["solver=exact em s, extrapolated to R=16"] = t_exact * 16 / R
     return out

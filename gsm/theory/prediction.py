@@ -50,9 +50,9 @@ def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, bat
     n: N (None: the score is not fitted to data); tau: τ (0: not trained by SGD); budget: a finite SGD
     budget (None: SGD at stationarity); particles: M (None: no 1/M term); bias_terms(h*) → the named parts
     of the bias (default {"discretization": bias}). Returns floats (the terms, `total`), kernels (d, d)
-    `kernel_n`, `kernel_tau` (per unit τ), `kernel_m`, `bias_per_eigenvalue`, `sampler_variance`,
-    `eigenvalues`, diagnostics `eps_tau`, `d_over_n`, `warnings`, and `modelled`; with error_bar = draws > 0,
-    also `remainders` (`prediction_remainders`: what each first-order term neglects)."""
+    `kernel_n`, `kernel_tau` (per unit τ), `kernel_m` (each a stride-0 zero (d, d) view when its term is
+    absent: no d×d work), `bias_per_eigenvalue`, `sampler_variance`, `eigenvalues`, diagnostics `eps_tau`,
+    `d_over_n`, `warnings`, and `modelled`; with error_bar = draws > 0, also `remainders` (`prediction_remainders`: what each first-order term neglects)."""
     d = lam.numel()
     budget = budget if (budget is not None and tau > 0) else None
     a_star = objective.target(lam, alphas, stds)
@@ -61,15 +61,17 @@ def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, bat
     out = dict(bias_terms(h_star)) if bias_terms is not None else {"discretization": bias}
     a = objective.mean(lam, alphas, stds, budget) if budget is not None else a_star
     h = law.variance(a) if budget is not None else h_star
-    rho, W = bures_second_order_weights(lam, h)
-    K_N = torch.zeros(d, d, dtype=F64)
+    # a term the run does not have gets a stride-0 zero kernel (no d×d memory, no derivative work)
+    K_N = K_tau = K_M = torch.zeros((), dtype=F64).expand(d, d)
+    if n is not None or particles is not None:
+        rho, W = bures_second_order_weights(lam, h)
     if n is not None:
         K_N = kernel_n(lam, *law.divided_differences(lam, objective, alphas, stds, budget), rho, W)
-    K_tau = torch.zeros(d, d, dtype=F64)
     if tau > 0 and (budget is None or budget.steps > 0):
         var, cross = objective.fluctuations(lam, alphas, stds, tau, batch_size, budget, symmetric)
         K_tau = law.tau_cells(lam, a, h, var, cross if budget is not None else None, symmetric) / tau
-    K_M = kernel_m(h, W)
+    if particles is not None:
+        K_M = kernel_m(h, W)
     out["generalization"] = float(K_N.sum()) / n if n is not None else 0.0
     out["sgd_mean_offset"] = w2_commuting(lam, h) - bias
     out["optimization"] = out["sgd_mean_offset"] + tau * float(K_tau.sum())
