@@ -43,3 +43,9 @@ def gsm_script() -> str:
     if exe is None:
         pytest.skip("the gsm console script is not installed")
     return exe
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (a stable sort): under pytest-xdist the long ones then start early and the short ones
+    fill both workers at the end, instead of one long test running alone while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

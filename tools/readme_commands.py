@@ -35,8 +35,8 @@ LONG = {
 CI_REPLICATES = "replicates=16"     # what CI adds to every other command (the README says so)
 # extra overrides CI adds (replicates only: the README says so beside the command)
 CI_OVERRIDES = {
-    "gsm model=mlp": ["replicates=8"],
-    "gsm model=mlp sampler=ddpm model.embedding=learned": ["replicates=8"],
+    "gsm model=mlp": ["replicates=4"],
+    "gsm model=mlp sampler=ddpm model.embedding=learned": ["replicates=4"],
 }
 SKIP_PATTERNS = (
     r"\$PARTITION", r"hydra/launcher=submitit", r"_target_=my_pkg",   # a cluster; a user package (own tests)

@@ -6,6 +6,7 @@
     python -m gsm.bench --only readme    # the README tour's commands: rewrites its table of times
     python -m gsm.bench --only readme --dry-run     # lists those commands
     python -m gsm.bench --only startup   # a tiny run's wall seconds against the bare imports (subprocesses)
+    python -m gsm.bench --write-docs     # also writes each benchmark's figures into docs/performance.md
 
 Every figure is a median over repeats measured in this process; ratios compare numbers from the
 same run. The baselines (issue 7): one replicate at a time, the reference DSM-SGD loop
@@ -23,6 +24,7 @@ import time
 
 import torch
 
+from gsm.cli import bench_docs
 from gsm.samplers.langevin import langevin_covariance, langevin_sample, linear_langevin_sample
 from gsm.theory.bures import bures_wasserstein2
 from gsm.training.dsm import train_linear_dsm
@@ -484,6 +486,9 @@ def main(argv=None):
                     help="run these benchmarks only (readme: the README tour's commands, which rewrites its table)")
     ap.add_argument("--repeat", type=int, default=3, help="readme: runs per command under 20 s (the median)")
     ap.add_argument("--dry-run", action="store_true", help="readme: list the tour's commands, run nothing")
+    ap.add_argument("--write-docs", nargs="?", const=str(bench_docs.PAGE), default=None, metavar="PAGE",
+                    help="write each benchmark's figures, command and load into its section of PAGE "
+                         "(default docs/performance.md)")
     args = ap.parse_args(argv)
     if args.dry_run:
         from gsm.cli.bench_readme import README, tour_commands
@@ -498,15 +503,28 @@ def main(argv=None):
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# gsm.bench  torch {torch.__version__}  device: {name}  {'(smoke sizes)' if args.smoke else ''}"
           f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
-    results = {}
+    results, sections = {}, {}
     p = {**p, "readme_repeat": 1 if args.smoke else args.repeat, "smoke": args.smoke}
     for key in args.only or ALL:
-        t = time.perf_counter()
+        t, before = time.perf_counter(), os.getloadavg()[0]
         results[key] = BENCHMARKS[key](p, dev)
-        print(f"\n## {key}  ({time.perf_counter() - t:.1f} s, load average now {os.getloadavg()[0]:.2f})")
+        seconds, after = time.perf_counter() - t, os.getloadavg()[0]
+        print(f"\n## {key}  ({seconds:.1f} s, load average now {after:.2f})")
         for k, v in results[key].items():
             print(f"  {k:<46} {v:.4g}" if isinstance(v, float) else f"  {k:<46} {v}")
+        sections[key, dev] = bench_docs.section(key, results[key], command=rerun_command(key, args),
+                                                machine=f"{name}, {os.cpu_count()} cores, torch {torch.__version__}",
+                                                loads=(before, after), seconds=seconds)
+    if args.write_docs and bench_docs.write_sections(sections, args.write_docs):
+        print(f"wrote {len(sections)} section(s) of {args.write_docs}")
     return results
+
+
+def rerun_command(key: str, args) -> str:
+    """The command that measures benchmark `key` alone with these options."""
+    opts = [f"--threads {args.threads}" if args.threads else "", "--device cuda" if args.device == "cuda" else "",
+            "--smoke" if args.smoke else ""]
+    return " ".join(["python -m gsm.bench --only", key, *filter(None, opts)])
 
 
 if __name__ == "__main__":

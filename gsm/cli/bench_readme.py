@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gsm.cli.bench_docs import replace_between
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 MARKERS = ("<!-- gsm.bench readme: begin -->", "<!-- gsm.bench readme: end -->")
 CHEAP = 20.0                     # seconds: commands below this are repeated
@@ -66,10 +68,8 @@ def rewrite_readme(table: str, path: Path = README) -> bool:
     """Puts `table` between the MARKERS of README.md; False when there is no README with them."""
     if not path.is_file():
         return False
-    text = path.read_text()
-    begin, end = MARKERS
-    if begin not in text or end not in text:
+    text = replace_between(path.read_text(), *MARKERS, table)
+    if text is None:
         return False
-    head, rest = text.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}")
+    path.write_text(text)
     return True

@@ -24,3 +24,17 @@ def test_the_docs_show_the_commands_this_test_knows():
 def test_readme_command(cmd, tmp_path):
     ok, line, _ = run_command(cmd, tmp_path, ci_overrides(cmd))
     assert ok, line
+    if "data=texture" in cmd and " -m " not in f" {cmd} ":
+        check_texture_run(tmp_path)
+
+
+def check_texture_run(run_dir: Path):
+    """A texture command (brick, DSM-SGD, Langevin, exact evaluation) also keeps every replicate stable and
+    shows its images in TensorBoard: the source, an ADSN sample and the learned samples."""
+    import json
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["unstable_replicates"] == 0, res["warnings"]
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"texture/source", "texture/adsn_sample", "texture/learned_samples"} <= set(acc.Tags()["images"])

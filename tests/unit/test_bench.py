@@ -70,3 +70,27 @@ def test_particles_from_the_exact_law():
     assert torch.isnan(bad).all()
     with pytest.raises(ValueError, match="particles_from"):
         Langevin(particles_from="exact")
+
+
+def test_write_docs_replaces_each_benchmarks_section_and_keeps_the_others(tmp_path, capsys):
+    """`python -m gsm.bench --write-docs PAGE`: the section of each benchmark that ran is rewritten between
+    its markers, with the command that reruns it, the load and every figure it printed; the text around
+    and the sections of benchmarks that did not run stay as they were; a missing section is appended."""
+    from gsm.cli.bench_docs import markers
+    begin, end = markers("bures", "cpu")
+    page = tmp_path / "performance.md"
+    page.write_text(f"# Performance\nprose before\n{begin}\nold bures figures\n{end}\nprose after\n")
+    res = main(["--smoke", "--only", "bures", "--write-docs", str(page)])
+    text = page.read_text()
+    assert "old bures figures" not in text and text.startswith("# Performance\nprose before\n")
+    assert text.count(begin) == 1 and "prose after" in text.split(end)[1]
+    body = text.split(begin)[1].split(end)[0]
+    assert "`python -m gsm.bench --only bures --smoke`" in body and "load average" in body
+    for name, value in res["bures"].items():
+        assert f"| {name} | {value:.4g} |" in body
+    main(["--smoke", "--only", "exact_laws", "--write-docs", str(page)])
+    again = page.read_text()
+    assert again.split(begin)[1].split(end)[0] == body                 # not rerun: kept
+    assert again.index(markers("exact_laws", "cpu")[0]) > again.index("prose after")
+    assert main(["--smoke", "--only", "bures", "--write-docs", str(tmp_path / "absent.md")]) and \
+        not (tmp_path / "absent.md").exists()
