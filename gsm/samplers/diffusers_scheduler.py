@@ -50,14 +50,14 @@ from gsm.theory.chain import exact_law
 from gsm.theory.law import PushLaw
 
 F64 = torch.float64
+FLOW_MATCH = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")   # tested; read a velocity
 TESTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-          "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler")
+          "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", *FLOW_MATCH)
 LINEAR = {"clip_sample": False, "thresholding": False}     # diffusers' clipping makes the sampler non-linear
 # the training schedule of every scheduler unless sampler.config overrides it: diffusers' DDPM default
 # (HeunDiscreteScheduler's own default is Stable Diffusion's β 0.00085..0.012)
 # schedulers whose step keeps no state but x (and the step index): their law is the per-step recursion
 # C ← F_k C F_kᵀ + G_k G_kᵀ (gsm.theory.chain.output_law, stepwise), O(K) instead of O(K·J) for stochastic ones
-FLOW_MATCH = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")   # tested; read a velocity
 HISTORY_FREE = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 TRAINING = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
@@ -140,7 +140,7 @@ def make_scheduler(name: str, config: dict, steps: int, mu: float | None = None)
         close = sorted(close, key=lambda n: (n not in TESTED, len(n)))[:3]
         raise ValueError(f"sampler.scheduler must be a diffusers scheduler class, got {name}"
                          + (f" (did you mean {' or '.join(close)}?)" if close else "")
-                         + f"; tested: {', '.join(TESTED + FLOW_MATCH)} ({len(names)} in diffusers.schedulers)")
+                         + f"; tested: {', '.join(TESTED)} ({len(names)} in diffusers.schedulers)")
     try:
         cls = getattr(d.schedulers, name)
     except (AttributeError, ImportError):
@@ -243,7 +243,7 @@ class Diffusers(Sampler):
             raise
         except Exception as e:      # a scheduler gsm cannot drive (no alphas_cumprod, other prediction types)
             raise ValueError(f"sampler.scheduler must be a VP ε-prediction or FlowMatch scheduler gsm can drive "
-                             f"(tested: {', '.join(TESTED + FLOW_MATCH)}), got {self.scheduler}: {type(e).__name__}: "
+                             f"(tested: {', '.join(TESTED)}), got {self.scheduler}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
     def _check_shift(self):

@@ -83,18 +83,29 @@ def test_acceptance_oracle_w2_equals_recursion(name, scheme, shift, tmp_path, co
     assert res["w2_exact"]["mean"] == pytest.approx(w2, rel=1e-8) and res["w2_predicted"] == pytest.approx(w2, rel=1e-8)
 
 
+def shifted(s, sigma):
+    return s * sigma / (1 + (s - 1) * sigma)
+
+
 @pytest.mark.slow
-def test_dynamic_shifting_mu_is_the_shift_e_mu(one_thread):
-    """Dynamic (exponential) shifting with μ: σ ↦ e^μ/(e^μ + 1/σ − 1) = sσ/(1 + (s − 1)σ) with s = e^μ; so μ = ln 3
-    gives shift 3's law (the grids agree to float32 rounding)."""
+@pytest.mark.parametrize("kw, grid_of", [
+    # static shift s: diffusers shifts σ_min = 1/1000 in __init__ and the whole linspace again in set_timesteps
+    (dict(shift=3.0), lambda K: shifted(3.0, torch.linspace(1, shifted(3.0, 1e-3), K, dtype=F64))),
+    # dynamic (exponential) shifting with μ: σ ↦ e^μ/(e^μ + 1/σ − 1), the shift e^μ, on linspace(1, 1/1000, K)
+    (dict(config={"use_dynamic_shifting": True}, mu=0.8),
+     lambda K: shifted(math.exp(0.8), torch.linspace(1, 1e-3, K, dtype=F64))),
+])
+def test_shifted_grids_and_their_laws(kw, grid_of, one_thread):
+    """FlowMatchEuler's σ grid with a static shift and with dynamic shifting, against the formulas above (float32
+    rounding: 1e-6), and the law on that grid against the Euler recursion (1e-12)."""
     from gsm.samplers.diffusers_scheduler import Diffusers
     from gsm.training.flow_matching import CFM
-    lam = torch.tensor([0.2, 1.0, 3.0], dtype=F64)
-    laws = []
-    for kw in (dict(shift=3.0), dict(config={"use_dynamic_shifting": True}, mu=math.log(3.0))):
-        s = Diffusers(scheduler=EULER, steps=8, **kw)
-        laws.append(s.covariance(CFM().score_function(torch.diag(lam), *s.noise_levels()).unsqueeze(0))[0])
-    assert torch.allclose(laws[0], laws[1], rtol=1e-6)
+    lam, K = torch.tensor([0.2, 1.0, 3.0], dtype=F64), 8
+    s = Diffusers(scheduler=EULER, steps=K, **kw)
+    sig = grid(s.template)
+    assert torch.allclose(torch.tensor(sig[:-1], dtype=F64), grid_of(K), rtol=1e-6) and sig[-1] == 0
+    C = s.covariance(CFM().score_function(torch.diag(lam), *s.noise_levels()).unsqueeze(0))[0]
+    assert torch.allclose(C, torch.diag(gain("euler", sig, lam) ** 2), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.slow
