@@ -307,6 +307,9 @@ def report(sweep_dir, tensorboard: bool = True) -> dict:
     if {"sampler.scheduler", "sampler.nfe", "score"} <= set(swept):     # +experiment=schedulers
         from gsm.cli.schedulers_report import write_schedulers_report
         paths += write_schedulers_report(sweep_dir, rows)
+    if {"method", "sampler.nfe", "score"} <= set(swept):     # +experiment=flow_vs_diffusion
+        from gsm.cli.flow_report import write_flow_report
+        paths += write_flow_report(sweep_dir, rows)
     for fig in figures.values():
         plt.close(fig)
 

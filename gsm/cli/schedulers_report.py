@@ -19,9 +19,10 @@ from gsm.io import savefig_atomic, write_text_atomic
 SCORES = ("oracle", "plugin", "sgd")
 
 
-def results_by_cell(rows):
-    """{(score, nfe, scheduler): row} over ok rows, and the sorted NFE and scheduler lists."""
-    t = {(r["score"], int(float(r["sampler.nfe"])), r["sampler.scheduler"]): r for r in rows
+def results_by_cell(rows, key: str = "sampler.scheduler"):
+    """{(score, nfe, scheduler): row} over ok rows, and the sorted NFE and scheduler lists (key: the swept
+    parameter that names the compared samplers, e.g. method for +experiment=flow_vs_diffusion)."""
+    t = {(r["score"], int(float(r["sampler.nfe"])), r[key]): r for r in rows
          if r["status"] == "ok" and r.get("w2_exact_mean") is not None}
     nfes = sorted({k[1] for k in t})
     scheds = sorted({k[2] for k in t})
@@ -46,13 +47,13 @@ def kendall_tau(va: dict, vb: dict, rel: float = 1e-9) -> float | None:
     return sum(a * b for a, b in untied) / len(untied) if untied else None
 
 
-def markdown(t, nfes, scheds) -> str:
-    """The tables and the ranking comparison as markdown."""
+def markdown(t, nfes, scheds, item: str = "scheduler") -> str:
+    """The tables and the ranking comparison as markdown (item: the first column's header)."""
     out = []
     for score in SCORES:
         if not any(k[0] == score for k in t):
             continue
-        out += [f"### score = {score}", "", "| scheduler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+        out += [f"### score = {score}", "", f"| {item} | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
                 "|---|" + "---|" * len(nfes)]
         ranks = {n: ranking(t, score, n, scheds) for n in nfes}
         for s in scheds:

@@ -125,7 +125,8 @@ def _check_sampler_fits(spec: RunSpec) -> None:
 
 def _check_objective(spec: RunSpec, model) -> None:
     """What the objective declares (`gsm.training.objectives`): what it learns (`predicts`: score, or velocity
-    for objective=cfm) is what the sampler reads (`reads`, default score), an SGD trainer for train.solver=sgd
+    for objective=cfm) is what the sampler reads (`reads`, default score; named by its `reader`, default its
+    class: sampler=diffusers names its scheduler, FlowMatch* read a velocity), an SGD trainer for train.solver=sgd
     (and any neural model), gsm's closed-form paths for data=texture; a sampler's `oracle_only` refusal
     (sampler=flow scheme=ode) for a learned model."""
     obj = spec.objective
@@ -134,7 +135,8 @@ def _check_objective(spec: RunSpec, model) -> None:
     if reads != predicts:
         fix = "objective=cfm" if reads == "velocity" else "objective=dsm"
         other = "sampler=flow reads a velocity" if predicts == "velocity" else "a score sampler reads it"
-        raise ConfigError(f"objective must learn the {reads} that {class_path(type(spec.sampler))} reads "
+        who = getattr(spec.sampler, "reader", None) or class_path(type(spec.sampler))
+        raise ConfigError(f"objective must learn the {reads} that {who} reads "
                           f"({fix}), got objective {name} (a {predicts}: {other})")
     if model.requires_training and getattr(spec.sampler, "oracle_only", None):
         raise ConfigError(spec.sampler.oracle_only)

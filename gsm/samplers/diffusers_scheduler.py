@@ -21,6 +21,15 @@ loop as one batch. The noise is made explicit through the step's `variance_noise
 one (DDIM, DPMSolverMultistep), otherwise by handing the step our noise when it calls its module's
 `randn_tensor` (DDPM, EulerAncestral). A scheduler whose randomness escapes both gets `law_method =
 particles`: its law is the second moment of `law_particles` particles and the 1/M bias is removed from W2².
+
+Flow-matching schedulers (`FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler`, SD3 / Flux;
+docs/flow.md): diffusers' σ runs from 1 (noise) to 0 (data), x_σ = (1 − σ)x₁ + σx₀, and the model predicts
+dx/dσ = x₀ − x₁ = −v, the negative of gsm's velocity in t = 1 − σ. So the scheduler reads a velocity
+(`reads`, objective=cfm): the level of a call is its own σ (the entry of `scheduler.sigmas` at the timestep),
+α = 1 − σ, s = σ, and the model output is u = B x_in for the learned v = −B x. `sampler.shift` is their
+time shift σ ↦ sσ/(1 + (s − 1)σ); `sampler.mu` the μ of dynamic shifting (with
+`+sampler.config.use_dynamic_shifting=true`). Their steps cast the sample to float32; gsm's rows carry a
+tensor type that keeps float64 through that cast (`Float64Rows`), so their laws are exact to float64.
 """
 from __future__ import annotations
 
@@ -35,13 +44,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gsm.checks import number
 from gsm.samplers.base import Sampler
 from gsm.theory.chain import exact_law
 from gsm.theory.law import PushLaw
 
 F64 = torch.float64
+FLOW_MATCH = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")   # tested; read a velocity
 TESTED = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-          "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler")
+          "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", *FLOW_MATCH)
 LINEAR = {"clip_sample": False, "thresholding": False}     # diffusers' clipping makes the sampler non-linear
 # the training schedule of every scheduler unless sampler.config overrides it: diffusers' DDPM default
 # (HeunDiscreteScheduler's own default is Stable Diffusion's β 0.00085..0.012)
@@ -58,6 +69,27 @@ def import_diffusers():
     except ImportError:
         raise ImportError("sampler=diffusers needs the diffusers package: pip install 'gsm[diffusers]'") from None
     return diffusers
+
+
+def is_flow_match(name: str) -> bool:
+    """Whether a scheduler class is one of diffusers' flow-matching schedulers (they predict x₀ − x₁ on
+    σ ∈ [0, 1], no training β schedule): by diffusers' naming, FlowMatch*."""
+    return name.startswith("FlowMatch")
+
+
+class Float64Rows(torch.Tensor):
+    """A float64 tensor whose casts to float32 are no-ops (the FlowMatch steps' `sample.to(torch.float32)`),
+    so that the exact law pushed through a scheduler's own step stays float64. Every result of an operation on
+    it is again a Float64Rows; `.as_subclass(torch.Tensor)` ends it."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        to_float32 = func is torch.Tensor.float or (func is torch.Tensor.to and (
+            torch.float32 in args[1:] or kwargs.get("dtype") is torch.float32))
+        if to_float32 and args[0].dtype == F64:
+            return args[0]
+        return super().__torch_function__(func, types, args, kwargs)
 
 
 def scheduler_names() -> list[str]:
@@ -95,9 +127,10 @@ def _float64_schedule(sched) -> None:
     _upcast(sched)
 
 
-def make_scheduler(name: str, config: dict, steps: int):
+def make_scheduler(name: str, config: dict, steps: int, mu: float | None = None):
     """diffusers.<name>(**config) with gsm's linear defaults (clip_sample, thresholding off), its training
-    schedule in float64, `set_timesteps(steps)`, everything upcast to float64."""
+    schedule in float64 (FlowMatch: no β schedule; its σ grid as diffusers builds it), `set_timesteps(steps)`
+    (with `mu` for dynamic shifting), everything upcast to float64."""
     d = import_diffusers()
     names = scheduler_names()
     if name not in names:
@@ -127,8 +160,9 @@ def make_scheduler(name: str, config: dict, steps: int):
                          f"model), got {kwargs['prediction_type']}")
     try:
         sched = cls(**kwargs)
-        _float64_schedule(sched)
-        sched.set_timesteps(int(steps))
+        if not is_flow_match(name):
+            _float64_schedule(sched)
+        sched.set_timesteps(int(steps), **({} if mu is None else {"mu": float(mu)}))
     except (ValueError, TypeError, NotImplementedError, AssertionError) as e:
         raise ValueError(f"sampler.config must be accepted by {name}.{'__init__/set_timesteps'}, got {dict(config)}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -136,15 +170,22 @@ def make_scheduler(name: str, config: dict, steps: int):
     return sched
 
 
-def steps_for_nfe(name: str, config: dict, nfe: int) -> int:
+def steps_for_nfe(name: str, config: dict, nfe: int, mu: float | None = None) -> int:
     """The most inference steps K whose loop makes at most `nfe` model calls (len(timesteps): K for
-    one-call steps, 2K − 1 for HeunDiscreteScheduler)."""
+    one-call steps, 2K − 1 for HeunDiscreteScheduler and FlowMatchHeunDiscreteScheduler)."""
     if int(nfe) != nfe or nfe < 1:
         raise ValueError(f"sampler.nfe must be an integer >= 1 (or null: sampler.steps), got {nfe}")
     K = int(nfe)
-    while K > 1 and len(make_scheduler(name, config, K).timesteps) > nfe:
+    while K > 1 and len(make_scheduler(name, config, K, mu).timesteps) > nfe:
         K -= 1
     return K
+
+
+def flow_sigma(sched, t) -> float:
+    """σ of a FlowMatch scheduler's timestep t: its own `sigmas` entry at t's (first) index in `timesteps`
+    (the step reads that σ; t = σ·num_train_timesteps only up to float32 rounding)."""
+    index = (sched.timesteps == float(t)).nonzero()
+    return float(sched.sigmas[int(index[0, 0])])
 
 
 def timestep_level(sched, t) -> float:
@@ -181,6 +222,8 @@ class Diffusers(Sampler):
     nfe: int | None = None
     step_kwargs: dict = field(default_factory=dict)
     law_particles: int = 100_000
+    shift: float | None = None
+    mu: float | None = None
 
     has_diagonal_law = False        # data.kind=texture: not supported
 
@@ -190,19 +233,43 @@ class Diffusers(Sampler):
         if int(self.particles) != self.particles or self.particles < 2:
             raise ValueError(f"sampler.particles must be an integer >= 2, got {self.particles}")
         self.config, self.step_kwargs = dict(self.config or {}), dict(self.step_kwargs or {})
+        self.flow = is_flow_match(str(self.scheduler))
+        self.reads = "velocity" if self.flow else "score"      # what the objective must learn (pipeline.validate)
+        self.reader = f"sampler.scheduler={self.scheduler}"
+        self._check_shift()
         try:
             self._setup()
         except (ValueError, ImportError):
             raise
         except Exception as e:      # a scheduler gsm cannot drive (no alphas_cumprod, other prediction types)
-            raise ValueError(f"sampler.scheduler must be a VP ε-prediction scheduler gsm can drive (tested: "
-                             f"{', '.join(TESTED)}), got {self.scheduler}: {type(e).__name__}: "
+            raise ValueError(f"sampler.scheduler must be a VP ε-prediction or FlowMatch scheduler gsm can drive "
+                             f"(tested: {', '.join(TESTED)}), got {self.scheduler}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+    def _check_shift(self):
+        """sampler.shift and sampler.mu: FlowMatch schedulers only; shift > 0 goes into their config; mu (a
+        number) if and only if sampler.config.use_dynamic_shifting is true."""
+        for key in ("shift", "mu"):
+            if getattr(self, key) is not None and not self.flow:
+                raise ValueError(f"sampler.{key} must be null for {self.scheduler} (the time shift of the FlowMatch "
+                                 f"schedulers: {', '.join(FLOW_MATCH)}), got {getattr(self, key)}")
+        if self.shift is not None:
+            if "shift" in self.config:
+                raise ValueError(f"sampler.config.shift must be unset when sampler.shift is set, got "
+                                 f"{self.config['shift']}")
+            self.config["shift"] = number("sampler.shift", self.shift, 0, low_open=True)
+        dynamic = bool(self.config.get("use_dynamic_shifting", False))
+        if self.flow and dynamic != (self.mu is not None):
+            got = "null" if self.mu is None else self.mu
+            raise ValueError(f"sampler.mu must be {'a number' if dynamic else 'null'} when "
+                             f"sampler.config.use_dynamic_shifting is {str(dynamic).lower()}, got {got}")
+        if self.mu is not None:
+            self.mu = number("sampler.mu", self.mu)
 
     def _setup(self):
         if self.nfe is not None:
-            self.steps = steps_for_nfe(self.scheduler, self.config, self.nfe)
-        self.template = make_scheduler(self.scheduler, self.config, int(self.steps))
+            self.steps = steps_for_nfe(self.scheduler, self.config, self.nfe, self.mu)
+        self.template = make_scheduler(self.scheduler, self.config, int(self.steps), self.mu)
         self._module = sys.modules[type(self.template).__module__]
         step_params = inspect.signature(self.template.step).parameters
         for k in self.step_kwargs:
@@ -231,41 +298,57 @@ class Diffusers(Sampler):
         uniq = list(dict.fromkeys(calls))                            # distinct, in order of first call
         self.call_level = [uniq.index(t) for t in calls]
         self.level_timesteps = uniq
-        ab = torch.tensor([timestep_level(self.template, t) for t in uniq], dtype=F64)
-        self.alphas, self.stds = ab.sqrt(), (1 - ab).sqrt()
+        self.alphas, self.stds, self.output_scale = self._levels(uniq)
         self.noise_calls = draws[:]
         self.J = len(draws)
-        self.init_var = float(self.template.init_noise_sigma) ** 2
+        self.init_var = float(getattr(self.template, "init_noise_sigma", 1.0)) ** 2
         hidden = not torch.equal(outs[0], outs[1])
         self.law_method = "particles" if hidden else "deterministic" if self.J == 0 else \
             "variance_noise" if self._variance_noise else "randn_tensor"
         self.stepwise = self.step_outputs if (self.scheduler in HISTORY_FREE and self.J > 0 and not hidden
                                               and len(set(draws)) == self.J) else None
 
+    def _levels(self, timesteps):
+        """(α, s, output scale) (L,) at the distinct timesteps: a score scheduler's ᾱ(t), α = √ᾱ, s = √(1 − ᾱ),
+        ε̂ = s·A x_in; a FlowMatch one's σ(t), α = 1 − σ, s = σ, u = 1·B x_in (module doc)."""
+        if self.flow:
+            sigma = torch.tensor([flow_sigma(self.template, t) for t in timesteps], dtype=F64)
+            return 1 - sigma, sigma, torch.ones_like(sigma)
+        ab = torch.tensor([timestep_level(self.template, t) for t in timesteps], dtype=F64)
+        return ab.sqrt(), (1 - ab).sqrt(), (1 - ab).sqrt()
+
+    def _model_input(self, sched, x, t):
+        """scale_model_input(x, t) where the scheduler has one (the FlowMatch ones do not: x itself)."""
+        return sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+
     def _loop(self, model, x, noise=None, seed=None, generator=None):
-        """The sampling loop on x (B, m, n) with model(x_in, t) → ε̂ (noise: see `push`)."""
+        """The sampling loop on x (B, m, n) with model(x_in, t) → ε̂ (noise: see `push`); float64 throughout
+        for the FlowMatch schedulers (`Float64Rows`)."""
         sched = copy.deepcopy(self.template)
         if seed is not None and self._generator:
             generator = torch.Generator().manual_seed(seed)
+        if self.flow:
+            x = x.as_subclass(Float64Rows)
         for i, t in enumerate(sched.timesteps):
-            eps = model(sched.scale_model_input(x, t), t)
+            eps = model(self._model_input(sched, x, t), t)
             kw = dict(self.step_kwargs)
             if generator is not None and self._generator:
                 kw["generator"] = generator
             if noise is not None and self._variance_noise and i in self.noise_calls:
                 kw["variance_noise"] = noise(self.noise_calls.index(i))
             x = sched.step(eps, t, x, **kw).prev_sample
-        return x
+        return x.as_subclass(torch.Tensor)
 
     def push(self, A: torch.Tensor, x: torch.Tensor, noise=None, generator=None) -> torch.Tensor:
-        """Runs the loop on the rows of x (B, m, n) with scores A (B, L, n, n) (ε̂ = s_l x_in A_lᵀ); noise(j) is
-        the j-th noise draw (None: the scheduler draws its own from `generator`)."""
+        """Runs the loop on the rows of x (B, m, n) with scores A (B, L, n, n) (ε̂ = s_l x_in A_lᵀ; FlowMatch:
+        velocity matrices, u = x_in B_lᵀ); noise(j) is the j-th noise draw (None: the scheduler draws its own
+        from `generator`)."""
         A, x = A.to(F64), x.to(F64)
         calls = iter(range(len(self.call_level)))
 
         def model(xin, t):
             l = self.call_level[next(calls)]
-            return float(self.stds[l]) * xin @ A[:, l].transpose(-1, -2)
+            return float(self.output_scale[l]) * xin @ A[:, l].transpose(-1, -2)
         if noise is None or self._variance_noise or not hasattr(self._module, "randn_tensor"):
             return self._loop(model, x, noise, generator=generator)
         count = iter(range(self.J))
@@ -278,7 +361,7 @@ class Diffusers(Sampler):
         sched = copy.deepcopy(self.template)
         for i, t in enumerate(sched.timesteps):
             l = self.call_level[i]
-            eps = float(self.stds[l]) * sched.scale_model_input(x, t) @ A[:, l].transpose(-1, -2)
+            eps = float(self.output_scale[l]) * self._model_input(sched, x, t) @ A[:, l].transpose(-1, -2)
             kw = dict(self.step_kwargs)
             if i in self.noise_calls and self._variance_noise:
                 kw["variance_noise"] = z
@@ -287,7 +370,8 @@ class Diffusers(Sampler):
 
     # --------------------------------------------------------------------------- the pipeline interface
     def noise_levels(self, sigma=None):
-        """α = √ᾱ(t), s = √(1 − ᾱ(t)) at the distinct queried timesteps. train.sigma is not used."""
+        """α = √ᾱ(t), s = √(1 − ᾱ(t)) at the distinct queried timesteps (FlowMatch: α = 1 − σ(t), s = σ(t),
+        the velocity's time 1 − σ as for sampler=flow). train.sigma is not used."""
         return self.alphas.clone(), self.stds.clone()
 
     def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False, dtype=F64):

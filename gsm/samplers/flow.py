@@ -80,11 +80,13 @@ class ExactFlowLaw:
 
 @dataclass
 class Flow(Sampler):
-    """`sampler=flow` (module doc): scheme euler | midpoint | heun | rk4 | ode, steps K, particles M."""
+    """`sampler=flow` (module doc): scheme euler | midpoint | heun | rk4 | ode, steps K (or nfe, the velocity
+    evaluations: K = nfe // evaluations per step), particles M."""
 
     scheme: str = "euler"
-    steps: int = 10
+    steps: int | None = 10
     particles: int = 2000
+    nfe: int | None = None
 
     reads = "velocity"              # reads a velocity field (objective=cfm), not a score
     init_var = 1.0                  # the source N(0, I)
@@ -92,7 +94,7 @@ class Flow(Sampler):
     def __post_init__(self):
         choice("sampler.scheme", self.scheme, SCHEMES)
         number("sampler.particles", self.particles, 2, integer=True)
-        self.K = int(number("sampler.steps", self.steps, 1, integer=True))
+        self.K = self._steps()
         if self.scheme == "ode":
             self.chain, self.times, self.evaluations = None, torch.tensor([0.0, 1.0], dtype=F64), 0
         else:
@@ -102,6 +104,17 @@ class Flow(Sampler):
         self.oracle_only = ("sampler.scheme must be euler | midpoint | heun | rk4 with a learned velocity "
                             "(ode is the exact flow of the exact velocity: model=oracle), got ode") \
             if self.scheme == "ode" else None
+
+    def _steps(self) -> int:
+        """K from sampler.steps, or from the velocity-evaluation budget sampler.nfe: K = nfe // evaluations per
+        step (as sampler=vp; set exactly one)."""
+        if self.nfe is None:
+            return int(number("sampler.steps", self.steps, 1, integer=True))
+        per = len(TABLEAUS[self.scheme][1]) if self.scheme in TABLEAUS else 1
+        if self.steps is not None:
+            raise ValueError(f"sampler.steps must be null when sampler.nfe is set (set exactly one), "
+                             f"got steps={self.steps}, nfe={self.nfe}")
+        return int(number("sampler.nfe", self.nfe, per, integer=True, why=f"scheme={self.scheme}")) // per
 
     def noise_levels(self, sigma=None):
         """The path x_t = t x₁ + (1 − t)x₀ as levels: α_l = t_l, s_l = 1 − t_l (σ unused)."""

@@ -217,7 +217,8 @@ def test_groups_are_enumerated():
 def test_option_instantiates(group, option, compose_cfg, tmp_path, one_thread):
     overrides = [selection(group, option)]
     cfg = compose_cfg(*overrides)
-    assert cfg.get(group) is not None or group in ("score",), f"{group}={option} composed no {group} node"
+    # score and method are global presets (@package _global_): they set other groups, no node of their own
+    assert cfg.get(group) is not None or group in ("score", "method"), f"{group}={option} composed no {group} node"
     if group == "model" and OmegaConf.is_missing(cfg.model, "_target_"):
         # model=custom: the user names the class (model._target_=my_pkg.MyScore); torch.nn.Linear stands
         # in for a single-instance user model (built R times, in gsm.scores.nets.Replicated)
