@@ -83,7 +83,7 @@ def test_a_refusal_through_the_console_script_exits_2_before_any_work(tmp_path):
     (["sampler=vp", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.vp.VP"),
     (["sampler=flow", "objective=cfm", "sampler.scheme=ode", "train.solver=exact"],
      "sampler.scheme must be euler | midpoint | heun | rk4 with a learned velocity"),
-    (["sampler=flow", "objective=cfm"], "train.solver must be exact (or model=oracle) for objective cfm"),
+    (["sampler=flow", "objective=cfm", "model=mlp"], "sampler=flow needs a linear score (model=linear | oracle)"),
     (["sampler=flow", "objective=cfm", "model=oracle", "sampler.scheme=dopri"],
      "sampler.scheme must be one of euler | midpoint | heun | rk4 | ode, got dopri"),
     (["sampler=flow", "objective=cfm", "model=oracle", "sampler.steps=0"], "sampler.steps must be an integer >= 1"),
@@ -99,3 +99,4 @@ def test_possible_combinations_validate(compose_cfg):
         assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "model=oracle",
                                            f"sampler.scheme={scheme}")) == []
     assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "train.solver=exact")) == []
+    assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "train.solver=sgd")) == []     # CFM-SGD
