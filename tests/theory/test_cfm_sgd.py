@@ -167,3 +167,11 @@ def test_cfm_and_dsm_share_the_level_formula_but_not_the_noise():
     c, d = CFM().fluctuations(lam, ts, 1 - ts, 0.01, 2)[0], DSM().fluctuations(lam, ts, 1 - ts, 0.01, 2)[0]
     torch.testing.assert_close(d[1], c[1] * 0.25)
     assert (c[0] > 0).all() and (d[0] == 0).all()
+
+
+def test_a_dsm_only_start_is_refused_in_one_line():
+    """init=noise (a₀ = 1/s², DSM's score of N(0, s²I)) has no velocity meaning."""
+    ts = torch.tensor([0.0, 0.5], dtype=F64)
+    with pytest.raises(ValueError, match=r"^init must be one of zeros \| identity \| optimum for objective cfm, "
+                                         r"got noise$"):
+        CFM().mean(torch.tensor(LAM), ts, 1 - ts, SGDBudget(10, 0.01, 1, "noise"))

@@ -52,12 +52,17 @@ def test_fast_trainer_takes_the_reference_steps(name):
 
 
 @cuda
-def test_cuda_graph_takes_the_reference_steps():
-    """On a GPU, one level: chunks after the first replay a CUDA graph."""
+@pytest.mark.parametrize("objective", ["dsm", "cfm"])
+def test_cuda_graph_takes_the_reference_steps(objective):
+    """On a GPU, one level: chunks after the first replay a CUDA graph (CFM: its residual at t = 0.4)."""
     x, alphas, stds, A0 = problem(R=4, d=8, device="cuda")
+    residual = None
+    if objective == "cfm":
+        alphas = torch.tensor([0.4], dtype=F64)
+        stds, residual = 1 - alphas, CFM.sgd_residual(alphas, 1 - alphas)
     fast, ref = A0.clone(), A0.clone()
     for A, train in ((fast, train_linear_dsm), (ref, reference_linear_dsm)):
-        train(A, x, alphas=alphas, stds=stds, tau=0.05, steps=40, chunk=8,
+        train(A, x, alphas=alphas, stds=stds, tau=0.05, steps=40, chunk=8, residual=residual,
               generator=torch.Generator("cuda").manual_seed(1))
     torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
 
