@@ -41,6 +41,12 @@ def resolve_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def objective_drift(objective, alphas, stds):
+    """The objective's SGD drift κ_l (`sgd_drift`), None when it declares none (DSM's s_l² then)."""
+    drift = getattr(objective, "sgd_drift", None)
+    return None if drift is None else drift(alphas, stds)
+
+
 def sgd_budget(spec) -> dict:
     """The prediction's arguments for the finite SGD budget (train.steps from A₀ = model.init), which
     enters exactly through the mean offset and at first order through the transient variance; 0 steps:
@@ -86,10 +92,12 @@ class MatrixBackend(Backend):
         if t.solver == "exact":
             model.set_matrices(objective.score_function(empirical_second_moment(x), self.alphas, self.stds))
             return {}
+        residual = getattr(objective, "sgd_residual", None)       # absent: DSM's (a user objective of 0.x)
+        residual = residual(self.alphas, self.stds) if residual is not None else None
         out = train_linear_dsm(model.A.data, x, alphas=self.alphas, stds=self.stds, tau=t.tau,
                                batch_size=t.batch_size, steps=t.steps, sampling=t.sampling,
                                symmetric=model.symmetric, generator=self.gen, log_every=t.log_every,
-                               progress=self.progress,
+                               progress=self.progress, residual=residual,
                                callback=dsm_loss_logger(writer))
         self._record_training()
         return {"diverged_at": out["diverged_at"].cpu()}
@@ -104,7 +112,8 @@ class MatrixBackend(Backend):
         self.times = record_relaxation(
             self.results, self.warn, t, self.alphas, self.stds, float(self.spectrum.min()),
             "the prediction includes the SGD transient (exact mean, first order in τ)" if self.budget else
-            "the τ prediction assumes it is; raise train.steps or train.tau")
+            "the τ prediction assumes it is; raise train.steps or train.tau", drift=objective_drift(self.spec.objective,
+                                                                              self.alphas, self.stds))
         if t.sampling == "epochs":
             self.warn("train.sampling=epochs lowers the SGD noise by up to ~20% (theory note §8): "
                       "the τ prediction assumes sampling with replacement")

@@ -279,11 +279,11 @@ def combined_z(results: dict) -> dict:
     return z
 
 
-def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, transient: str):
-    """How far DSM-SGD ran toward stationarity (theory note §12): relaxation_times (the slowest level) and
-    per level, with a warning below RELAXATION_TIMES_MIN saying how the prediction treats it (`transient`).
-    Returns the per-level times (L,)."""
-    times = relaxation_times(int(train.steps), train.tau, alphas, stds, lam_min)
+def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, transient: str, drift=None):
+    """How far SGD ran toward stationarity (theory note §12): relaxation_times (the slowest level) and
+    per level, with a warning below RELAXATION_TIMES_MIN saying how the prediction treats it (`transient`);
+    drift: the objective's κ_l (`sgd_drift`; None: DSM's s_l²). Returns the per-level times (L,)."""
+    times = relaxation_times(int(train.steps), train.tau, alphas, stds, lam_min, drift=drift)
     results["relaxation_times"] = float(times.min())
     results["relaxation_times_per_level"] = times.tolist()
     if results["relaxation_times"] < RELAXATION_TIMES_MIN:

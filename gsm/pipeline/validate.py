@@ -33,7 +33,7 @@ from gsm.training.objectives import sgd_mean_square_stable
 __all__ = ["ConfigError", "as_config_error", "sgd_tau_limit", "validate", "validate_config"]
 
 
-def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False):
+def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False, objective=None):
     """The largest τ for which DSM-SGD on a linear score is mean-square stable, min over the noise levels.
 
     Full matrix (theory note §2.3, online Gaussian data): with m_j = α²λ_j + s², stable iff
@@ -42,22 +42,28 @@ def sgd_tau_limit(lam, alphas, stds, batch_size: int, fourier: bool = False):
     exact for b = 1 (a sample's update is then one-level SGD with step τ), an approximation otherwise.
     fourier (model=fourier_linear): every frequency is a scalar recursion, stable iff
     τs²m(1 + κ/b) < 2 (κ = 1 at a complex frequency, 2 at a real one; `gsm.training.objectives.DSM.circulant_variance`).
+    objective: another objective's `mean_square_stable` and drift κ_l (`sgd_drift`; CFM κ = 1) in place of
+    DSM's σ² (None: DSM).
     Returns (τ_max, the index of the worst level).
     """
     lam = torch.as_tensor(lam, dtype=torch.float64)
     b = float(batch_size)
     limits = []
-    for a, s in zip(alphas.tolist(), stds.tolist()):
+    drift = (stds.to(torch.float64) ** 2 if objective is None or not hasattr(objective, "sgd_drift")
+             else objective.sgd_drift(alphas, stds)).tolist()
+    for a, s, kappa in zip(alphas.tolist(), stds.tolist(), drift):
         m = a * a * lam + s * s
         if fourier:
             from gsm.data.texture import kappa
             limits.append(float((2 / (s * s * m * (1 + kappa(lam.shape[-2]) / b))).min()))
             continue
         lam_l = a * a * lam.flatten()                    # the level's data α_l x has spectrum α_l²λ
-        lo, hi = 0.0, 2 / (s * s * (1 + 1 / b) * float(m.max()))
+        lo, hi = 0.0, 2 / (kappa * (1 + 1 / b) * float(m.max()))
+        level = (torch.tensor([a], dtype=torch.float64), torch.tensor([s], dtype=torch.float64))
         for _ in range(100):
             tau = 0.5 * (lo + hi)
-            stable = sgd_mean_square_stable(lam_l, sigma=s, tau=tau, batch_size=int(b))
+            stable = (sgd_mean_square_stable(lam_l, sigma=s, tau=tau, batch_size=int(b)) if objective is None
+                      else objective.mean_square_stable(lam.flatten(), *level, tau, int(b)))
             lo, hi = (tau, hi) if stable else (lo, tau)
         limits.append(lo)
     worst = min(range(len(limits)), key=limits.__getitem__)
@@ -87,7 +93,7 @@ def validate(spec: RunSpec) -> list[str]:
     _check_langevin_step(spec.sampler, spec.data.spectrum, spec.train.sigma)
     if spec.train.solver != "sgd" or not model.requires_training:
         return []
-    return _tau_warning(spec.train, spec.data.spectrum, alphas, stds, texture)
+    return _tau_warning(spec.train, spec.data.spectrum, alphas, stds, texture, spec.objective)
 
 
 def _check_rank(spec: RunSpec) -> None:
@@ -143,6 +149,9 @@ def _check_objective(spec: RunSpec, model) -> None:
     if model.requires_training and spec.train.solver == "sgd" and not getattr(obj, "sgd_trainable", False):
         raise ConfigError(f"train.solver must be exact (or model=oracle) for objective {name}: it declares no SGD "
                           f"trainer (sgd_trainable is False), got train.solver=sgd")
+    if not model.linear and not getattr(obj, "neural_trainable", getattr(obj, "sgd_trainable", False)):
+        raise ConfigError(f"model must be linear (or oracle) for objective {name}: neural models are trained on the "
+                          f"DSM loss only (neural_trainable is False), got model._target_={spec.model.target}")
     if spec.data.kind == "texture" and not getattr(obj, "closed_forms", False):
         raise ConfigError(f"objective must be dsm for data=texture (the Fourier pipeline is written for DSM), "
                           f"got objective {name}")
@@ -179,9 +188,10 @@ def _check_langevin_step(sampler, lam, sigma) -> None:
         sampler.check_step(float(lam.min()), sigma)
 
 
-def _tau_warning(train, lam, alphas, stds, fourier: bool) -> list[str]:
-    """DSM-SGD beyond its mean-square stability limit: a warning (the run counts the diverged replicates)."""
-    limit, worst = sgd_tau_limit(lam, alphas, stds, int(train.batch_size), fourier)
+def _tau_warning(train, lam, alphas, stds, fourier: bool, objective=None) -> list[str]:
+    """SGD beyond its mean-square stability limit: a warning (the run counts the diverged replicates)."""
+    other = None if objective is None or getattr(objective, "name", None) == "dsm" else objective
+    limit, worst = sgd_tau_limit(lam, alphas, stds, int(train.batch_size), fourier, other)
     if train.tau < limit:
         return []
     level = f" at noise level s = {float(stds[worst]):.3g}" if stds.numel() > 1 else ""

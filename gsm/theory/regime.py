@@ -30,13 +30,15 @@ N_OVER_D_MIN = 5                # first-order 1/N term within 5 % (§5.5): the r
 
 
 def relaxation_times(steps: int, tau: float, alphas: torch.Tensor, stds: torch.Tensor, lam_min: float,
-                     levels: int | None = None) -> torch.Tensor:
-    """Per level l, how many relaxation times SGD ran: (S/L)·τ s_l²(α_l²λ_min + s_l²) (each sample hits a
-    level with probability 1/L; the slowest direction relaxes at rate τ s²m_min per sample). (L,) float64."""
+                     levels: int | None = None, drift: torch.Tensor | None = None) -> torch.Tensor:
+    """Per level l, how many relaxation times SGD ran: (S/L)·τ κ_l(α_l²λ_min + s_l²) (each sample hits a
+    level with probability 1/L; the slowest direction relaxes at rate τκm_min per sample), κ_l the
+    objective's drift coefficient (`sgd_drift`; None: DSM's s_l², CFM's is 1). (L,) float64."""
     a2 = alphas.to(torch.float64).pow(2)
     s2 = stds.to(torch.float64).pow(2)
+    kappa = s2 if drift is None else torch.as_tensor(drift, dtype=torch.float64)
     L = levels or alphas.numel()
-    return steps / L * tau * s2 * (a2 * lam_min + s2)
+    return steps / L * tau * kappa * (a2 * lam_min + s2)
 
 
 def steps_for_relaxation(steps: int, times: torch.Tensor, target: float = RELAXATION_TIMES_MIN) -> int:

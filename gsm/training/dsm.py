@@ -8,6 +8,11 @@ level, α = 1, s = σ. For the linear score s(y) = −A y the stochastic gradien
 
 and constant-step SGD with batch b is A ← A − (τ/b) Σ_batch u yᵀ (one batched `baddbmm`). On the CPU,
 K consecutive steps are taken at once by an exact rewriting (`_sgd_steps_blocked`).
+
+The same trainer serves any objective whose per-sample loss is ½‖e‖² with a residual linear in A and in
+the draws, e = c_l A y + p_l x + q_l z (`residual=(c, p, q)`, the objective's `sgd_residual`): its gradient
+is u yᵀ with u = c e = c²A y + c(p x + q z), DSM's rank-one form. DSM: (c, p, q) = (s_l, 0, −1); conditional
+flow matching (`gsm.training.flow_matching.CFM`, e = B y + x₁ − x₀ at y = t x₁ + (1 − t)x₀): (1, 1, −1).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gsm.scores.linear import dsm_optimum
+from gsm.training.objectives import DSM
 from gsm.training.prefetch import background_draws, prefetched
 
 SAMPLING = ("with_replacement", "epochs")
@@ -69,11 +75,12 @@ class EpochStream:
         return out
 
 
-def _sgd_steps(A0, y, z, u, s0, tau_b, symmetric):
-    """The one-level DSM-SGD steps of a chunk, in place on A0 (R, d, d): for each k,
-    u_k = s²A y_k − s z_k (into u[k]) and A ← A − (τ/b) Σ_batch u_k y_kᵀ (a rank-b update)."""
+def _sgd_steps(A0, y, w, u, kappa, beta, tau_b, symmetric):
+    """The one-level SGD steps of a chunk, in place on A0 (R, d, d): for each k,
+    u_k = κA y_k + βw_k (into u[k]; DSM κ = s², β = −s, w = z) and A ← A − (τ/b) Σ_batch u_k y_kᵀ (a rank-b
+    update)."""
     for k in range(y.shape[0]):
-        torch.baddbmm(z[k], y[k], A0.transpose(-1, -2), beta=-s0, alpha=s0 * s0, out=u[k])
+        torch.baddbmm(w[k], y[k], A0.transpose(-1, -2), beta=beta, alpha=kappa, out=u[k])
         if symmetric:                                     # ½(u yᵀ + y uᵀ) = ½ [u; y]ᵀ [y; u]
             A0.baddbmm_(torch.cat([u[k], y[k]], 1).transpose(-1, -2), torch.cat([y[k], u[k]], 1),
                         alpha=-0.5 * tau_b)
@@ -86,27 +93,27 @@ def _sgd_steps(A0, y, z, u, s0, tau_b, symmetric):
 BLOCK_ROWS = 16     # samples per blocked CPU update: fastest of 8 / 16 / 32 at d = 64, b = 1 (python -m gsm.bench)
 
 
-def _sgd_steps_blocked(A0, y, z, s0, tau_b, b, log):
+def _sgd_steps_blocked(A0, y, w, kappa, beta, tau_b, b, log):
     """The steps of `_sgd_steps` (one level, not symmetric), K = BLOCK_ROWS // b at a time, in place on A0.
 
     Within a block that starts from A, step j sees A_j = A − (τ/b) Σ_{i<j} u_i y_iᵀ, so its residuals are
-        u_j = s²A y_j − s z_j − s²(τ/b) Σ_{i<j} (y_iᵀ y_j) u_i,
-    i.e. the unit lower-triangular system (I + s²(τ/b) M∘YYᵀ) U = s² Y Aᵀ − s Z, where the rows of Y, Z, U
+        u_j = κA y_j + βw_j − κ(τ/b) Σ_{i<j} (y_iᵀ y_j) u_i      (DSM: κ = s², β = −s, w = z),
+    i.e. the unit lower-triangular system (I + κ(τ/b) M∘YYᵀ) U = κ Y Aᵀ + β W, where the rows of Y, W, U
     are the block's K·b samples in step order and M keeps the pairs from strictly earlier steps. So a block
     is one GEMM, one Gram matrix, one triangular solve and one rank-Kb update A ← A − (τ/b) UᵀY: A is read
     and written once per block instead of once per step. The iterates are the same up to rounding.
 
-    y, z: (R, c·b, d) in step order; log(j, u_j) is called for every step j < c of the chunk."""
+    y, w: (R, c·b, d) in step order; log(j, u_j) is called for every step j < c of the chunk."""
     R, n, d = y.shape
     rows = max(1, BLOCK_ROWS // b) * b
     step = torch.arange(rows, device=y.device) // b
-    M = (step.view(-1, 1) > step.view(1, -1)).to(y.dtype) * (s0 * s0 * tau_b)
+    M = (step.view(-1, 1) > step.view(1, -1)).to(y.dtype) * (kappa * tau_b)
     U = torch.empty(R, rows, d, device=y.device, dtype=y.dtype)
     G = torch.empty(R, rows, rows, device=y.device, dtype=y.dtype)
     for p in range(0, n, rows):
         q = min(n, p + rows)
         m, yb, Ub, Gb = q - p, y[:, p:q], U[:, :q - p], G[:, :q - p, :q - p]
-        torch.bmm(yb, A0.mT, out=Ub).mul_(s0 * s0).sub_(z[:, p:q], alpha=s0)        # s²YAᵀ − sZ
+        torch.bmm(yb, A0.mT, out=Ub).mul_(kappa).add_(w[:, p:q], alpha=beta)        # κYAᵀ + βW
         torch.bmm(yb, yb.mT, out=Gb).mul_(M[:m, :m]).diagonal(dim1=-2, dim2=-1).fill_(1.0)
         # right-sided solve on the transposes: Ubᵀ is column-major, as LAPACK wants, so it is solved in place
         torch.linalg.solve_triangular(Gb.mT, Ub.mT, upper=True, left=False, unitriangular=True, out=Ub.mT)
@@ -118,16 +125,16 @@ def _sgd_steps_blocked(A0, y, z, s0, tau_b, b, log):
 class _GraphedSteps:
     """`_sgd_steps` captured once as a CUDA graph on static buffers (A0 is updated in place)."""
 
-    def __init__(self, A0, y, z, s0, tau_b, symmetric):
+    def __init__(self, A0, y, z, kappa, beta, tau_b, symmetric):
         self.y, self.z, self.u = torch.empty_like(y), torch.empty_like(z), torch.empty_like(z)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):                     # warm-up (cuBLAS workspaces) on a copy of A
-            _sgd_steps(A0.clone(), y, z, self.u, s0, tau_b, symmetric)
+            _sgd_steps(A0.clone(), y, z, self.u, kappa, beta, tau_b, symmetric)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            _sgd_steps(A0, self.y, self.z, self.u, s0, tau_b, symmetric)
+            _sgd_steps(A0, self.y, self.z, self.u, kappa, beta, tau_b, symmetric)
 
     def run(self, y, z):
         self.y.copy_(y)
@@ -168,14 +175,21 @@ class _LinearDSM:
     """The state of `train_linear_dsm`: A (updated in place), the data, the levels, the chunk buffers, the
     step count, the loss log and the divergence record."""
 
-    def __init__(self, A, x, alphas, stds, run: _SGDRun, generator, callback, log_every: int):
+    def __init__(self, A, x, alphas, stds, residual, run: _SGDRun, generator, callback, log_every: int):
         R, L, d, _ = A.shape
         self.A, self.run, self.g, self.callback, self.log_every = A, run, generator, callback, log_every
         self.R, self.L, self.d, self.N = R, L, d, x.shape[1]
         dev, dt = A.device, A.dtype
         self.x = x.to(dt)
         self.a, self.s = alphas.to(dev, dt), stds.to(dev, dt)
-        self.a0, self.s0 = float(self.a[0]), float(self.s[0])
+        self.c, self.p, self.q = (torch.as_tensor(v).to(dev, dt) for v in residual)
+        self.data_term = bool((self.p != 0).any())       # e = cAy + px + qz reads the data x besides y (CFM)
+        self.a0, self.s0, c0, p0, q0 = (float(v[0]) for v in (self.a, self.s, self.c, self.p, self.q))
+        # one level: u = κAy + βw with w = z + (p/q)x drawn in z's buffer (no buffer for x)
+        if L == 1 and p0 != 0 and q0 == 0:
+            raise ValueError(f"residual q must be nonzero where p is (one level), got p = {p0}, q = 0")
+        self.c0, self.kappa0, self.beta0 = c0, c0 * c0, c0 * q0
+        self.shift0 = p0 / q0 if p0 != 0 else 0.0
         self.rows = torch.arange(R, device=dev).view(R, 1).expand(R, run.b)
         self.epochs = EpochStream(R, self.N, generator, dev) if run.sampling == "epochs" else None
         self.diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
@@ -215,13 +229,15 @@ class _LinearDSM:
             z = z.permute(1, 0, 2, 3).reshape(R, c * b, d)          # a strided view for b = 1, else a copy
         else:
             y = torch.index_select(self.xflat, 0, rows_idx.transpose(0, 1).reshape(-1), out=yb).view(c, R, b, d)
-        return c, idx, z, None, y.mul_(self.a0).add_(z, alpha=self.s0)
+        if self.shift0:             # w = z + (p/q)x, and y = αx + sz = (α − s·p/q)x + s·w
+            z.add_(y, alpha=self.shift0)
+        return c, idx, z, None, y.mul_(self.a0 - self.s0 * self.shift0).add_(z, alpha=self.s0)
 
     def train_chunk(self, c: int, idx, z, lv, y):
         """The chunk's c steps, by the fastest form that applies (module doc)."""
         if lv is None and self.run.blocked:
-            _sgd_steps_blocked(self.A[:, 0], y, z, self.s0, self.run.tau / self.run.b, self.run.b,
-                               lambda j, u: self.log(self.step + j + 1, u, self.s0))
+            _sgd_steps_blocked(self.A[:, 0], y, z, self.kappa0, self.beta0, self.run.tau / self.run.b, self.run.b,
+                               lambda j, u: self.log(self.step + j + 1, u, self.c0))
             self.step += c
         elif lv is None:
             self._one_level_steps(c, z, y)
@@ -229,38 +245,40 @@ class _LinearDSM:
             self._per_sample_level_steps(c, idx, z, lv)
 
     def _one_level_steps(self, c: int, z, y):
-        """One level: each step is two fused in-place products (no temporaries of A's size): u = s²Ay − sz
-        (baddbmm), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for b = 1, baddbmm_ otherwise)."""
+        """One level: each step is two fused in-place products (no temporaries of A's size): u = κAy + βw
+        (baddbmm; DSM u = s²Ay − sz), then A ← A − (τ/b) Σ_batch u yᵀ (a rank-b update: addcmul_ for b = 1, baddbmm_ otherwise)."""
         run, A0 = self.run, self.A[:, 0]
         if self.graph is not None and c == run.chunk:
             self.graph.run(y, z)                          # a CUDA graph replay of the same steps
             u = self.graph.u
         else:
             u = self.u_buf[:c]
-            _sgd_steps(A0, y, z, u, self.s0, run.tau / run.b, run.symmetric)
+            _sgd_steps(A0, y, z, u, self.kappa0, self.beta0, run.tau / run.b, run.symmetric)
             later = run.steps - self.step - c >= run.chunk            # a full chunk still to come
             if run.cuda_graph and A0.device.type == "cuda" and self.graph is None and later:
-                self.graph = _GraphedSteps(A0, y, z, self.s0, run.tau / run.b, run.symmetric)
+                self.graph = _GraphedSteps(A0, y, z, self.kappa0, self.beta0, run.tau / run.b, run.symmetric)
         for k in range(c):
-            self.log(self.step + k + 1, u[k], self.s0)
+            self.log(self.step + k + 1, u[k], self.c0)
         self.step += c
 
     def _per_sample_level_steps(self, c: int, idx, z, lv):
-        """A level per sample: gather each sample's A_l, scatter-add its gradient."""
+        """A level per sample: gather each sample's A_l, scatter-add its gradient u yᵀ, u = c²A_l y + c(px + qz)."""
         rows, L, d, run = self.rows, self.L, self.d, self.run
         for k in range(c):
             xb = self.x[rows, idx[:, k]]                  # (R, b, d)
             l = lv[k]
             sl, al = self.s[l].unsqueeze(-1), self.a[l].unsqueeze(-1)   # (R, b, 1)
+            cl, ql = self.c[l].unsqueeze(-1), self.q[l].unsqueeze(-1)
             y = al * xb + sl * z[k]
             Al = self.A[rows, l]                          # (R, b, d, d)
-            u = sl ** 2 * (Al @ y.unsqueeze(-1)).squeeze(-1) - sl * z[k]
+            offset = ql * z[k] + self.p[l].unsqueeze(-1) * xb if self.data_term else ql * z[k]
+            u = cl ** 2 * (Al @ y.unsqueeze(-1)).squeeze(-1) + cl * offset
             G = u.unsqueeze(-1) * y.unsqueeze(-2)         # (R, b, d, d)
             if run.symmetric:
                 G = 0.5 * (G + G.transpose(-1, -2))
             self.flatA.index_add_(0, (rows * L + l).reshape(-1), G.reshape(-1, d, d), alpha=-run.tau / run.b)
             self.step += 1
-            self.log(self.step, u, sl)
+            self.log(self.step, u, cl)
 
     def record_divergence(self) -> bool:
         """Marks the replicates whose A became non-finite by now; True when all have."""
@@ -278,13 +296,16 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
                      tau: float, batch_size: int = 1, steps: int, sampling: str = "with_replacement",
                      symmetric: bool = False, generator: torch.Generator | None = None,
                      log_every: int = 0, callback=None, chunk: int = 256, progress: bool = False,
-                     cuda_graph: bool = True, blocked: bool = True, background: bool | None = None) -> dict:
-    """DSM-SGD on the linear score, in place on A, for R replicates at once.
+                     cuda_graph: bool = True, blocked: bool = True, background: bool | None = None,
+                     residual=None) -> dict:
+    """SGD on a linear model (DSM by default), in place on A, for R replicates at once.
 
     Args:
-        A: (R, L, d, d) score matrices (updated in place; its dtype is the training dtype).
+        A: (R, L, d, d) score (or velocity) matrices (updated in place; its dtype is the training dtype).
         x: (R, N, d) data, one data set per replicate.
         alphas, stds: (L,) noise levels α_l, s_l; each sample draws l uniformly.
+        residual: (c, p, q), (L,) each: the per-sample loss ½‖c_l A y + p_l x + q_l z‖² (module doc; the
+            objective's `sgd_residual`). None: DSM's, (s_l, 0, −1).
         tau: τ, the SGD step (convention (L)).  batch_size: b.  steps: number of SGD steps.
         sampling: "with_replacement" (i.i.d. indices, the theory's assumption) or "epochs".
         symmetric: use (g + gᵀ)/2 so A stays symmetric.
@@ -304,8 +325,9 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
     """
     run = _SGDRun.resolve(A, tau=tau, batch_size=batch_size, steps=steps, chunk=chunk, sampling=sampling,
                           symmetric=symmetric, cuda_graph=cuda_graph, blocked=blocked, background=background)
-    sgd = _LinearDSM(A, x, alphas, stds, run, generator, callback, log_every)
-    bar = tqdm(total=steps, desc="DSM-SGD", disable=not progress, leave=False)
+    sgd = _LinearDSM(A, x, alphas, stds, DSM.sgd_residual(alphas, stds) if residual is None else residual, run, generator,
+                     callback, log_every)
+    bar = tqdm(total=steps, desc="SGD", disable=not progress, leave=False)
     for draws in prefetched(sgd.draw, -(-steps // chunk), run.background):
         sgd.train_chunk(*draws)
         bar.update(draws[0])

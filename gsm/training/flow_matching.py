@@ -11,14 +11,23 @@ matrix B_l in the place of the score matrix A_l. Its minimiser on a data second 
 
 is the exact velocity for X = Σ (model=oracle) and the empirical least-squares minimiser for X = Σ̂
 (train.solver=exact), both functions of X alone; the 1/N term of the prediction expands it through the
-sampler's law map (its Taylor series in Σ̂'s eigenvalue, `score_series`). No SGD trainer: sgd_trainable
-is False, so a run with train.solver=sgd is refused before any work.
+sampler's law map (its Taylor series in Σ̂'s eigenvalue, `score_series`).
+
+CFM-SGD (train.solver=sgd, docs/theory.md §14.2): the per-sample loss ½‖v(y) − (x − z)‖² = ½‖B y + x − z‖²
+has gradient (B y + x − z) yᵀ, DSM's rank-one form with the residual (c, p, q) = (1, 1, −1)
+(`sgd_residual`, trained by `gsm.training.dsm.train_linear_dsm`). The gradient is affine in B with
+expectation (B M_l − (s_l I − α_l X))/L per step, so the mean after S steps is exact; the residual at the
+optimum, e* = u − E[u | y], is independent of y (jointly Gaussian, uncorrelated) with variance λ/m per
+eigen-direction (not DSM's α²λ/m: the target u = x − z carries the data), which sets the τ term.
 """
 from __future__ import annotations
 
 import torch
 
+from gsm.algebra import series_mm
 from gsm.scores.linear import matrix_inverse
+from gsm.training.objectives import (SGD_INIT, SGDBudget, affine_power_series, level_fluctuations,
+                                     mean_after_budget, mean_square_stable_levels)
 
 F64 = torch.float64
 
@@ -29,13 +38,34 @@ class CFM:
 
     name = "cfm"
     predicts = "velocity"   # the flow sampler reads a velocity; score samplers refuse it (gsm.pipeline.validate)
-    sgd_trainable = False   # no CFM-SGD trainer: train.solver=exact or model=oracle
+    sgd_trainable = True    # CFM-SGD: `train_linear_dsm` with `sgd_residual` (linear models)
+    neural_trainable = False   # `train_score_net` minimises the DSM loss: no velocity nets yet
     closed_forms = False    # gsm's per-eigenvalue (VP) and Fourier (texture) paths are written for DSM
 
     @staticmethod
     def _levels(alphas, stds):
         alphas, stds = torch.as_tensor(alphas, dtype=F64), torch.as_tensor(stds, dtype=F64)
         return alphas, stds
+
+    @staticmethod
+    def sgd_residual(alphas, stds):
+        """The per-sample loss residual e = c B y + p x + q z = B y + x − z: (c, p, q) = (1, 1, −1), (L,) each."""
+        one = torch.ones_like(torch.as_tensor(stds, dtype=F64))
+        return one, one.clone(), -one
+
+    @staticmethod
+    def sgd_drift(alphas, stds) -> torch.Tensor:
+        """κ_l = c_l² = 1: the mean gradient at level l is κ_l(B M_l − (s_l I − α_l X)), M_l = α_l²X + s_l²I."""
+        return torch.ones_like(torch.as_tensor(stds, dtype=F64))
+
+    @staticmethod
+    def initial_velocity(budget: SGDBudget) -> float | None:
+        """b₀ of B₀ = b₀I (model.init: zeros 0, identity 1); None for init=optimum (B₀ = B*)."""
+        if budget.init == "optimum":
+            return None
+        if budget.init not in SGD_INIT:
+            raise ValueError(f"init must be one of zeros | identity | optimum for objective cfm, got {budget.init}")
+        return SGD_INIT[budget.init]
 
     def target(self, lam, alphas, stds) -> torch.Tensor:
         """b*_l(λ) = (s_l − α_lλ)/(α_l²λ + s_l²): (d,), (L,), (L,) → (L, d)."""
@@ -45,32 +75,74 @@ class CFM:
 
     def score_function(self, X: torch.Tensor, alphas, stds, budget=None) -> torch.Tensor:
         """B_l = (s_l I − α_l X)(α_l²X + s_l²I)⁻¹ (the two factors commute): X (..., n, n) → (..., L, n, n).
-        At s_l = 0 (t = 1) B = −I whatever X (no X⁻¹: Σ̂ may be singular)."""
-        if budget is not None:
-            raise ValueError("objective cfm has no SGD budget (train.solver=exact or model=oracle)")
+        At s_l = 0 (t = 1) B = −I whatever X (no X⁻¹: Σ̂ may be singular). After a finite SGD budget the
+        exact mean (§14.2): E[B_l] = B_l + (B₀ − B_l)(I − τM_l/L)^S, M_l = α_l²X + s_l²I."""
         a, s = (t.to(X.device).view(-1, 1, 1) for t in self._levels(alphas, stds))
         X = X.to(F64).unsqueeze(-3)
         eye = torch.eye(X.shape[-1], dtype=F64, device=X.device)
         at_data = (s == 0).expand(a.shape)
         M = a * a * X + torch.where(at_data, torch.ones_like(s), s * s) * eye      # s = 0: any invertible M
-        B = matrix_inverse(M) @ (s * eye - a * X)
-        return torch.where(at_data, -eye, B)
+        B = torch.where(at_data, -eye, matrix_inverse(M) @ (s * eye - a * X))
+        b0 = None if budget is None else self.initial_velocity(budget)
+        if b0 is None:
+            return B
+        return mean_after_budget(B, b0 * eye, a * a * X + s * s * eye, torch.full_like(s, budget.tau / a.numel()),
+                                 budget.steps)
 
     def score_series(self, mu: torch.Tensor, alphas, stds, budget=None, order: int = 4) -> torch.Tensor:
         """b_l(μ + x) = Σ_r f[l, :, r] xʳ: with m = α²μ + s², c = s − αμ,
         b = (c − αx)/(m + α²x) = (c − αx) Σ_r (−α²)ʳ xʳ/m^{r+1}, so
-        f_r = c(−α²)ʳ/m^{r+1} − α(−α²)^{r−1}/m^r (r ≥ 1). mu (d,) → (L, d, order)."""
-        if budget is not None:
-            raise ValueError("objective cfm has no SGD budget (train.solver=exact or model=oracle)")
+        f_r = c(−α²)ʳ/m^{r+1} − α(−α²)^{r−1}/m^r (r ≥ 1). After a budget, b + (b₀ − b)ρ(μ)^S with
+        ρ = 1 − τm/L affine in μ (`affine_power_series`). mu (d,) → (L, d, order)."""
         a, s = (t.view(-1, 1, 1) for t in self._levels(alphas, stds))
         mu = torch.as_tensor(mu, dtype=F64).view(1, -1, 1)
         m, c = a * a * mu + s * s, s - a * mu
         r = torch.arange(order, dtype=F64)
         first = c * (-a * a) ** r / m ** (r + 1)
         second = -a * (-a * a) ** (r - 1).clamp_min(0) / m ** r
-        return first + torch.where(r >= 1, second, torch.zeros_like(second))
+        f = first + torch.where(r >= 1, second, torch.zeros_like(second))
+        b0 = None if budget is None else self.initial_velocity(budget)
+        if b0 is None:
+            return f
+        rate = budget.tau / a.numel()
+        rS = affine_power_series(1 - rate * m[..., 0], (-rate * a * a)[..., 0].expand_as(m[..., 0]),
+                                 int(budget.steps), order)
+        f0 = torch.zeros_like(f)
+        f0[..., 0] = b0
+        return f + series_mm(f0 - f, rS)
 
     def mean(self, lam, alphas, stds, budget=None) -> torch.Tensor:
-        """E[b_l(λ)] (L, d): the target (no SGD budget)."""
-        return self.target(lam, alphas, stds)
+        """E[b_l(λ)] (L, d): the target, or its exact mean after the budget (population data)."""
+        return self.score_series(lam, alphas, stds, budget, order=1)[..., 0]
+
+    def fluctuations(self, lam, alphas, stds, tau: float, batch_size: int = 1, budget: SGDBudget | None = None,
+                     symmetric: bool = False):
+        """(Var(Δ_l,ri), Cov(Δ_l,ri, Δ_l,ir)) (L, d, d) of the CFM-SGD error Δ = B − E[B], first order in τ,
+        levels independent (§14.2): `gsm.training.objectives.level_fluctuations` with drift κ = 1 and the
+        residual variance U_r = λ_r/m_r, so stationary Var(Δ_ri) = τλ_r/(2bm_r); after S steps
+        ρ_i = 1 − τm_i/L and the mean offset μ0 = b₀ − b*."""
+        lam = torch.as_tensor(lam, dtype=F64)
+        alphas, stds = self._levels(alphas, stds)
+        b0 = None if budget is None else self.initial_velocity(budget)
+        target = self.target(lam, alphas, stds)
+        var, cross = torch.zeros(2, alphas.numel(), lam.numel(), lam.numel(), dtype=F64)
+        for l in range(alphas.numel()):
+            m = alphas[l] ** 2 * lam + stds[l] ** 2
+            var[l], cross[l] = level_fluctuations(m, lam / m, 1.0, alphas.numel(), tau, batch_size,
+                                                  None if budget is None else budget.steps, symmetric,
+                                                  None if b0 is None else b0 - target[l])
+        return var, cross
+
+    def eps_tau(self, lam, alphas, stds, tau: float, batch_size: int = 1) -> float:
+        """ε_τ = τ max_l λ m_l/(2b) = max Var(Δ_rr)·m_r², DSM's normalisation (note §5.5) for the velocity."""
+        a, s = self._levels(alphas, stds)
+        lam = torch.as_tensor(lam, dtype=F64).view(1, -1)
+        return tau * float((lam * (a.view(-1, 1) ** 2 * lam + s.view(-1, 1) ** 2)).max()) / (2 * batch_size)
+
+    def mean_square_stable(self, lam, alphas, stds, tau: float, batch_size: int = 1) -> bool:
+        """CFM-SGD mean-square stable at every level (note §2.3 with drift κ = 1): τ(1+1/b)m_max < 2 and
+        Σ_j τm_j/[b(2 − τ(1+1/b)m_j)] < 1, m = α²λ + s²."""
+        a, s = self._levels(alphas, stds)
+        m = a.view(-1, 1) ** 2 * torch.as_tensor(lam, dtype=F64).view(1, -1) + s.view(-1, 1) ** 2
+        return mean_square_stable_levels(m, self.sgd_drift(a, s), tau, batch_size)
 

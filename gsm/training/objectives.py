@@ -11,9 +11,13 @@ of Σ (eigenvalues λ, float64), per level l with y = α_l x + s_l z, L levels e
 * `fluctuations`: the covariance of the SGD error Δ = A − E[A], stationary or after a finite budget.
 
 A new objective (e.g. flow matching) is one new class with these members; no sampler changes. It declares
-what gsm can do with it: `sgd_trainable` (train.solver=sgd runs DSM-SGD, so only DSM), `closed_forms`
-(the VP per-eigenvalue and texture paths); without them a run refuses train.solver=sgd and data=texture
-before any work, and computes through the full-matrix path (docs/extending.md §4).
+what gsm can do with it: `sgd_trainable` (train.solver=sgd runs `gsm.training.dsm.train_linear_dsm` on its
+per-sample loss residual `sgd_residual`, DSM's by default; DSM and CFM), `neural_trainable` (neural nets,
+trained on the DSM loss: DSM only), `closed_forms` (the VP per-eigenvalue and texture paths); without them a
+run refuses train.solver=sgd, model=mlp and data=texture before any work, and computes through the
+full-matrix path (docs/extending.md §4). The helpers below (`level_fluctuations`, `mean_after_budget`,
+`affine_power_series`, `mean_square_stable_levels`) hold the SGD formulas once, for every objective whose
+gradient is affine in A with a residual independent of y at the optimum.
 """
 from __future__ import annotations
 
@@ -67,6 +71,73 @@ def geometric_pair_sum(x: torch.Tensor, y: torch.Tensor, S: int) -> torch.Tensor
     return torch.where(close, S * x ** max(S - 1, 0), (y ** S - x ** S) / torch.where(close, torch.ones_like(diff), diff))
 
 
+def affine_power_series(r0: torch.Tensor, r1: torch.Tensor, S: int, order: int) -> torch.Tensor:
+    """The Taylor series of r(μ + x)^S for r affine in μ, r(μ + x) = r0 + r1 x (elementwise):
+    Σ_k C(S, k) r0^{S−k} r1^k x^k, truncated to `order` coefficients: (...) → (..., order)."""
+    return torch.stack([float(math.comb(S, k)) * r0 ** max(S - k, 0) * r1 ** k if k <= S else torch.zeros_like(r0)
+                        for k in range(order)], -1)
+
+
+def mean_after_budget(A_star: torch.Tensor, A0: torch.Tensor, M: torch.Tensor, rate: torch.Tensor,
+                      steps: int) -> torch.Tensor:
+    """The exact SGD mean after S steps of a gradient affine in A, rate·(A M − target) per step in
+    expectation: E[A_S] = A* + (A₀ − A*)(I − rate·M)^S. A_star, A0, M (..., L, n, n), rate (L, 1, 1)."""
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    return A_star + (A0 - A_star) @ torch.linalg.matrix_power(eye - rate * M, int(steps))
+
+
+def level_fluctuations(m, U, kappa: float, L: int, tau: float, b: int, steps: int | None, symmetric: bool,
+                       mu0=None):
+    """(Var(Δ_ri), Cov(Δ_ri, Δ_ir)) (d, d) at one level, first order in τ (docs/theory.md §2.2, §11, §14.2), for
+    an SGD whose per-sample gradient at the level is u yᵀ, u = κ Δ y + u*, with y ~ N(0, M), M = diag(m) in the
+    eigenbasis, and u* independent of y of covariance κ·diag(U) (U: the loss residual's variance at the
+    optimum; DSM κ = s², U = α²λ/m; CFM κ = 1, U = λ/m), each sample at the level with probability 1/L:
+
+        stationary  Var(Δ_ri) = τU_r/(2b),   symmetric: Var(Δ_ij) = τ(U_i m_j + U_j m_i)/(4b(m_i + m_j));
+        after S steps (ρ_i = 1 − τκm_i/L, μ0 = a₀ − a* the initial mean offset):
+        Var(Δ_ri) = τU_r/(2b)(1 − ρ_i^{2S})
+                  + (τ²κ²/b) μ0_r² [m_r m_i(1+2δ_ri)/L − m_r²δ_ri/L²] Σ_{l<S} ρ_r^{2l} ρ_i^{2(S−1−l)},
+        Cov(Δ_ri, Δ_ir) = (τ²κ²/(bL)) μ0_r μ0_i m_r m_i · S (ρ_rρ_i)^{S−1}   (Var on the diagonal);
+        symmetric after S steps: the stationary value times 1 − ρ_ij^{2S}, ρ_ij = 1 − τκ(m_i + m_j)/(2L).
+
+    steps None: stationary; mu0 None: no mean offset (A₀ = A*). m, U, mu0: (d,) float64."""
+    d, eye = m.numel(), torch.eye(m.numel(), dtype=F64)
+    v = tau * U / (2 * b)
+    if symmetric:
+        S = tau * (U[:, None] * m[None, :] + U[None, :] * m[:, None]) / (4 * b * (m[:, None] + m[None, :]))
+        S.diagonal().copy_(v)
+        if steps is not None:
+            rho = 1 - tau * kappa * (m[:, None] + m[None, :]) / (2 * L)
+            S = S * (1 - rho ** (2 * int(steps)))
+        return S, S.clone()
+    if steps is None:
+        return v[:, None].expand(d, d).clone(), torch.zeros(d, d, dtype=F64)
+    Ssteps = int(steps)
+    rho = 1 - tau * kappa * m / L
+    r2 = rho ** 2
+    var = v[:, None] * (1 - r2[None, :] ** Ssteps)
+    if mu0 is not None:
+        k2 = tau ** 2 * kappa ** 2 / b
+        mult = k2 * (mu0 ** 2 * m)[:, None] * (m[None, :] * (1 + 2 * eye) / L - m[:, None] * eye / L ** 2)
+        var = var + mult * geometric_pair_sum(r2[:, None], r2[None, :], Ssteps)
+        cross = k2 / L * (mu0 * m)[:, None] * (mu0 * m)[None, :] * Ssteps \
+            * (rho[:, None] * rho[None, :]) ** max(Ssteps - 1, 0)
+    else:
+        cross = torch.zeros(d, d, dtype=F64)
+    cross.diagonal().copy_(var.diagonal())
+    return var, cross
+
+
+def mean_square_stable_levels(m: torch.Tensor, kappa: torch.Tensor, tau: float, b: int) -> bool:
+    """Constant-step SGD mean-square stable at every level (note §2.3; m (L, d) the levels' second moments,
+    κ (L,) the drift coefficient, s² for DSM, 1 for CFM): τκ(1+1/b)m_max < 2 and
+    Σ_j τκm_j/[b(2 − τκ(1+1/b)m_j)] < 1 at each level."""
+    k = kappa.view(-1, 1)
+    denom = 2 - tau * k * (1 + 1 / b) * m
+    R = (tau * k * m / (b * denom)).sum(-1)
+    return bool((denom > 0).all()) and bool((R < 1).all())
+
+
 class DSM:
     """Denoising score matching for a linear score s_l(y) = −A_l y: the loss ½‖s_l s_l(y) + z‖² at
     y = α_l x + s_l z (convention (L) with σ = s_l on data α_l x ~ N(0, α_l²Σ)), trained by SGD with
@@ -74,8 +145,21 @@ class DSM:
     (`train.solver=exact`). m_l = α_l²λ + s_l² is the level's second moment along λ."""
 
     name = "dsm"
-    sgd_trainable = True    # train.solver=sgd runs its SGD (`train_linear_dsm`, neural nets `train_score_net`)
+    sgd_trainable = True    # train.solver=sgd runs its SGD (`train_linear_dsm` with `sgd_residual`)
+    neural_trainable = True     # neural nets are trained on its loss (`train_score_net`)
     closed_forms = True     # gsm's per-eigenvalue (VP spectral, sde/ode) and Fourier (textures) paths are written for it
+
+    @staticmethod
+    def sgd_residual(alphas, stds):
+        """The per-sample loss residual e = c A y + p x + q z = s A y − z (loss ½‖e‖²): (c, p, q) = (s_l, 0, −1),
+        (L,) each (`gsm.training.dsm.train_linear_dsm`)."""
+        s = torch.as_tensor(stds)
+        return s, torch.zeros_like(s), -torch.ones_like(s)
+
+    @staticmethod
+    def sgd_drift(alphas, stds) -> torch.Tensor:
+        """κ_l = c_l² = s_l²: the mean gradient at level l is κ_l(A M_l − I) (note §1)."""
+        return torch.as_tensor(stds, dtype=F64) ** 2
 
     def target(self, lam, alphas, stds) -> torch.Tensor:
         """a*_l(λ) = 1/(α_l²λ + s_l²): (d,), (L,), (L,) → (L, d)."""
@@ -96,9 +180,9 @@ class DSM:
         a2, s2 = (t.to(X.device) for t in _levels(alphas, stds))
         L, eye = a2.numel(), torch.eye(X.shape[-1], dtype=F64, device=X.device)
         M = a2.view(-1, 1, 1) * X.to(F64).unsqueeze(-3) + s2.view(-1, 1, 1) * eye
-        decay = torch.linalg.matrix_power(eye - budget.tau * s2.view(-1, 1, 1) / L * M, int(budget.steps))
         A0 = initial_scores(budget.init, stds).to(X.device).view(-1, 1, 1) * eye
-        return torch.where((s2 == 0).view(-1, 1, 1), A0, A + (A0 - A) @ decay)
+        mean = mean_after_budget(A, A0, M, budget.tau * s2.view(-1, 1, 1) / L, budget.steps)
+        return torch.where((s2 == 0).view(-1, 1, 1), A0, mean)
 
     def score_series(self, mu: torch.Tensor, alphas, stds, budget: SGDBudget | None = None,
                      order: int = 4) -> torch.Tensor:
@@ -115,9 +199,7 @@ class DSM:
         if budget is None or budget.init == "optimum":
             return inv
         c = budget.tau * s2.view(-1, 1) / a2.numel()
-        r0, r1, S = 1 - c * m, -c * a2.view(-1, 1), int(budget.steps)
-        rS = torch.stack([float(math.comb(S, k)) * r0 ** max(S - k, 0) * r1 ** k if k <= S else torch.zeros_like(r0)
-                          for k in range(order)], -1)
+        rS = affine_power_series(1 - c * m, -c * a2.view(-1, 1), int(budget.steps), order)
         a0 = torch.zeros_like(inv)
         a0[..., 0] = initial_scores(budget.init, stds).view(-1, 1)
         return torch.where((s2 == 0).view(-1, 1, 1), a0, inv + series_mm(a0 - inv, rS))
@@ -156,34 +238,9 @@ class DSM:
 
     @staticmethod
     def _level_fluctuations(lam, a2, s2, L, tau, b, budget, symmetric, a0):
-        d, eye = lam.numel(), torch.eye(lam.numel(), dtype=F64)
         m = a2 * lam + s2
-        v = tau * a2 * lam / (2 * b * m)
-        if symmetric:
-            U = s2 * a2 * lam / m
-            S = tau * (U[:, None] * m[None, :] + U[None, :] * m[:, None]) / (4 * b * s2 * (m[:, None] + m[None, :]))
-            S.diagonal().copy_(v)
-            if budget is not None:
-                rho = 1 - tau * s2 * (m[:, None] + m[None, :]) / (2 * L)
-                S = S * (1 - rho ** (2 * int(budget.steps)))
-            return S, S.clone()
-        if budget is None:
-            return v[:, None].expand(d, d).clone(), torch.zeros(d, d, dtype=F64)
-        Ssteps = int(budget.steps)
-        rho = 1 - tau * s2 * m / L
-        r2 = rho ** 2
-        var = v[:, None] * (1 - r2[None, :] ** Ssteps)
-        if a0 is not None:
-            mu0 = a0 - 1 / m
-            k2 = tau ** 2 * s2 ** 2 / b
-            mult = k2 * (mu0 ** 2 * m)[:, None] * (m[None, :] * (1 + 2 * eye) / L - m[:, None] * eye / L ** 2)
-            var = var + mult * geometric_pair_sum(r2[:, None], r2[None, :], Ssteps)
-            cross = k2 / L * (mu0 * m)[:, None] * (mu0 * m)[None, :] * Ssteps \
-                * (rho[:, None] * rho[None, :]) ** max(Ssteps - 1, 0)
-        else:
-            cross = torch.zeros(d, d, dtype=F64)
-        cross.diagonal().copy_(var.diagonal())
-        return var, cross
+        return level_fluctuations(m, a2 * lam / m, s2, L, tau, b, None if budget is None else budget.steps,
+                                  symmetric, None if a0 is None else a0 - 1 / m)
 
     def exact_fluctuations(self, lam, sigma: float, tau: float, batch_size: int = 1) -> torch.Tensor:
         """Exact stationary Var(Δ_ri) (d, d) for online Gaussian data at one level (1, σ), any b (note §2.3):
@@ -228,11 +285,8 @@ class DSM:
         """Constant-step SGD mean-square stable at every level (note §2.3): τs²(1+1/b)m_max < 2 and
         σ⁴R_b = Σ_j τs²m_j/[b(2 − τs²(1+1/b)m_j)] < 1 (s the level's noise, m = α²λ + s²)."""
         a2, s2 = _levels(alphas, stds)
-        b = batch_size
         m = a2.view(-1, 1) * torch.as_tensor(lam, dtype=F64).view(1, -1) + s2.view(-1, 1)
-        denom = 2 - tau * s2.view(-1, 1) * (1 + 1 / b) * m
-        R = (tau * s2.view(-1, 1) * m / (b * denom)).sum(-1)
-        return bool((denom > 0).all()) and bool((R < 1).all())
+        return mean_square_stable_levels(m, s2, tau, batch_size)
 
 
 

@@ -16,7 +16,7 @@ from gsm.training.dsm import SAMPLING, EpochStream
 def reference_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor,
                          tau: float, batch_size: int = 1, steps: int, sampling: str = "with_replacement",
                          symmetric: bool = False, generator: torch.Generator | None = None,
-                         chunk: int = 256) -> torch.Tensor:
+                         chunk: int = 256, residual=None) -> torch.Tensor:
     """DSM-SGD on the linear score s_l(y) = −A_l y, in place on A (R, L, d, d), data x (R, N, d).
 
     Convention (L) of the theory note §1: a sample at noise level l is y = α_l x + s_l z, z ~ N(0, I),
@@ -29,12 +29,16 @@ def reference_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tens
     (R, c·b), the noise (c, R, b, d), then, with L > 1 levels, the levels (c, R, b). So the same generator
     gives the same steps, up to float rounding. There is no divergence record: a replicate whose A became
     non-finite stays so. Returns A.
+
+    residual = (c, p, q) (L,) each, another objective's loss ½‖c_l A y + p_l x + q_l z‖² (CFM: (1, 1, −1)), whose
+    gradient is u yᵀ with u = c_l(c_l A y + p_l x + q_l z); None: DSM's (s_l, 0, −1), the u above.
     """
     if sampling not in SAMPLING:
         raise ValueError(f"train.sampling must be one of {' | '.join(SAMPLING)}, got {sampling}")
     R, L, d, _ = A.shape
     N, b, dev, dt = x.shape[1], int(batch_size), A.device, A.dtype
     x, a, s = x.to(dt), alphas.to(dev, dt), stds.to(dev, dt)
+    coef = None if residual is None else [torch.as_tensor(v).to(dev, dt) for v in residual]     # (c, p, q)
     replicate = torch.arange(R, device=dev).view(R, 1).expand(R, b)
     epochs = EpochStream(R, N, generator, dev) if sampling == "epochs" else None
     for start in range(0, steps, chunk):
@@ -47,8 +51,14 @@ def reference_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tens
         for k in range(c):
             l = level[k]                                              # (R, b)
             al, sl = a[l].unsqueeze(-1), s[l].unsqueeze(-1)           # (R, b, 1)
-            y = al * x[replicate, idx[:, k]] + sl * z[k]              # (R, b, d)
-            u = sl ** 2 * (A[replicate, l] @ y.unsqueeze(-1)).squeeze(-1) - sl * z[k]
+            xb = x[replicate, idx[:, k]]
+            y = al * xb + sl * z[k]                                   # (R, b, d)
+            Ay = (A[replicate, l] @ y.unsqueeze(-1)).squeeze(-1)
+            if residual is None:
+                u = sl ** 2 * Ay - sl * z[k]
+            else:
+                cl, pl, ql = (v[l].unsqueeze(-1) for v in coef)
+                u = cl * (cl * Ay + pl * xb + ql * z[k])
             grad = u.unsqueeze(-1) * y.unsqueeze(-2)                  # u yᵀ per sample, (R, b, d, d)
             if symmetric:
                 grad = 0.5 * (grad + grad.transpose(-1, -2))
