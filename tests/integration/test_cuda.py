@@ -44,6 +44,12 @@ CASES = {
                        "replicates=1", "sampler.particles=200", *SMALL], "w2_exact", True),
     "flow (solver=exact)": (["objective=cfm", "sampler=flow", "train.solver=exact", "sampler.scheme=euler",
                              "sampler.steps=10", "replicates=16", "sampler.particles=200", *SMALL], "w2_exact", False),
+    "flow (cfm-sgd)": (["objective=cfm", "sampler=flow", "sampler.scheme=heun", "sampler.steps=5", "replicates=16",
+                        "sampler.particles=200", *SMALL], "w2_exact", False),
+    "diffusers FlowMatchEuler (cfm-sgd)": (["objective=cfm", "sampler=diffusers",
+                                            "sampler.scheduler=FlowMatchEulerDiscreteScheduler", "sampler.shift=3",
+                                            "sampler.steps=10", "replicates=16", "sampler.particles=200", *SMALL],
+                                           "w2_exact", False),
 }
 
 
