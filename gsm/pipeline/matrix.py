@@ -58,19 +58,27 @@ class MatrixBackend(Backend):
         self.progress = bool(run.progress) and sys.stderr.isatty()
         self.R, self.N = run.replicates, spec.data.n
         self.spectrum = spec.data.spectrum
-        self.target = make_gaussian(self.spectrum, spec.data.basis, run.seed)
+        self.target = self.make_target()
         self.d, self.Sigma = self.target.dim, self.target.covariance.to(self.device)
         self.sampler = sampler = spec.sampler
         results.update(sampler.bind(self.Sigma))     # e.g. sampler=vp: init=prior needs Σ; reports nfe, steps
         self.alphas, self.stds = sampler.noise_levels(spec.train.sigma)
-        with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
-            model = build_score_model(spec.model.options, dim=self.d, replicates=self.R, alphas=self.alphas,
-                                      stds=self.stds, seed=run.seed)
+        model = self.build_model()
         self.learned = model.requires_training and spec.train.solver == "sgd"
         # closed-form scores (oracle, solver=exact) are kept in float64: no training dtype applies
         self.model = model.to(device=self.device, dtype=self.dtype if self.learned else torch.float64)
         self.gen = torch.Generator(self.device).manual_seed(run.seed)
         self.times = None
+
+    def make_target(self):
+        """The data's law: N(0, Σ), Σ = U diag(λ) Uᵀ (data=mixture: the mixture, `gsm.pipeline.mixture`)."""
+        return make_gaussian(self.spectrum, self.spec.data.basis, self.spec.settings.seed)
+
+    def build_model(self):
+        """The score model at the sampler's levels (data=mixture, model=oracle: the mixture's exact score)."""
+        with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
+            return build_score_model(self.spec.model.options, dim=self.d, replicates=self.R, alphas=self.alphas,
+                                     stds=self.stds, seed=self.spec.settings.seed)
 
     def draw_data(self):
         return self.target.sample((self.R, self.N), generator=self.gen, device=self.device)

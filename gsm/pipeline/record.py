@@ -24,6 +24,7 @@ log = logging.getLogger("gsm")
 W2_KEYS = ("w2_exact", "w2_empirical", "w2_predicted", "w2_predicted_empirical")
 
 
+OT_KEYS = ("w2_ot", "w2_ot_floor", "w2_ot_debiased", "w2_ot_surrogate", "w2_ot_gap", "w2_sliced_debiased")
 DIAGNOSTICS = ("d_over_n", "eps_tau")     # numbers of a prediction that are not terms of it
 
 
@@ -198,7 +199,7 @@ def summary_table(results: dict) -> str:
     lines = [*verdict,
              f"status: {results['status']}   unstable replicates: {results.get('unstable_replicates', 0)}"
              f"   seconds: {results.get('seconds', 0):.1f}"]
-    for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear"):   # the last two: neural scores
+    for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear", *OT_KEYS):   # neural scores; data=mixture
         v = results.get(k)
         if isinstance(v, dict):
             se = "n/a" if v["stderr"] is None else format(v["stderr"], ".2g")
@@ -207,6 +208,11 @@ def summary_table(results: dict) -> str:
             e = results.get(k + "_error")
             bar = f" ± {e:.2g} (its error bar: what the first order neglects)" if e is not None else ""
             lines.append(f"  {k:<24} {v:.6g}{bar}")
+    if isinstance(results.get("mode_weights"), dict):
+        w = results["mode_weights"]
+        se = w["stderr"] or [float("nan")] * len(w["mean"])
+        lines.append("  mode_weights             " + ", ".join(f"{m:.3f} ± {s:.2g} (true {t:.3f})"
+                                                              for m, s, t in zip(w["mean"], se, w["true"])))
     z = {k: v for k, v in (results.get("z") or {}).items() if v is not None}
     if z:
         lines.append("  z (both error bars)      " + ", ".join(f"{k} {v:+.2f}" for k, v in z.items()))
