@@ -22,9 +22,8 @@ from __future__ import annotations
 import torch
 
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
-from gsm.pipeline.record import as_scalar, mean_stderr
+from gsm.pipeline.record import as_scalar, mean_stderr, record_memorization
 from gsm.scores.mixture import MixtureScore
-from gsm.theory.prediction import sampler_prediction
 from gsm.theory.transport import ot_w2, sliced_w2
 
 SLICED_PROJECTIONS = 128     # directions θ of the sliced W2²: its Monte-Carlo error is in its s.e. over replicates
@@ -107,9 +106,14 @@ class MixtureLinearBackend(MatrixBackend):
     def make_target(self):
         return self.spec.data.mixture
 
+    def draw_data(self):
+        self.train_x = super().draw_data()     # kept: memorized_fraction compares the particles with it
+        return self.train_x
+
     def evaluate(self) -> None:
         super().evaluate()
         record_transport(self.results, self.particles, self.spec.data, self.gen)
+        record_memorization(self.results, self.particles, self.train_x[self.kept])
 
     def record(self, pred: dict) -> None:
         super().record(pred)
@@ -134,20 +138,11 @@ class MixtureNeuralBackend(NeuralBackend):
         return super().build_model()
 
     def fit_score(self, x, writer) -> dict:
-        return {} if not self.model.requires_training else super().fit_score(x, writer)
+        return {} if self.spec.model.exact else super().fit_score(x, writer)
 
     def evaluate(self) -> None:
         super().evaluate()
         record_transport(self.results, self.particles, self.spec.data, self.gen)
-
-    def predict(self) -> dict:
-        """The linear theory for the surrogate: with the oracle, the exact linear score's (the sampler's own
-        bias on N(0, Σ)); with a trained net, that of a linear score trained with the same budget."""
-        if self.model.requires_training:
-            return super().predict()
-        return sampler_prediction(self.sampler, self.spectrum, objective=self.spec.objective, n=None,
-                                  sigma=self.spec.train.sigma, tau=0.0, batch_size=self.spec.train.batch_size,
-                                  particles=None)
 
     def record(self, pred: dict) -> None:
         super().record(pred)

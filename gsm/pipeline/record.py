@@ -16,6 +16,7 @@ import torch
 from gsm.pipeline.interrupt import Terminated, deferred
 from gsm.pipeline.terms import TERM_SOURCE, term_shares, z_score
 from gsm.pipeline.status import Heartbeat, error_record, process_record, write_results
+from gsm.theory.memorization import MEMORIZED_RATIO, bootstrap_stderr, memorized_share
 from gsm.theory.regime import RELAXATION_TIMES_MIN, Regime, relaxation_times, verdict_lines
 
 log = logging.getLogger("gsm")
@@ -24,7 +25,8 @@ log = logging.getLogger("gsm")
 W2_KEYS = ("w2_exact", "w2_empirical", "w2_predicted", "w2_predicted_empirical")
 
 
-OT_KEYS = ("w2_ot", "w2_ot_floor", "w2_ot_debiased", "w2_ot_surrogate", "w2_ot_gap", "w2_sliced_debiased")
+OT_KEYS = ("w2_ot", "w2_ot_floor", "w2_ot_debiased", "w2_ot_surrogate", "w2_ot_gap", "w2_sliced_debiased",
+           "memorized_fraction")
 DIAGNOSTICS = ("d_over_n", "eps_tau")     # numbers of a prediction that are not terms of it
 
 
@@ -296,6 +298,16 @@ def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, 
         warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< {RELAXATION_TIMES_MIN:g}) at "
              f"the slowest level: the score is not stationary; {transient}")
     return times
+
+
+def record_memorization(results: dict, particles: torch.Tensor, train: torch.Tensor) -> None:
+    """memorized_fraction {mean, stderr, n}: the share of particles with d₁/d₂ < 1/3 to their replicate's
+    training set (`gsm.theory.memorization`), mean over replicates, bootstrap s.e. over them (N ≥ 2)."""
+    if train.shape[-2] < 2:
+        return
+    share = memorized_share(particles, train)
+    results["memorized_fraction"] = {"mean": float(share.mean()), "stderr": bootstrap_stderr(share),
+                                     "n": share.numel(), "ratio": MEMORIZED_RATIO}
 
 
 def dsm_loss_logger(writer):

@@ -185,8 +185,9 @@ def _check_neural(spec: RunSpec, model) -> None:
     if spec.train.solver == "exact":
         raise ConfigError("train.solver must be sgd for a non-linear model (train.solver=exact needs a linear "
                           "model, model=linear), got exact")
-    with as_config_error("optim"):
-        spec.optimizer(model.parameters())
+    if model.requires_training:     # a closed-form score (model=empirical) has no parameters to optimise
+        with as_config_error("optim"):
+            spec.optimizer(model.parameters())
 
 
 def _check_langevin_step(sampler, lam, sigma) -> None:

@@ -105,3 +105,44 @@ def test_bad_input_is_one_line_naming_the_key(kwargs, line):
     with pytest.raises(ValueError) as e:
         mixture_family(**{**args, **kwargs})
     assert str(e.value).startswith(line) and "\n" not in str(e.value)
+
+
+def test_empirical_score_is_the_gradient_of_the_smoothed_training_set():
+    """EmpiricalScore at (α, s) against autograd of log (1/N) Σ_i N(y; α x_i, s²I), per replicate (written
+    here with torch.distributions); its blocks (CHUNK_ENTRIES) do not change the result."""
+    import gsm.scores.empirical as emp
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
+    alphas, stds = torch.tensor([0.9, 0.2], dtype=torch.float64), torch.tensor([0.5, 0.05], dtype=torch.float64)
+    model = emp.EmpiricalScore(alphas, stds, replicates=2)
+    model.fit(x)
+    y = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    for level in range(2):
+        a, s = float(alphas[level]), float(stds[level])
+        for r in range(2):
+            # point masses smoothed: the components N(α x_i, α²·0 + s²I)
+            logp = reference_log_density(torch.full((7,), 1 / 7, dtype=torch.float64), x[r],
+                                         torch.zeros(7, 3, 3, dtype=torch.float64), a, s)
+            y_ = y[r].clone().requires_grad_(True)
+            grad, = torch.autograd.grad(logp(y_).sum(), y_)
+            assert torch.allclose(model(y, level)[r], grad, rtol=1e-8, atol=1e-8)
+    old = emp.CHUNK_ENTRIES
+    try:
+        emp.CHUNK_ENTRIES = 14      # one y point per block
+        blocked = model(y, 1)
+    finally:
+        emp.CHUNK_ENTRIES = old
+    assert torch.allclose(blocked, model(y, 1))
+
+
+def test_memorized_share_counts_samples_on_one_training_point():
+    """Training points 0 and 10 on a line: a sample at 0.5 has d₁/d₂ = 0.5/9.5 < 1/3 (memorised), one at 4 has
+    4/6 (not): shares 1/2 and the bootstrap s.e. of a constant is 0."""
+    from gsm.theory.memorization import bootstrap_stderr, memorized_share
+    train = torch.tensor([[[0.0], [10.0]]], dtype=torch.float64).expand(3, 2, 1)
+    x = torch.tensor([[[0.5], [4.0]]], dtype=torch.float64).expand(3, 2, 1)
+    share = memorized_share(x, train)
+    assert torch.equal(share, torch.full((3,), 0.5, dtype=torch.float64))
+    assert bootstrap_stderr(share) == 0.0 and bootstrap_stderr(share[:1]) is None
+    v = torch.randn(400, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    assert bootstrap_stderr(v) == pytest.approx(float(v.std()) / 20, rel=0.1)     # the bootstrap of a mean
