@@ -67,6 +67,12 @@ class GaussianMixture:
         return self.weights.numel()
 
     @property
+    def is_gaussian(self) -> bool:
+        """Every component the same (e.g. two_clusters at separation 0): the mixture is one Gaussian."""
+        return bool(torch.allclose(self.means, self.means[:1], rtol=0, atol=1e-12)
+                    and torch.allclose(self.covariances, self.covariances[:1], rtol=0, atol=1e-12))
+
+    @property
     def covariance(self) -> torch.Tensor:
         """The surrogate's Σ = Σ_k w_k (Σ_k + μ_k μ_kᵀ) (the mixture is centred), (d, d) float64."""
         outer = self.means.unsqueeze(-1) * self.means.unsqueeze(-2)

@@ -75,6 +75,11 @@ class MatrixBackend(Backend):
         """The data's law: N(0, Σ), Σ = U diag(λ) Uᵀ (data=mixture: the mixture, `gsm.pipeline.mixture`)."""
         return make_gaussian(self.spectrum, self.spec.data.basis, self.spec.settings.seed)
 
+    def fresh_samples(self) -> torch.Tensor:
+        """M new samples of the data per kept replicate, (R', M, d) float64: what a perfect sampler would give."""
+        return self.target.sample((self.particles.shape[0], self.particles.shape[1]), generator=self.gen,
+                                  device=self.device)
+
     def build_model(self):
         """The score model at the sampler's levels (data=mixture, model=oracle: the mixture's exact score)."""
         with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
@@ -224,7 +229,7 @@ class NeuralBackend(MatrixBackend):
                       " % of M): the learned score does not hold the sampler far from the data, and a few such "
                       "particles can dominate a replicate's w2_empirical (compare escaped_fraction_per_replicate "
                       "with w2_empirical_per_replicate)")
-        record_memorization(r, self.particles, self.train_x[self.kept])
+        record_memorization(r, self.particles, self.train_x[self.kept], self.fresh_samples())
         r["w2_metric"] = ("W2² between the Gaussian fits of the two laws, |m̂|² + B²(Σ, Ĉ), with m̂ and Ĉ the mean "
                           "and centred (1/M) covariance of the M particles: a lower bound on the true W2² "
                           "(the sampler's law is not Gaussian); w2_empirical_debiased subtracts the first-order "

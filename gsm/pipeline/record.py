@@ -26,7 +26,7 @@ W2_KEYS = ("w2_exact", "w2_empirical", "w2_predicted", "w2_predicted_empirical")
 
 
 OT_KEYS = ("w2_ot", "w2_ot_floor", "w2_ot_debiased", "w2_ot_surrogate", "w2_ot_gap", "w2_sliced_debiased",
-           "memorized_fraction")
+           "memorized_fraction", "memorized_fraction_fresh")
 DIAGNOSTICS = ("d_over_n", "eps_tau")     # numbers of a prediction that are not terms of it
 
 
@@ -300,14 +300,17 @@ def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, 
     return times
 
 
-def record_memorization(results: dict, particles: torch.Tensor, train: torch.Tensor) -> None:
+def record_memorization(results: dict, particles: torch.Tensor, train: torch.Tensor, fresh: torch.Tensor) -> None:
     """memorized_fraction {mean, stderr, n}: the share of particles with d₁/d₂ < 1/3 to their replicate's
-    training set (`gsm.theory.memorization`), mean over replicates, bootstrap s.e. over them (N ≥ 2)."""
+    training set (`gsm.theory.memorization`), mean over replicates, bootstrap s.e. over them (N ≥ 2); and
+    memorized_fraction_fresh, the same for fresh samples of the data (its chance level: in low d a new
+    sample often lies close to one training point)."""
     if train.shape[-2] < 2:
         return
-    share = memorized_share(particles, train)
-    results["memorized_fraction"] = {"mean": float(share.mean()), "stderr": bootstrap_stderr(share),
-                                     "n": share.numel(), "ratio": MEMORIZED_RATIO}
+    for key, x in (("memorized_fraction", particles), ("memorized_fraction_fresh", fresh)):
+        share = memorized_share(x, train)
+        results[key] = {"mean": float(share.mean()), "stderr": bootstrap_stderr(share), "n": share.numel(),
+                        "ratio": MEMORIZED_RATIO}
 
 
 def dsm_loss_logger(writer):

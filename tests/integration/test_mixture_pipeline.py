@@ -80,7 +80,8 @@ def test_acceptance_oracle_ddpm_every_timestep_has_the_data_law_and_linear_does_
 
 def test_empirical_score_copies_the_training_set_and_the_linear_score_does_not(compose_cfg, tmp_path, one_thread):
     """N = 40 = 10d samples of the two clusters in d = 4, DDPM on 100 levels: the empirical score's particles
-    are memorised (memorized_fraction ≥ 0.9), the linear score's (exact DSM minimiser, same data) are not (≤ 0.05)."""
+    are memorised (memorized_fraction ≥ 0.9), the linear score's (exact DSM minimiser, same data) are not
+    (≤ 0.05), nor are fresh data samples."""
     common = ["data=mixture", "data.dim=4", "data.n=40", "sampler=ddpm", "sampler.steps=100", "replicates=4",
               "sampler.particles=200", "data.ot_particles=64", "progress=false"]
     empirical = run(compose_cfg(*common, "model=empirical"), tmp_path / "empirical")
@@ -88,3 +89,4 @@ def test_empirical_score_copies_the_training_set_and_the_linear_score_does_not(c
     assert empirical["memorized_fraction"]["mean"] >= 0.9, empirical["memorized_fraction"]
     assert linear["memorized_fraction"]["mean"] <= 0.05, linear["memorized_fraction"]
     assert set(empirical["memorized_fraction"]) >= {"mean", "stderr", "n"}
+    assert empirical["memorized_fraction_fresh"]["mean"] <= 0.05     # fresh data: the chance level

@@ -75,6 +75,7 @@ def test_families_have_their_geometry():
     mix = two_clusters(3, separation=4.0, component_std=0.5, weights=[0.25, 0.75])
     assert float((mix.means[0] - mix.means[1]).norm()) == pytest.approx(2.0)
     assert torch.allclose((mix.weights[:, None] * mix.means).sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-15)
+    assert two_clusters(2, separation=0.0).is_gaussian and not mix.is_gaussian     # identical components
     r = random_means(5, components=6, seed=7)
     assert r.means.shape == (6, 5) and torch.equal(r.means, random_means(5, components=6, seed=7).means)
     assert torch.allclose(r.means.mean(0), torch.zeros(5, dtype=torch.float64), atol=1e-14)
