@@ -107,7 +107,7 @@ class GaussianMixture:
         for y (…, d), float64."""
         P, half_logdet = (t.to(y.device) for t in self.level_precisions(alpha, std))
         diff = y.to(torch.float64).unsqueeze(-2) - alpha * self.means.to(y.device)       # (…, K, d)
-        scores = -torch.einsum("kij,...kj->...ki", P, diff)                              # one GEMM, not K·B tiny ones
+        scores = -torch.einsum("kij,...kj->...ki", P, diff)        # one GEMM, not K·B tiny ones
         quad = (diff * scores).sum(-1)                                                   # −(y − αμ)ᵀP(y − αμ)
         logp = self.weights.to(y.device).log() + 0.5 * quad + half_logdet - 0.5 * self.dim * math.log(2 * math.pi)
         return logp, scores

@@ -187,7 +187,7 @@ class NeuralBackend(MatrixBackend):
 
     def fit_score(self, x, writer) -> dict:
         t = self.spec.train
-        if getattr(self.model, "from_data", False):     # the empirical score: set from the samples, not trained
+        if getattr(self.model, "from_data", False):     # declared (ScoreModel.from_data); a user module may lack it
             self.model.fit(x)
             return {}
         if t.solver != "sgd":

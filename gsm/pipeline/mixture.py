@@ -81,7 +81,8 @@ def record_not_gaussian(results: dict, data, predicted_key: str) -> None:
     line = (f"NOT Gaussian (a {data.mixture.components}-component Gaussian mixture): {predicted_key} "
             f"= {as_scalar(predicted):.4g} is the linear theory's prediction for the Gaussian surrogate N(0, Σ) "
             "with the data's covariance, i.e. of the Bures distance to it (w2_exact or w2_empirical, a lower bound "
-            "on the true distance; its 1/N and τ terms assume Gaussian fourth moments); the true distance is w2_ot_debiased = {ot['mean']:.4g} ± {se(ot)} (gap "
+            "on the true distance; its 1/N and τ terms assume Gaussian fourth moments); the true distance is "
+            f"w2_ot_debiased = {ot['mean']:.4g} ± {se(ot)} (gap "
             f"{ot['mean'] - as_scalar(predicted):+.4g}), and the surrogate itself is w2_ot_surrogate = "
             f"{surrogate['mean']:.4g} ± {se(surrogate)} from the data (what no linear score can remove)")
     regime = results["regime"]

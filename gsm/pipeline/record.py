@@ -201,7 +201,8 @@ def summary_table(results: dict) -> str:
     lines = [*verdict,
              f"status: {results['status']}   unstable replicates: {results.get('unstable_replicates', 0)}"
              f"   seconds: {results.get('seconds', 0):.1f}"]
-    for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear", *OT_KEYS):   # neural scores; data=mixture
+    # then neural scores' and data=mixture's keys
+    for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear", *OT_KEYS):
         v = results.get(k)
         if isinstance(v, dict):
             se = "n/a" if v["stderr"] is None else format(v["stderr"], ".2g")

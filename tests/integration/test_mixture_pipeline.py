@@ -30,13 +30,21 @@ def test_oracle_and_linear_record_true_distances_and_say_the_data_are_not_gaussi
         w = saved["mode_weights"]
         assert w["true"] == [0.5, 0.5] and len(w["mean"]) == len(w["stderr"]) == 2
         assert math.isclose(sum(w["mean"]), 1.0)
-        assert "NOT Gaussian" in saved["regime"]["data"] and "surrogate" in saved["regime"]["data"]
+        line = saved["regime"]["data"]
+        assert "NOT Gaussian" in line and "surrogate" in line and "{" not in line
+        assert f"w2_ot_debiased = {saved['w2_ot_debiased']['mean']:.4g}" in line
         table = summary_table(res)
         assert "NOT Gaussian" in table and "w2_ot_debiased" in table and "mode_weights" in table
         acc = EventAccumulator(str(out / "tb"))
         acc.Reload()
         assert {"eval/w2_ot", "eval/w2_ot_debiased", "eval/mode_weight_1"} <= set(acc.Tags()["scalars"])
     assert saved["regime"]["ok"] is False and saved["regime"]["reasons"][0].startswith("NOT Gaussian")   # linear
+
+
+def test_identical_components_are_gaussian_data(compose_cfg, tmp_path, one_thread):
+    """data.separation=0: two identical components, one Gaussian: no "NOT Gaussian" line, the verdict unchanged."""
+    res = run(compose_cfg(*TINY, "data.separation=0", "train.solver=exact"), tmp_path)
+    assert res["data_gaussian"] is True and "data" not in res["regime"] and "NOT Gaussian" not in summary_table(res)
 
 
 @pytest.mark.parametrize("overrides,line", [
