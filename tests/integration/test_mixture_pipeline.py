@@ -27,6 +27,11 @@ def test_oracle_and_linear_record_true_distances_and_say_the_data_are_not_gaussi
                     "w2_ot_gap"):
             assert set(saved[key]) >= {"mean", "stderr", "n"} and saved[key]["n"] == 4, key
         assert saved["w2_ot_particles"] == 64
+        # the debiased value is w2_ot minus its two-sample floor; the gap is to the surrogate's prediction
+        assert math.isclose(saved["w2_ot_debiased"]["mean"], saved["w2_ot"]["mean"] - saved["w2_ot_floor"]["mean"],
+                            rel_tol=1e-9, abs_tol=1e-12)
+        predicted = saved["w2_predicted"] if model == "linear" else saved["w2_predicted_linear"]
+        assert math.isclose(saved["w2_ot_gap"]["mean"], saved["w2_ot_debiased"]["mean"] - predicted, abs_tol=1e-12)
         w = saved["mode_weights"]
         assert w["true"] == [0.5, 0.5] and len(w["mean"]) == len(w["stderr"]) == 2
         assert math.isclose(sum(w["mean"]), 1.0)
