@@ -271,10 +271,11 @@ def _texture(cfg) -> TextureData:
 
 def _mixture(cfg) -> MixtureData:
     """The mixture `data.mixture` builds (its constructor checks data.components, weights, separation, ...)."""
+    from gsm.data.mixture import OT_PARTICLES
     n = _data_n(cfg)
     ot_particles = _get(cfg, "data.ot_particles")
-    ot_particles = checked("data.ot_particles", number, 256 if ot_particles is _ABSENT else ot_particles, 2,
-                           integer=True)
+    ot_particles = checked("data.ot_particles", number, OT_PARTICLES if ot_particles is _ABSENT else ot_particles,
+                           2, integer=True)
     with as_config_error("data.mixture"):
         mixture = instantiate(cfg.data.mixture)
     return MixtureData(mixture=mixture, n=n, ot_particles=ot_particles)
