@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -114,7 +115,7 @@ def run_command(cmd: str, out: Path, extra=()) -> tuple[bool, str, float]:
     """Runs `cmd` (+ extra overrides) in its own output folder; returns (passes, summary, seconds)."""
     multirun = " -m " in f" {cmd} " or "+experiment=" in cmd
     where = f"hydra.sweep.dir={out}" if multirun else f"hydra.run.dir={out}"
-    args = cmd.split()[1:] + list(extra) + ["progress=false", where]
+    args = shlex.split(cmd)[1:] + list(extra) + ["progress=false", where]     # as the shell would: 'k=[a,b]'
     t0 = time.time()
     proc = subprocess.run(["gsm", *args], capture_output=True, text=True, cwd=ROOT)
     seconds = time.time() - t0

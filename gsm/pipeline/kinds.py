@@ -12,11 +12,12 @@ from omegaconf import OmegaConf
 
 from gsm.scores.base import ScoreModel
 
-DATA_KINDS = ("gaussian", "texture")
+DATA_KINDS = ("gaussian", "texture", "mixture")
 
 
 def data_kind(cfg) -> str:
-    """data.kind: gaussian (a d-dimensional N(0, Σ), full matrices) or texture (stationary, Fourier-diagonal)."""
+    """data.kind: gaussian (a d-dimensional N(0, Σ), full matrices), texture (stationary, Fourier-diagonal) or
+    mixture (a Gaussian mixture, `gsm.data.mixture`: not Gaussian, true OT distances)."""
     kind = OmegaConf.select(cfg, "data.kind", default="gaussian")
     if kind not in DATA_KINDS:
         raise ValueError(f"data.kind must be one of {' | '.join(DATA_KINDS)}, got {kind}")
@@ -35,6 +36,11 @@ def model_declares(cls) -> tuple[bool, bool]:
     return False, True
 
 
+def model_is_exact(cls) -> bool:
+    """The class declares the exact score of the data (`ScoreModel.exact`: model=oracle)."""
+    return _is_score_model(cls) and bool(cls.exact)
+
+
 def model_data_kind(cls) -> str:
     """The data.kind the model class is built for (`ScoreModel.data_kind`; a user class: gaussian)."""
     return cls.data_kind if _is_score_model(cls) else "gaussian"
@@ -49,9 +55,12 @@ def score_is_spectral(spec) -> bool:
 
 
 def backend_name(spec) -> str:
-    """texture | spectral | matrix | neural (`gsm.pipeline.run.BACKENDS`) of a `gsm.pipeline.spec.RunSpec`."""
+    """texture | mixture_linear | mixture_neural | spectral | matrix | neural (`gsm.pipeline.run.BACKENDS`) of a
+    `gsm.pipeline.spec.RunSpec`. On data=mixture the oracle is the mixture's exact score, a non-linear one."""
     if spec.data.kind == "texture":
         return "texture"
+    if spec.data.kind == "mixture":     # never per eigenvalue: the data are not N(0, Σ)
+        return "mixture_linear" if spec.model.linear and not spec.model.exact else "mixture_neural"
     if spec.sampler.spectral_path(score_is_spectral(spec)):
         return "spectral"
     return "matrix" if spec.model.linear else "neural"

@@ -11,7 +11,8 @@ from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels, pyplot
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.board import log_comparison
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
-                                 measured_stderr, none_left, record_divergence, record_relaxation)
+                                 measured_stderr, none_left, record_divergence, record_memorization,
+                                 record_relaxation)
 from gsm.pipeline.spec import as_config_error
 from gsm.scores.linear import dsm_optimum
 from gsm.scores.nets import build_score_model
@@ -64,19 +65,32 @@ class MatrixBackend(Backend):
         self.progress = bool(run.progress) and sys.stderr.isatty()
         self.R, self.N = run.replicates, spec.data.n
         self.spectrum = spec.data.spectrum
-        self.target = make_gaussian(self.spectrum, spec.data.basis, run.seed)
+        self.target = self.make_target()
         self.d, self.Sigma = self.target.dim, self.target.covariance.to(self.device)
         self.sampler = sampler = spec.sampler
         results.update(sampler.bind(self.Sigma))     # e.g. sampler=vp: init=prior needs Σ; reports nfe, steps
         self.alphas, self.stds = sampler.noise_levels(spec.train.sigma)
-        with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
-            model = build_score_model(spec.model.options, dim=self.d, replicates=self.R, alphas=self.alphas,
-                                      stds=self.stds, seed=run.seed)
+        model = self.build_model()
         self.learned = model.requires_training and spec.train.solver == "sgd"
         # closed-form scores (oracle, solver=exact) are kept in float64: no training dtype applies
         self.model = model.to(device=self.device, dtype=self.dtype if self.learned else torch.float64)
         self.gen = torch.Generator(self.device).manual_seed(run.seed)
         self.times = None
+
+    def make_target(self):
+        """The data's law: N(0, Σ), Σ = U diag(λ) Uᵀ (data=mixture: the mixture, `gsm.pipeline.mixture`)."""
+        return make_gaussian(self.spectrum, self.spec.data.basis, self.spec.settings.seed)
+
+    def fresh_samples(self) -> torch.Tensor:
+        """M new samples of the data per kept replicate, (R', M, d) float64: what a perfect sampler would give."""
+        return self.target.sample((self.particles.shape[0], self.particles.shape[1]), generator=self.gen,
+                                  device=self.device)
+
+    def build_model(self):
+        """The score model at the sampler's levels (data=mixture, model=oracle: the mixture's exact score)."""
+        with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
+            return build_score_model(self.spec.model.options, dim=self.d, replicates=self.R, alphas=self.alphas,
+                                     stds=self.stds, seed=self.spec.settings.seed)
 
     def draw_data(self):
         return self.target.sample((self.R, self.N), generator=self.gen, device=self.device)
@@ -130,7 +144,7 @@ class MatrixBackend(Backend):
         unstable |= ~(finite(C) & finite(x)).cpu()
         if none_left(self.results, unstable, self.warn):
             return False
-        ok = (~unstable).to(self.device)
+        self.kept = ok = (~unstable).to(self.device)
         self.A, self.C, self.particles = A[ok], C[ok], x[ok]
         return True
 
@@ -176,8 +190,15 @@ class NeuralBackend(MatrixBackend):
     in w2_empirical_debiased. w2_predicted_linear is the theory's prediction for a linear score with the
     same (N, σ, τ, γ), for comparison."""
 
+    def draw_data(self):
+        self.train_x = super().draw_data()     # kept: memorized_fraction compares the particles with it
+        return self.train_x
+
     def fit_score(self, x, writer) -> dict:
         t = self.spec.train
+        if getattr(self.model, "from_data", False):     # declared (ScoreModel.from_data); a user module may lack it
+            self.model.fit(x)
+            return {}
         if t.solver != "sgd":
             raise ValueError(f"train.solver=exact needs a linear model (model=linear), got train.solver={t.solver}")
         optimizer = self.spec.optimizer(self.model.parameters())
@@ -194,7 +215,8 @@ class NeuralBackend(MatrixBackend):
         unstable = record_divergence(self.results, fit) | ~finite(x).cpu()
         if none_left(self.results, unstable, self.warn):
             return False
-        self.particles = x[(~unstable).to(self.device)]
+        self.kept = (~unstable).to(self.device)
+        self.particles = x[self.kept]
         return True
 
     def evaluate(self) -> None:
@@ -216,13 +238,20 @@ class NeuralBackend(MatrixBackend):
                       " % of M): the learned score does not hold the sampler far from the data, and a few such "
                       "particles can dominate a replicate's w2_empirical (compare escaped_fraction_per_replicate "
                       "with w2_empirical_per_replicate)")
+        record_memorization(r, self.particles, self.train_x[self.kept], self.fresh_samples())
         r["w2_metric"] = ("W2² between the Gaussian fits of the two laws, |m̂|² + B²(Σ, Ĉ), with m̂ and Ĉ the mean "
                           "and centred (1/M) covariance of the M particles: a lower bound on the true W2² "
                           "(the sampler's law is not Gaussian); w2_empirical_debiased subtracts the first-order "
                           "1/M bias of a Gaussian law (particle_bias)")
 
     def predict(self) -> dict:
+        """The linear theory with the same (N, σ, τ, budget); for a closed-form score the exact linear score's
+        (an oracle) or, set from the N samples (model=empirical), the exact DSM minimiser's on them."""
         t = self.spec.train
+        if not self.model.requires_training:
+            n = self.N if getattr(self.model, "from_data", False) else None
+            return sampler_prediction(self.sampler, self.spectrum, objective=self.spec.objective, n=n,
+                                      sigma=t.sigma, tau=0.0, batch_size=t.batch_size, particles=None)
         return sampler_prediction(self.sampler, self.spectrum, objective=self.spec.objective, n=self.N,
                                   sigma=t.sigma, tau=t.tau,
                                   batch_size=t.batch_size, particles=None, **sgd_budget(self.spec))
@@ -242,6 +271,8 @@ class NeuralBackend(MatrixBackend):
         for k in ("w2_empirical", "w2_empirical_debiased", "particle_bias", "w2_predicted_linear"):
             writer.add_scalar(f"eval/{k}", as_scalar(r[k]), step)
         writer.add_scalar("eval/escaped_fraction_max", float(self.escaped.max()), step)
+        if "memorized_fraction" in r:
+            writer.add_scalar("eval/memorized_fraction", r["memorized_fraction"]["mean"], step)
         log_regime(writer, r["regime"], step)
         log_comparison(writer, r, step)     # debiased Gaussian-fit W2² against the linear-score prediction
         log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)

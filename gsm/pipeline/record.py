@@ -16,6 +16,7 @@ import torch
 from gsm.pipeline.interrupt import Terminated, deferred
 from gsm.pipeline.terms import TERM_SOURCE, term_shares, z_score
 from gsm.pipeline.status import Heartbeat, error_record, process_record, write_results
+from gsm.theory.memorization import MEMORIZED_RATIO, bootstrap_stderr, memorized_share
 from gsm.theory.regime import RELAXATION_TIMES_MIN, Regime, relaxation_times, verdict_lines
 
 log = logging.getLogger("gsm")
@@ -24,6 +25,8 @@ log = logging.getLogger("gsm")
 W2_KEYS = ("w2_exact", "w2_empirical", "w2_predicted", "w2_predicted_empirical")
 
 
+OT_KEYS = ("w2_ot", "w2_ot_floor", "w2_ot_debiased", "w2_ot_surrogate", "w2_ot_gap", "w2_sliced_debiased",
+           "memorized_fraction", "memorized_fraction_fresh")
 DIAGNOSTICS = ("d_over_n", "eps_tau")     # numbers of a prediction that are not terms of it
 
 
@@ -198,7 +201,8 @@ def summary_table(results: dict) -> str:
     lines = [*verdict,
              f"status: {results['status']}   unstable replicates: {results.get('unstable_replicates', 0)}"
              f"   seconds: {results.get('seconds', 0):.1f}"]
-    for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear"):   # the last two: neural scores
+    # then neural scores' and data=mixture's keys
+    for k in (*W2_KEYS, "w2_empirical_debiased", "w2_predicted_linear", *OT_KEYS):
         v = results.get(k)
         if isinstance(v, dict):
             se = "n/a" if v["stderr"] is None else format(v["stderr"], ".2g")
@@ -207,6 +211,11 @@ def summary_table(results: dict) -> str:
             e = results.get(k + "_error")
             bar = f" ± {e:.2g} (its error bar: what the first order neglects)" if e is not None else ""
             lines.append(f"  {k:<24} {v:.6g}{bar}")
+    if isinstance(results.get("mode_weights"), dict):
+        w = results["mode_weights"]
+        se = w["stderr"] or [float("nan")] * len(w["mean"])
+        lines.append("  mode_weights             " + ", ".join(f"{m:.3f} ± {s:.2g} (true {t:.3f})"
+                                                              for m, s, t in zip(w["mean"], se, w["true"])))
     z = {k: v for k, v in (results.get("z") or {}).items() if v is not None}
     if z:
         lines.append("  z (both error bars)      " + ", ".join(f"{k} {v:+.2f}" for k, v in z.items()))
@@ -290,6 +299,19 @@ def record_relaxation(results: dict, warn, train, alphas, stds, lam_min: float, 
         warn(f"SGD ran {results['relaxation_times']:.2f} relaxation times (< {RELAXATION_TIMES_MIN:g}) at "
              f"the slowest level: the score is not stationary; {transient}")
     return times
+
+
+def record_memorization(results: dict, particles: torch.Tensor, train: torch.Tensor, fresh: torch.Tensor) -> None:
+    """memorized_fraction {mean, stderr, n}: the share of particles with d₁/d₂ < 1/3 to their replicate's
+    training set (`gsm.theory.memorization`), mean over replicates, bootstrap s.e. over them (N ≥ 2); and
+    memorized_fraction_fresh, the same for fresh samples of the data (its chance level: in low d a new
+    sample often lies close to one training point)."""
+    if train.shape[-2] < 2:
+        return
+    for key, x in (("memorized_fraction", particles), ("memorized_fraction_fresh", fresh)):
+        share = memorized_share(x, train)
+        results[key] = {"mean": float(share.mean()), "stderr": bootstrap_stderr(share), "n": share.numel(),
+                        "ratio": MEMORIZED_RATIO}
 
 
 def dsm_loss_logger(writer):

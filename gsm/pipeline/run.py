@@ -22,6 +22,7 @@ from gsm.pipeline.interrupt import SummaryWriter, interruptible
 from gsm.pipeline.kinds import backend_name
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
 from gsm.pipeline.memory import check_memory
+from gsm.pipeline.mixture import MixtureLinearBackend, MixtureNeuralBackend
 from gsm.pipeline.record import mean_stderr, record_failure, record_scale, recorded, start, summary_table
 from gsm.pipeline.spectral import SpectralBackend
 from gsm.pipeline.spec import ConfigError, RunSpec, as_config_error
@@ -29,7 +30,7 @@ from gsm.pipeline.texture import TextureBackend
 from gsm.pipeline.validate import validate
 
 BACKENDS = {"matrix": MatrixBackend, "neural": NeuralBackend, "spectral": SpectralBackend,
-            "texture": TextureBackend}
+            "texture": TextureBackend, "mixture_linear": MixtureLinearBackend, "mixture_neural": MixtureNeuralBackend}
 
 
 def run(cfg: DictConfig, output_dir) -> dict:
@@ -82,8 +83,9 @@ def _run_or_record_failure(spec: RunSpec, output_dir, checks: list) -> dict:
 
 
 def backend_for(spec: RunSpec, results: dict, warn) -> Backend:
-    """The backend of this run: `texture` (data.kind=texture), `spectral` (the sampler's per-eigenvalue
-    path, for a score that is a function of Σ or Σ̂), `matrix` (a linear score) or `neural`."""
+    """The backend of this run: `texture` (data.kind=texture), `mixture_linear` | `mixture_neural`
+    (data.kind=mixture), `spectral` (the sampler's per-eigenvalue path, for a score that is a function of Σ
+    or Σ̂), `matrix` (a linear score) or `neural`."""
     with as_config_error("sampler"):
         name = backend_name(spec)
     return BACKENDS[name](spec, results, warn)

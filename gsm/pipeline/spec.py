@@ -6,7 +6,7 @@ that reads the DictConfig. Each group is built by its own constructor, whose one
 
 | field | what | built from |
 |---|---|---|
-| `data` | the target: `GaussianData` (λ (d,), N, basis) or `TextureData` (the image, its ADSN λ, N) | `cfg.data` |
+| `data` | the target: `GaussianData` (λ (d,), N, basis), `TextureData` (the image, its ADSN λ, N) or `MixtureData` (a Gaussian mixture, N) | `cfg.data` |
 | `model` | the score class and its options (`ModelSpec`); the model is built by the backend at the sampler's levels | `cfg.model` |
 | `objective` | the training objective (`gsm.training.objectives.DSM` or a user class), instantiated once | `cfg.objective` (absent: DSM) |
 | `sampler` | the sampler, instantiated once | `cfg.sampler` |
@@ -24,6 +24,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import torch
@@ -32,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gsm.checks import choice, number
-from gsm.pipeline.kinds import data_kind, linear_score_mismatch, model_data_kind, model_declares
+from gsm.pipeline.kinds import data_kind, linear_score_mismatch, model_data_kind, model_declares, model_is_exact
 from gsm.training.objectives import DSM
 from gsm.training.settings import TrainSettings
 
@@ -112,6 +113,26 @@ class TextureData:
 
 
 @dataclass(frozen=True)
+class MixtureData:
+    """A Gaussian mixture (data.kind=mixture, `gsm.data.mixture.GaussianMixture`, from `data.mixture`), N samples
+    per replicate, and M' = `data.ot_particles`, the particles per replicate of the exact-OT W2²; `spectrum`
+    is λ of its Gaussian surrogate N(0, Σ) (what the linear paths and the prediction read)."""
+
+    mixture: Any
+    n: int
+    ot_particles: int
+    kind = "mixture"
+
+    @cached_property
+    def spectrum(self) -> torch.Tensor:
+        return self.mixture.surrogate().eigenvalues
+
+    @property
+    def dim(self) -> int:
+        return self.mixture.dim
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The score model's class and its options (the model group's keys, `_target_` included, for
     `gsm.scores.nets.build_score_model`), with what the class declares (`gsm.scores.base.ScoreModel`)."""
@@ -130,6 +151,10 @@ class ModelSpec:
     @property
     def data_kind(self) -> str:
         return model_data_kind(self.cls)
+
+    @property
+    def exact(self) -> bool:
+        return model_is_exact(self.cls)
 
     @property
     def init(self):
@@ -185,7 +210,7 @@ class RunSettings:
 class RunSpec:
     """One run, every group built and checked by its constructor (module doc)."""
 
-    data: GaussianData | TextureData
+    data: GaussianData | TextureData | MixtureData
     model: ModelSpec
     objective: Any
     sampler: Any
@@ -200,10 +225,10 @@ class RunSpec:
         config = _resolved(cfg)
         settings = RunSettings.from_config(cfg)
         with as_config_error("data.kind"):
-            texture = data_kind(cfg) == "texture"
+            kind = data_kind(cfg)
         with as_config_error("train"):
             train = TrainSettings.from_config(cfg.train)
-        data = _texture(cfg) if texture else _gaussian(cfg)
+        data = {"texture": _texture, "mixture": _mixture}.get(kind, _gaussian)(cfg)
         model = ModelSpec(_model_class(cfg), OmegaConf.to_container(cfg.model, resolve=True))
         target = _get(cfg, "sampler._target_")
         mismatch = linear_score_mismatch(_declared_class(cfg.sampler), model.cls,
@@ -242,6 +267,18 @@ def _texture(cfg) -> TextureData:
     with as_config_error("data.image"):     # any error reading it names data.image (or its own key)
         image = load_texture(cfg.data.image, cfg.data.size, cfg.data.fit)
         return TextureData(image=image, spectrum=adsn_spectrum(image, cfg.data.floor), n=n)
+
+
+def _mixture(cfg) -> MixtureData:
+    """The mixture `data.mixture` builds (its constructor checks data.components, weights, separation, ...)."""
+    from gsm.data.mixture import OT_PARTICLES
+    n = _data_n(cfg)
+    ot_particles = _get(cfg, "data.ot_particles")
+    ot_particles = checked("data.ot_particles", number, OT_PARTICLES if ot_particles is _ABSENT else ot_particles,
+                           2, integer=True)
+    with as_config_error("data.mixture"):
+        mixture = instantiate(cfg.data.mixture)
+    return MixtureData(mixture=mixture, n=n, ot_particles=ot_particles)
 
 
 def _gaussian(cfg) -> GaussianData:

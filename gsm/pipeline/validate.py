@@ -13,6 +13,8 @@ that span groups, from what the groups declare:
 * a sampler that reads the score's matrices (`Sampler.requires_linear_score`: vp, edm, diffusers) needs a
   linear model (`ScoreModel.linear`), `gsm.pipeline.kinds.linear_score_mismatch`; `RunSpec.from_config`
   applies it to the two classes already, before the sampler is built (diffusers' import takes seconds);
+* data=mixture: POT installed; its exact score (model=oracle) is not linear, so not with a sampler that
+  reads the score's matrices;
 * the model's own constructor (the pipeline's builder, one replicate, a linear one at d = 1);
 * train.solver=exact needs a linear model; a neural model needs a valid optimizer;
 * stability, linear models only: the sampler's step bound (`Sampler.check_step`: Langevin with
@@ -84,6 +86,7 @@ def validate(spec: RunSpec) -> list[str]:
     with as_config_error("sampler"):
         alphas, stds = spec.sampler.noise_levels(spec.train.sigma)
     _check_sampler_fits(spec)
+    _check_mixture(spec)
     model = _build_model(spec, alphas, stds)
     _check_objective(spec, model)
     if not model.linear:
@@ -127,6 +130,22 @@ def _check_sampler_fits(spec: RunSpec) -> None:
     mismatch = linear_score_mismatch(type(sampler), spec.model.cls, model_target=spec.model.target)
     if mismatch:
         raise ConfigError(mismatch)
+
+
+def _check_mixture(spec: RunSpec) -> None:
+    """data=mixture: POT for its true OT distances; its exact score (model=oracle) is not linear, so a sampler
+    that reads the score's matrices (`requires_linear_score`) or a velocity (`reads`) cannot run it."""
+    if spec.data.kind != "mixture":
+        return
+    import importlib.util
+    if importlib.util.find_spec("ot") is None:
+        raise ConfigError("data=mixture needs POT for its optimal-transport W2² (pip install 'gsm[mixture]'), "
+                          "got no module named ot")
+    sampler = spec.sampler
+    if spec.model.exact and (getattr(sampler, "requires_linear_score", False)
+                             or getattr(sampler, "reads", "score") != "score"):
+        raise ConfigError(f"sampler must be ddpm | ddim | langevin with model=oracle on data=mixture (its exact score "
+                          f"is not linear), got sampler._target_={class_path(type(sampler))}")
 
 
 def _check_objective(spec: RunSpec, model) -> None:
@@ -177,8 +196,9 @@ def _check_neural(spec: RunSpec, model) -> None:
     if spec.train.solver == "exact":
         raise ConfigError("train.solver must be sgd for a non-linear model (train.solver=exact needs a linear "
                           "model, model=linear), got exact")
-    with as_config_error("optim"):
-        spec.optimizer(model.parameters())
+    if model.requires_training:     # a closed-form score (model=empirical) has no parameters to optimise
+        with as_config_error("optim"):
+            spec.optimizer(model.parameters())
 
 
 def _check_langevin_step(sampler, lam, sigma) -> None:

@@ -15,12 +15,17 @@ class ScoreModel(nn.Module):
     linear: s_l(y) = −A_l y, with `matrices()` (R, L, d, d) float64 and `set_matrices(A)`.
     requires_training: False for closed-form scores (the oracle), which are set, not trained.
     symmetric: trained with the symmetrised DSM gradient (the symmetric variant, theory note §5.3).
-    data_kind: the data.kind the model is built for."""
+    data_kind: the data.kind the model is built for.
+    exact: the exact score of the data (an oracle). On data whose exact score is not linear (data=mixture)
+        the backend uses the data's own (`gsm.scores.mixture.MixtureScore`).
+    from_data: set from the training samples by `fit(x)` (x (R, N, d)) instead of trained (model=empirical)."""
 
     linear = False
     requires_training = True
     symmetric = False
     data_kind = "gaussian"     # the data.kind it is built for: gaussian (d×d) | texture (Fourier-diagonal)
+    exact = False
+    from_data = False
 
 
 class UserScore(ScoreModel):

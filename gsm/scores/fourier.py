@@ -85,6 +85,7 @@ class FourierOracleScore(FourierLinearScore):
     Fourier-diagonal counterpart of `gsm.scores.linear.OracleScore`)."""
 
     requires_training = False
+    exact = True
 
 def initial_coefficients(init: str, levels: int, stds=None) -> torch.Tensor:
     """a₀ per level (L,) float64 for init = zeros | identity | noise (1/s_l²)."""

@@ -93,3 +93,4 @@ class OracleScore(LinearScore):
     It needs no training and isolates the sampler's own error."""
 
     requires_training = False
+    exact = True

@@ -154,9 +154,18 @@ def neural_regime(*, escaped: torch.Tensor, unstable: int, replicates: int, tail
 
 
 def verdict_lines(regime: dict | None) -> list[str]:
-    """The console's first lines: the verdict, then one line per reason (dominant first)."""
+    """The console's first lines: the verdict, then one line per reason (dominant first), and the `data` line
+    (data that are not Gaussian: what the linear prediction then means)."""
     if not regime:
         return []
+    lines = reason_lines(regime)
+    if regime.get("data") and regime.get("prediction") is False:     # a linear verdict lists it among its reasons
+        lines.append(f"  data: {regime['data']}")
+    return lines
+
+
+def reason_lines(regime: dict) -> list[str]:
+    """The verdict's head and its reasons (`verdict_lines` without the data line)."""
     if regime.get("prediction") is False:
         head = ("regime: no prediction for a non-linear score (w2_predicted_linear is the linear theory's, for "
                 "comparison only); checks ")

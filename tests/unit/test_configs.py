@@ -6,6 +6,7 @@ defaults list) at a small size (data.dim = 4, replicates = 2), and every node wi
 instantiated as the pipeline's backends do at run time (gsm.pipeline.matrix, gsm.pipeline.texture):
 
     spectrum = instantiate(cfg.data.spectrum)                      # data=texture: load_texture + adsn_spectrum
+                                                                   # data=mixture: instantiate(cfg.data.mixture)
     sampler = instantiate(cfg.sampler); sampler.bind(Σ)            # bind: samplers that have it (sampler=vp)
     alphas, stds = sampler.noise_levels(cfg.train.sigma)
     model = build_score_model(cfg.model, dim=d, replicates=R, alphas=alphas, stds=stds, seed=cfg.seed)
@@ -144,6 +145,9 @@ def build(cfg) -> dict:
         from gsm.data.texture import adsn_spectrum, load_texture
         lam = adsn_spectrum(load_texture(cfg.data.image, cfg.data.size, cfg.data.fit), cfg.data.floor)
         out["spectrum"], out["texture_shape"] = lam.reshape(-1), tuple(lam.shape)
+    elif cfg.data.get("kind") == "mixture":     # data=mixture: its Gaussian surrogate N(0, Σ)
+        mixture = instantiate(cfg.data.mixture)
+        out["spectrum"], out["covariance"] = mixture.surrogate().eigenvalues, mixture.covariance
     else:
         out["spectrum"] = instantiate(cfg.data.spectrum)
         out["covariance"] = make_gaussian(out["spectrum"], cfg.data.basis, cfg.seed).covariance.to(torch.float64)
