@@ -187,3 +187,25 @@ def test_plug_in_velocity_on_the_vp_path_against_its_prediction():
         pred = sampler_prediction(sampler, lam, objective=CFM(), n=N)
         assert pred["generalization"] > 10 * se
         assert abs(mean - pred["total"]) < 3 * se, (scheme, mean, se, pred["total"], (mean - pred["total"]) / se)
+
+
+@pytest.mark.slow
+def test_the_vp_path_through_gsm_is_sampler_vp(compose_cfg, tmp_path):
+    """Through the pipeline (`gsm.pipeline.run.run`, data=custom): `sampler=flow sampler.path=vp` heun K = 6 with
+    model=oracle gives the w2_exact of `sampler=vp sampler.scheme=heun sampler.steps=6` (the spectral backend)
+    to 1e-9 relative, and its prediction equals it; the refusals are one-line ConfigErrors; CFM-SGD on the VP
+    path validates."""
+    from gsm.pipeline.run import run
+    from gsm.pipeline.validate import ConfigError, validate_config
+    common = ("model=oracle", "data=custom", "replicates=1", "sampler.particles=10", "progress=false", "threads=1")
+    flow = run(compose_cfg("sampler=flow", "objective=cfm", "sampler.path=vp", "sampler.scheme=heun",
+                           "sampler.steps=6", *common), tmp_path / "flow")
+    vp = run(compose_cfg("sampler=vp", "sampler.scheme=heun", "sampler.steps=6", *common), tmp_path / "vp")
+    assert flow["status"] == vp["status"] == "ok" and flow["nfe"] == 12
+    assert flow["w2_exact"]["mean"] == pytest.approx(vp["w2_exact"]["mean"], rel=1e-9)
+    assert flow["w2_predicted"] == pytest.approx(flow["w2_exact"]["mean"], rel=1e-9)
+    for bad, key in [(("sampler.shift=0",), "sampler.shift"), (("sampler.path=vp", "sampler.eps=0"), "sampler.eps")]:
+        with pytest.raises(ConfigError) as info:
+            validate_config(compose_cfg("sampler=flow", "objective=cfm", *bad))
+        assert str(info.value).startswith(key + " must be") and "\n" not in str(info.value)
+    assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "sampler.path=vp", "train.solver=sgd")) == []
