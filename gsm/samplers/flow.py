@@ -28,6 +28,11 @@ eigenvalue x_t = √(c_t/c_0) x₀, c_t = a_t²λ + b_t², the output law M₁M�
 `shift` s: SD3's time shift (diffusers' FlowMatchEulerDiscreteScheduler, σ = 1 − t ↦ sσ/(1 + (s − 1)σ)) on
 the grid, t_k = φ_s(k/K), φ_s(u) = u/(s − (s − 1)u), so s > 1 crowds the steps near the noise (t = 0); the
 issue's t ↦ st/(1 + (s − 1)t) is φ_{1/s}. Stage c of step k is read at t_k + c(t_{k+1} − t_k).
+
+A neural velocity v_θ(x, l) (model=mlp, user models; docs/flow.md "Neural velocity nets") runs the same
+schemes: `rk_step` applies the same Butcher tableau to v_θ, through the same `explicit_rk_step` with the
+stage "matrices" the velocity functions and the algebra `point_algebra(x)`, in which the unit is x and a
+product G·y is G(y). For v(x) = −B_l x that is exactly x ↦ M_k x (tested, 1e-12).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gsm.algebra import Algebra
 from gsm.checks import choice, number
 from gsm.samplers.base import Sampler
 from gsm.samplers.vp_schemes import VPSchedule
@@ -139,6 +145,21 @@ def flow_chain(scheme: str, steps: int, shift: float = 1.0, path=None):
     return chain, times
 
 
+def point_algebra(x: torch.Tensor) -> Algebra:
+    """The algebra in which `explicit_rk_step` runs a Runge–Kutta step on points: elements are points
+    (R, M, d), the unit is x itself and mm(G, y) = G(y), G a velocity function; then
+    K_i = G_i(x + h Σ_j a_ij K_j) are the stages and M = x + h Σ_i b_i K_i the next point."""
+    return Algebra("point", lambda G, y: G(y), lambda like: x)
+
+
+def rk_step(velocities, x: torch.Tensor, h: float, tableau) -> torch.Tensor:
+    """One explicit Runge–Kutta step x ↦ x + h Σ_i b_i K_i of the ODE x′ = v(x, t) on points x (R, M, d),
+    `velocities` the stage functions y ↦ v(y, t_k + c_i h) ((R, M, d) → (R, M, d)), (a, b, c) = `tableau`
+    (`TABLEAUS`): `explicit_rk_step` in `point_algebra(x)`, the one implementation of the tableaux."""
+    a, b, _ = tableau
+    return explicit_rk_step(list(velocities), h, a, b, point_algebra(x))
+
+
 @dataclass
 class ExactFlowLaw:
     """The law map of the exact flow (scheme=ode): the output variance c₁/c₀, c_t = a_t²λ + b_t² (λ on the
@@ -176,6 +197,7 @@ class Flow(Sampler):
 
     reads = "velocity"              # reads a velocity field (objective=cfm), not a score
     init_var = 1.0                  # the source N(0, I)
+    requires_linear_score = False   # a neural velocity runs the same tableaux (`rk_step`); scheme=ode refuses it
 
     def __post_init__(self):
         choice("sampler.scheme", self.scheme, SCHEMES)
@@ -247,12 +269,34 @@ class Flow(Sampler):
 
     def sample(self, model, replicates: int, dim: int, generator=None, device="cpu", progress=False,
                dtype=torch.float32) -> torch.Tensor:
-        """M particles per replicate (R, M, d) from N(0, I) through the chain (or the root for ode)."""
-        if self.chain is not None:
+        """M particles per replicate (R, M, d) from N(0, I) through the chain (or the root for ode); a non-linear
+        velocity model(y, l) by `rk_step` at the levels each step reads, in `dtype`."""
+        if self.chain is not None and model.linear:
             return super().sample(model, replicates, dim, generator, device, progress, dtype)
+        if self.chain is not None:
+            x = torch.randn(replicates, self.particles, dim, generator=generator, device=device, dtype=dtype)
+            return self.sample_nonlinear(model, x)
         x = math.sqrt(self.init_var) * torch.randn(replicates, self.particles, dim, generator=generator,
                                                    device=device, dtype=dtype)
         return x @ self._require_root().to(device=device, dtype=dtype)
+
+    def sample_nonlinear(self, velocity, x: torch.Tensor) -> torch.Tensor:
+        """The scheme on points x (R, M, d) at t = 0 for any learned w = velocity(y, l) (l the level index): K
+        steps of `rk_step` on the chain's grid t_k = φ_s(k/K), stage i of step k at the level the chain reads
+        there (`chain.levels[k]`), integrating the path's velocity p y + q w (linear path: w itself)."""
+        if self.chain is None:
+            raise ValueError(self.oracle_only)
+        tableau, grid = TABLEAUS[self.scheme], shifted_grid(self.K, self.shift)
+        rates = None if self.affine.linear else [r.tolist() for r in velocity_rates(self.affine, self.times)]
+
+        def stage(l):
+            if rates is None:
+                return lambda y: velocity(y, l)
+            return lambda y: rates[0][l] * y + rates[1][l] * velocity(y, l)
+        for k, levels in enumerate(self.chain.levels):
+            h = 1.0 / self.K if self.shift == 1 else grid[k + 1] - grid[k]
+            x = rk_step([stage(l) for l in levels], x, h, tableau)
+        return x
 
     def law(self, lam: torch.Tensor):
         return ExactFlowLaw(lam.to(F64), self._ends()) if self.chain is None else super().law(lam)

@@ -26,6 +26,9 @@ expectation (B M_l − (s_l I − α_l X))/L per step, so the mean after S steps
 optimum, e* = u − E[u | y], is independent of y (jointly Gaussian, uncorrelated) with variance λ(α + s)²/m
 per eigen-direction (λ/m on the linear path; not DSM's α²λ/m: the target u = x − z carries the data), which
 sets the τ term.
+
+Velocity nets (model=mlp, user models, `neural_trainable`): `cfm_loss`, the same per-sample loss
+½‖v_θ(y, l) − (x − z)‖² at a uniform level, minimised by `gsm.training.dsm.train_score_net`.
 """
 from __future__ import annotations
 
@@ -39,6 +42,26 @@ from gsm.training.objectives import (SGD_INIT, SGDBudget, affine_power_series, l
 F64 = torch.float64
 
 
+def cfm_loss(velocity, x: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Monte-Carlo CFM loss ½E‖v(y, l) − (x − z)‖² at y = α_l x + s_l z (the linear path: α = t, s = 1 − t,
+    x = x₁ the data, z = x₀ the source), one uniform level l per sample among the L times the sampler
+    evaluates (as the linear CFM-SGD and the neural DSM path), drawn first, then z ~ N(0, I).
+    velocity(y, l): y (R, b, d), l an int, or per-sample levels (b,) when `velocity.level_tensors`.
+    x (R, b, d) → (R,), the loss per replicate averaged over the batch."""
+    b = x.shape[1]
+    lv = torch.randint(alphas.numel(), (b,), generator=generator, device=x.device)
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    y = alphas[lv].view(1, b, 1) * x + stds[lv].view(1, b, 1) * z
+    if getattr(velocity, "level_tensors", False):
+        return 0.5 * ((velocity(y, lv) - (x - z)) ** 2).sum(-1).mean(-1)
+    loss = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+    for l in lv.unique().tolist():      # one call per level present in the batch
+        m = lv == l
+        loss = loss + 0.5 * ((velocity(y[:, m], l) - (x[:, m] - z[:, m])) ** 2).sum((-1, -2))
+    return loss / b
+
+
 class CFM:
     """Conditional flow matching: the matrix B_l of w = −B_l x ≈ E[x₁ − x₀ | x_t = x] per level
     (α_l, s_l) = (a_l, b_l) of the path ((t_l, 1 − t_l) on the linear path, where w is the velocity; module
@@ -47,8 +70,13 @@ class CFM:
     name = "cfm"
     predicts = "velocity"   # the flow sampler reads a velocity; score samplers refuse it (gsm.pipeline.validate)
     sgd_trainable = True    # CFM-SGD: `train_linear_dsm` with `sgd_residual` (linear models)
-    neural_trainable = False   # `train_score_net` minimises the DSM loss: no velocity nets yet
+    neural_trainable = True     # velocity nets (model=mlp, user models): `train_score_net` with `neural_loss`
     closed_forms = False    # gsm's per-eigenvalue (VP) and Fourier (texture) paths are written for DSM
+
+    @staticmethod
+    def neural_loss(model, x, alphas, stds, generator=None) -> torch.Tensor:
+        """The CFM loss of a velocity net on a batch, `cfm_loss` (`gsm.training.dsm.train_score_net`'s `loss`)."""
+        return cfm_loss(model, x, alphas, stds, generator)
 
     @staticmethod
     def _levels(alphas, stds):
