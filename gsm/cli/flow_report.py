@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gsm.cli.schedulers_report import figure, markdown, results_by_cell
-from gsm.io import savefig_atomic, write_text_atomic
+from gsm.cli.schedulers_report import write_ranking_report
 
 LEARNED = ("plugin", "sgd")     # the fields with an error bar (the exact field is deterministic)
 
@@ -51,17 +50,5 @@ def z_markdown(t: dict, nfes: list, methods: list) -> str:
 
 def write_flow_report(sweep_dir, rows) -> list[Path]:
     """Writes report_flow_vs_diffusion.png and .md, prints the ranking comparison and the z's; returns the paths."""
-    import matplotlib.pyplot as plt
-
-    sweep_dir = Path(sweep_dir)
-    t, nfes, methods = results_by_cell(rows, key="method")
-    if not t:
-        return []
-    md = markdown(t, nfes, methods, item="method") + "\n" + z_markdown(t, nfes, methods)
-    md_path, png_path = sweep_dir / "report_flow_vs_diffusion.md", sweep_dir / "report_flow_vs_diffusion.png"
-    write_text_atomic(md_path, md)
-    fig = figure(t, nfes, methods)
-    savefig_atomic(fig, png_path, dpi=120)
-    plt.close(fig)
-    print(md[md.index("### ranking"):])
-    return [png_path, md_path]
+    return write_ranking_report(sweep_dir, rows, name="flow_vs_diffusion", key="method", item="method",
+                                extra=z_markdown)
