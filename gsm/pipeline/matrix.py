@@ -155,9 +155,10 @@ class MatrixBackend(Backend):
 
     def log(self, writer, pred) -> None:
         step = self.spec.train.steps
-        log_w2(writer, self.results, self.results["prediction_terms"], step)
+        log_w2(writer, self.results, self.results["prediction_terms"], step, image=self.figures)
         self.sampler.log_extra(writer, self.A, self.Sigma.to(torch.float64), step)
-        log_figures(writer, self.spectrum, self.C, pred, step)
+        if self.figures:
+            log_figures(writer, self.spectrum, self.C, pred, step)
 
 
 class NeuralBackend(MatrixBackend):
@@ -234,8 +235,9 @@ class NeuralBackend(MatrixBackend):
             writer.add_scalar(f"eval/{k}", as_scalar(r[k]), step)
         writer.add_scalar("eval/escaped_fraction_max", float(self.escaped.max()), step)
         log_regime(writer, r["regime"], step)
-        log_comparison(writer, r, step)     # debiased Gaussian-fit W2² against the linear-score prediction
-        log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
+        log_comparison(writer, r, step, image=self.figures)   # debiased Gaussian-fit W2² against the linear-score prediction
+        if self.figures:
+            log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
 
 
 def log_figures(writer, spectrum, C, pred, step):
