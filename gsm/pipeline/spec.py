@@ -12,7 +12,7 @@ that reads the DictConfig. Each group is built by its own constructor, whose one
 | `sampler` | the sampler, instantiated once | `cfg.sampler` |
 | `train` | `gsm.training.settings.TrainSettings` | `cfg.train` |
 | `optimizer` | a non-linear model's torch optimizer factory (`_partial_`), else None | `cfg.optim` |
-| `settings` | `RunSettings`: seed, device, dtype, replicates, progress, threads, max_memory_gb | the top-level keys |
+| `settings` | `RunSettings`: seed, device, dtype, replicates, progress, threads, max_memory_gb, figures | the top-level keys |
 | `config` | the resolved config as a plain dict (results.json's `config` key) | `cfg` |
 
 Validation (`gsm.pipeline.validate.validate`), the memory estimate (`gsm.pipeline.memory`), the record and
