@@ -22,9 +22,12 @@ def hydra_loader():
     from hydra._internal.utils import create_automatic_config_search_path
     from hydra.core.utils import setup_globals
 
+    from hydra.core.global_hydra import GlobalHydra
+
     setup_globals()     # the ${now:} resolver of the sweep dir, as the launcher has it
-    return Hydra.create_main_hydra2(task_name="gsm", config_search_path=create_automatic_config_search_path(
+    yield Hydra.create_main_hydra2(task_name="gsm", config_search_path=create_automatic_config_search_path(
         None, None, "pkg://gsm.conf")).config_loader
+    GlobalHydra.instance().clear()      # as `hydra.main` leaves it: the next test initialises its own
 
 
 def sweep_jobs(loader, argv):
@@ -34,9 +37,9 @@ def sweep_jobs(loader, argv):
     from hydra.types import RunMode
 
     master = loader.load_configuration("config", argv, RunMode.MULTIRUN)
-    params = master.hydra.sweeper.params
-    sweeper = BasicSweeper(max_batch_size=None, params=None if params is None else OmegaConf.to_container(params))
-    args = sweeper._parse_config() + OmegaConf.to_container(master.hydra.overrides.task)
+    params = OmegaConf.to_container(master.hydra.sweeper.params) if master.hydra.sweeper.params else {}
+    args = [f"{k}={v}" for k, v in params.items()] + OmegaConf.to_container(master.hydra.overrides.task)
+    sweeper = BasicSweeper(max_batch_size=None)
     batches = sweeper.split_arguments(OverridesParser.create(config_loader=loader).parse_overrides(args), None)
     return master, [list(job) for batch in batches for job in batch]
 
