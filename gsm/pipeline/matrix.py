@@ -179,9 +179,10 @@ class MatrixBackend(Backend):
 
     def log(self, writer, pred) -> None:
         step = self.spec.train.steps
-        log_w2(writer, self.results, self.results["prediction_terms"], step)
+        log_w2(writer, self.results, self.results["prediction_terms"], step, image=self.figures)
         self.sampler.log_extra(writer, self.A, self.Sigma.to(torch.float64), step)
-        log_figures(writer, self.spectrum, self.C, pred, step)
+        if self.figures:
+            log_figures(writer, self.spectrum, self.C, pred, step)
 
 
 class NeuralBackend(MatrixBackend):
@@ -275,8 +276,9 @@ class NeuralBackend(MatrixBackend):
         if "memorized_fraction" in r:
             writer.add_scalar("eval/memorized_fraction", r["memorized_fraction"]["mean"], step)
         log_regime(writer, r["regime"], step)
-        log_comparison(writer, r, step)     # debiased Gaussian-fit W2² against the linear-score prediction
-        log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
+        log_comparison(writer, r, step, image=self.figures)   # debiased Gaussian-fit W2² against the linear-score prediction
+        if self.figures:
+            log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
 
 
 def log_figures(writer, spectrum, C, pred, step):

@@ -109,8 +109,8 @@ class SpectralBackend(Backend):
 
     def log(self, writer, pred) -> None:
         s = self.sampler
-        log_w2(writer, self.results, self.results["prediction_terms"], 0, image=s.figure)
-        if s.chain is None or not s.figure:
+        log_w2(writer, self.results, self.results["prediction_terms"], 0, image=s.figure and self.figures)
+        if s.chain is None or not (s.figure and self.figures):
             return
         t = vp_grid(s.T, s.eps, s.K)
         pts = torch.unique(torch.linspace(0, s.K, min(50, s.K + 1)).round().long())
