@@ -162,6 +162,8 @@ def test_blocked_diagonal_law_matches_a_per_step_loop(scheme, monkeypatch):
     s = VP(scheme=scheme, steps=K, eps=eps)
     g = torch.Generator().manual_seed(3)
     a = 0.5 + torch.rand(len(s.times), d, generator=g, dtype=F64)           # not the exact scores
+    if scheme in ("em", "ei", "ddpm", "euler"):     # (heun, rk4: m_k > 0 for any real score)
+        a[:, 0] = 1000.0    # every m_k < 0 (K odd: P < 0) and |m_k| ≥ 0.2: the sign of P is tested
     steps = _diagonal_steps(scheme, s, a, K, eps)
     v0 = 0.3 + torch.rand(d, generator=g, dtype=F64)
     v, p, traj = v0.clone(), torch.ones(d, dtype=F64), [v0.clone()]
