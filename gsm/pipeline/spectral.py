@@ -143,7 +143,8 @@ class SpectralBackend(Backend):
 def one_thread():
     """One intra-op thread inside (threads=auto on the oracle's law, prediction and figure): these are O(d·K)
     vector ops, none large enough to gain from a second thread, and each parallel one (sqrt, exp of a
-    3072-vector) waits at a barrier for a descheduled thread: ~20 ms at load 8 on 2 cores, 20 µs on one."""
+    3072-vector) waits at a barrier for a descheduled thread: 14 ms at load 7 on 2 cores, 27 µs on one
+    (docs/performance.md (6))."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

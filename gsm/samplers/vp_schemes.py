@@ -76,7 +76,7 @@ class VPSchedule:
         e = torch.exp(-B)
         if not B.ndim:
             return e * lam.to(_F64) + (1 - e)
-        # outer + in-place add: the broadcast product e[:, None]·λ measured ~10x slower at (1000, 3072)
+        # outer + in-place add: no broadcast temporaries of the (n, d) table (the same numbers)
         return torch.outer(e, lam.to(_F64)).add_((1 - e).unsqueeze(-1))
 
 

@@ -73,7 +73,7 @@ StepFn = Callable[[Callable[[int], torch.Tensor], Algebra], torch.Tensor]
 
 # Steps per block of `LinearChain.factor_blocks`: a block of b×d factors stays under torch's intra-op grain
 # (32768 elements), so each op runs on one thread (no barrier with a descheduled thread on a busy machine)
-# on operands in cache; full (K, d) temporaries measured ~4x slower (fresh pages), one op per step ~3x.
+# on operands in cache (full (K, d) temporaries were several times slower here: fresh pages).
 BLOCK_ELEMENTS = 32768
 
 
@@ -165,8 +165,8 @@ class LinearChain:
 
         so that from any other start v′ the output variance is h + P²(v′ − v_0) (init_var = 0: h = Q =
         Σ_k q_k Π_{j>k} m_j²). O(d·K): the factors by blocks (`factor_blocks`), then three in-place vector ops
-        per step in the recursion's order, the same numbers as step by step (a scan by torch.cumprod over the
-        steps measured ~7x slower at d = 3072, K = 1000)."""
+        per step in the recursion's order, the same numbers as step by step (a torch.cumprod scan over the
+        steps is ~5x slower at d = 3072, K = 1000: docs/performance.md (6))."""
         a = a.to(F64)
         P = torch.ones_like(a[..., 0, :])
         v = torch.as_tensor(init_var, dtype=F64, device=a.device) + torch.zeros_like(P)     # a fresh (..., d)
