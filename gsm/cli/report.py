@@ -26,6 +26,9 @@ Outputs, in the multirun dir (every file written atomically):
   each prediction term (lines), x = the swept parameter (log axes when every value is positive).
   With several swept parameters, x is the numeric one with the most values, and there is one figure
   per combination of the others: `report_<x>__<key>=<value>.png`.
+* the studies' own tables and figures: `+experiment=pg_table` (`gsm.cli.pg_report`), `schedulers`
+  (`gsm.cli.schedulers_report`), `flow_vs_diffusion` (`gsm.cli.flow_report`), `where_theory_stops` and
+  `memorization` (`gsm.cli.mixture_report`).
 * `tb_report/`: a TensorBoard run with the figures (`report/<study>`) and the CSV numbers as scalars
   `<study>/<column>` (float32, which TensorBoard's default loader shows; report.csv has them in full),
   step = the swept value when all values are positive integers, else its rank (the value itself is
@@ -310,6 +313,12 @@ def report(sweep_dir, tensorboard: bool = True) -> dict:
     if {"method", "sampler.nfe", "score"} <= set(swept):     # +experiment=flow_vs_diffusion
         from gsm.cli.flow_report import write_flow_report
         paths += write_flow_report(sweep_dir, rows)
+    if {"data.separation", "model"} <= set(swept):     # +experiment=where_theory_stops
+        from gsm.cli.mixture_report import write_stops_report
+        paths += write_stops_report(sweep_dir)
+    if {"train.steps", "data.n"} <= set(swept):     # +experiment=memorization
+        from gsm.cli.mixture_report import write_memorization_report
+        paths += write_memorization_report(sweep_dir)
     for fig in figures.values():
         plt.close(fig)
 
