@@ -36,6 +36,11 @@ def test_a_linear_score_on_digits_runs_on_the_surrogate_and_the_probe_is_recorde
     acc.Reload()
     assert "probe/gaussian_structure" in acc.Tags()["images"]
     assert "NOT Gaussian" in summary_table(res)
+    # the probe has its own generator: without it the run's other numbers are the same
+    off = run(compose_cfg("data=digits", "model=linear", "train.solver=exact", *TINY), tmp_path / "off")
+    assert "gaussian_probe" not in off
+    for key in ("w2_exact", "w2_empirical", "w2_ot", "w2_sliced", "memorized_fraction_fresh"):
+        assert off[key]["mean"] == res[key]["mean"], key
 
 
 def test_the_empirical_score_on_patches_and_no_probe_by_default(compose_cfg, tmp_path, one_thread):
@@ -65,14 +70,17 @@ def test_bad_input_is_refused_in_one_line_before_any_work(overrides, line, compo
 
 @pytest.mark.slow
 def test_mlp_on_digits_probe_per_level(compose_cfg, tmp_path, one_thread):
-    """An MLP (width 128, depth 2, Adam, 1500 steps of b = 128) trained on N = 1000 digits at DDPM's 1000 levels,
-    probed at every level (R = 2, Q = 512; about a minute on 2 cores): per-level values in results.json, the
-    explained variance near 1 at high noise and lower near the data, as in Wang & Vastola's CIFAR-10 curve."""
-    res = run(compose_cfg("data=digits", "model=mlp", "model.width=128", "optim=adam", "train.batch_size=128",
-                          "train.steps=1500", "sampler=ddpm", "sampler.steps=null", "replicates=2",
-                          "sampler.particles=100", "data.ot_particles=32", "eval.probe=true",
-                          "eval.probe_points=512", "progress=false"), tmp_path)
+    """An MLP (width 64, depth 2, Adam, 600 steps of b = 128) trained on N = 1000 digits at 100 DDPM levels and
+    probed at each (R = 2, Q = 256; about 80 s on the shared 2-core machine): per-level values in results.json,
+    the affine fit never worse than the Gaussian score. At this budget the net is far from trained (measured EV
+    −3.7 at σ = 0.03, 0.93 at the noisiest level; docs/beyond_gaussian.md's table trains 5000 steps), but the
+    shape is already the paper's: the Gaussian score explains most of the net at high noise, little near the data."""
+    res = run(compose_cfg("data=digits", "model=mlp", "optim=adam", "train.batch_size=128", "train.steps=600",
+                          "sampler=ddpm", "sampler.steps=100", "replicates=2", "sampler.particles=100",
+                          "data.ot_particles=32", "eval.probe=true", "eval.probe_points=256", "progress=false"),
+              tmp_path)
     probe = res["gaussian_probe"]
-    ev, sigma = probe["explained_variance"]["mean"], probe["sigma"]
-    assert len(ev) == len(sigma) == 1000 and sigma[0] < 0.02 and sigma[-1] > 100
-    assert ev[-1] > 0.99 and ev[0] < ev[-1], (ev[0], ev[-1])
+    ev, fit, sigma = probe["explained_variance"]["mean"], probe["linear_fit_residual"]["mean"], probe["sigma"]
+    assert len(ev) == len(fit) == len(sigma) == 100 and sigma[0] < 0.05 and sigma[-1] > 100
+    assert ev[-1] > 0.8 and ev[0] < ev[-1], (ev[0], ev[-1])
+    assert all(f <= 1 - e + 1e-9 for e, f in zip(ev, fit))     # the best affine fit beats the Gaussian one
