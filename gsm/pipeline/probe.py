@@ -52,18 +52,20 @@ def probe_figure(probe: dict):
     plt = pyplot()
     sigma = probe["sigma"]
     fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(9, 3.8))
+    low = 0.0          # the left axis from 0 (or below, an explained variance can be < 0) to 1
     for key, label, color in (("explained_variance", "explained variance by the Gaussian score", "tab:blue"),
                               ("linear_fit_residual", "best affine fit", "tab:orange")):
         m = torch.tensor(probe[key]["mean"], dtype=torch.float64)
         se = torch.tensor([s or 0.0 for s in probe[key]["stderr"]], dtype=torch.float64)
         share = m if key == "explained_variance" else 1 - m       # both plotted as "share explained"
+        low = min(low, float(share.min()))
         ax.errorbar(sigma, share, yerr=se, fmt="o-", ms=3, color=color, label=label)
         ax_log.errorbar(sigma, (1 - share).clamp_min(1e-16), yerr=se, fmt="o-", ms=3, color=color,
                         label=f"1 − share ({label})")
-    ax.set(xscale="log", xlabel="noise level σ = s/α", ylabel="share of E‖s_net‖² explained", ylim=(None, 1.02))
+    ax.set(xscale="log", xlabel="noise level σ = s/α", ylabel="share of E‖s_net‖² explained", ylim=(low - 0.02, 1.02))
     ax_log.set(xscale="log", yscale="log", xlabel="noise level σ = s/α", ylabel="share not explained")
     log_ticks(ax_log, "y")
-    ax.legend(fontsize=7)
-    ax_log.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")      # a fixed place: "best" is slow over 1000 levels
+    ax_log.legend(fontsize=7, loc="upper right")
     fig.set_layout_engine("tight")
     return fig
