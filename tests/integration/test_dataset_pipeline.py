@@ -71,7 +71,7 @@ def test_bad_input_is_refused_in_one_line_before_any_work(overrides, line, compo
 @pytest.mark.slow
 def test_mlp_on_digits_probe_per_level(compose_cfg, tmp_path, one_thread):
     """An MLP (width 64, depth 2, Adam, 600 steps of b = 128) trained on N = 1000 digits at 100 DDPM levels and
-    probed at each (R = 2, Q = 256; about 80 s on the shared 2-core machine): per-level values in results.json,
+    probed at each (R = 2, Q = 256; 30 to 80 s on the shared 2-core machine, by its load): per-level values in results.json,
     the affine fit never worse than the Gaussian score. At this budget the net is far from trained (measured EV
     −3.7 at σ = 0.03, 0.93 at the noisiest level; docs/beyond_gaussian.md's table trains 5000 steps), but the
     shape is already the paper's: the Gaussian score explains most of the net at high noise, little near the data."""
