@@ -322,14 +322,17 @@ def _numpy_vp_rows(scheme, lam, s, K, res, repeat) -> dict:
             f"  {scheme} gsm run (prediction incl.) / numpy": res["seconds"] / t_np}
 
 
+VP_RUNS = 3     # bench_vp: gsm's seconds per scheme are the median of this many runs (numpy's: of `repeat`)
+
+
 def bench_vp(p, device="cpu"):
     """(6) sampler=vp at image scale (issue 15): `data=file` with d = vp_d eigenvalues (λ_i = 0.3 i^−1.3, the
     last 16 zero), K = vp_K steps, through gsm.pipeline.run.run (the per-eigenvalue path): model=oracle for
     every scheme (R = 1, no particles, no figure: the exact law and the prediction), the same with M = 2000
     particles from the law, and train.solver=exact with R = vp_exact_R, N = 5d (Wishart Σ̂ by Bartlett,
     one eigendecomposition + one Bures eigvalsh per replicate, the 1/N term), also extrapolated to R = 16.
-    Wall seconds of the run (results.json `seconds`: the law and the prediction), imports excluded (a warm-up
-    run first). Baseline per chain scheme (issue 26): `numpy_vp_variance`, its W2² against w2_exact and the
+    Wall seconds of the run (results.json `seconds`: the law and the prediction; median of VP_RUNS runs, the
+    1-minute load average before them in the row's name), imports excluded (a warm-up run first). Baseline per chain scheme (issue 26): `numpy_vp_variance`, its W2² against w2_exact and the
     ratio gsm run / numpy (the numpy side computes the law only: no prediction)."""
     import numpy as np
     from hydra import compose, initialize_config_module
@@ -353,9 +356,12 @@ def bench_vp(p, device="cpu"):
 
         once("warmup", "model=oracle", "replicates=1", "sampler.steps=2", "sampler.particles_from=none")
         for sc in ("em", "ei", "ddpm", "euler", "heun", "rk4", "sde", "ode"):
-            res, s = once(sc, "model=oracle", "replicates=1", f"sampler.scheme={sc}",
-                          "sampler.particles_from=none", "sampler.figure=false")
-            out[f"oracle {sc} s (d={d}, K={K})"] = res["seconds"]
+            avg = os.getloadavg()[0]
+            runs = [once(f"{sc}{i}", "model=oracle", "replicates=1", f"sampler.scheme={sc}",
+                         "sampler.particles_from=none", "sampler.figure=false") for i in range(VP_RUNS)]
+            res, s = runs[0][0], runs[0][1]
+            res = {**res, "seconds": statistics.median(r["seconds"] for r, _ in runs)}
+            out[f"oracle {sc} s (d={d}, K={K}, load {avg:.1f})"] = res["seconds"]
             if sc not in ("sde", "ode"):
                 out.update(_numpy_vp_rows(sc, lam, s, K, res, p["repeat"]))
         out["oracle rk4 + 2000 particles (law) + figure s"] = once(

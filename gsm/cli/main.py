@@ -128,12 +128,14 @@ def main():
         with sigint_held():
             import hydra
 
+            from gsm.cli.compose import composed_once
             from gsm.cli.overrides import unknown_option
         typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
         if typo:
             exit_with(2, typo)
         app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
-        app()
+        with composed_once():   # a sweep's jobs share their composition (Hydra composes each twice)
+            app()
     except KeyboardInterrupt:
         exit_with(130, "gsm: interrupted by SIGINT")
     except SystemExit as e:

@@ -107,19 +107,26 @@ def figure(t, nfes, scheds):
     return fig
 
 
-def write_schedulers_report(sweep_dir, rows) -> list[Path]:
-    """Writes report_schedulers.png and report_schedulers.md, prints the ranking comparison; returns the paths."""
+def write_ranking_report(sweep_dir, rows, *, name: str, key: str = "sampler.scheduler", item: str = "scheduler",
+                         extra=None) -> list[Path]:
+    """Writes report_<name>.png (`figure`) and report_<name>.md (`markdown`, then `extra(t, nfes, items)` if
+    given) for a study swept over `key` × sampler.nfe × score, prints the ranking comparison; returns the paths."""
     import matplotlib.pyplot as plt
 
     sweep_dir = Path(sweep_dir)
-    t, nfes, scheds = results_by_cell(rows)
+    t, nfes, items = results_by_cell(rows, key=key)
     if not t:
         return []
-    md = markdown(t, nfes, scheds)
-    md_path, png_path = sweep_dir / "report_schedulers.md", sweep_dir / "report_schedulers.png"
+    md = markdown(t, nfes, items, item=item) + ("\n" + extra(t, nfes, items) if extra else "")
+    md_path, png_path = sweep_dir / f"report_{name}.md", sweep_dir / f"report_{name}.png"
     write_text_atomic(md_path, md)
-    fig = figure(t, nfes, scheds)
+    fig = figure(t, nfes, items)
     savefig_atomic(fig, png_path, dpi=120)
     plt.close(fig)
     print(md[md.index("### ranking"):])
     return [png_path, md_path]
+
+
+def write_schedulers_report(sweep_dir, rows) -> list[Path]:
+    """Writes report_schedulers.png and report_schedulers.md, prints the ranking comparison; returns the paths."""
+    return write_ranking_report(sweep_dir, rows, name="schedulers")

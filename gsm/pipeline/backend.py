@@ -21,6 +21,7 @@ class Backend(abc.ABC):
 
     def __init__(self, spec, results: dict, warn):
         self.spec, self.results, self.warn = spec, results, warn
+        self.figures = spec.settings.figures     # figures=false: no figure or image (every number, scalar and text stays)
 
     @abc.abstractmethod
     def draw_data(self):

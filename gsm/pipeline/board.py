@@ -60,7 +60,7 @@ def markdown_table(results: dict, rows: list[dict]) -> str:
 
 
 def log_comparison(writer, results: dict, step: int, image: bool = True) -> None:
-    """eval/comparison as image (unless image=False: a run that draws no figures, e.g. a P–G cell) and
+    """eval/comparison as image (unless image=False: a run that draws no figures, `figures=false`) and
     text, eval/w2_exact_z, and the Custom Scalars margin charts."""
 
     rows = comparisons(results)

@@ -55,6 +55,11 @@ def score_is_spectral(spec) -> bool:
             and getattr(spec.objective, "closed_forms", False))
 
 
+def objective_predicts(objective) -> str:
+    """What the objective learns (`predicts`: score | velocity; absent: a score, DSM's)."""
+    return getattr(objective, "predicts", "score")
+
+
 def backend_name(spec) -> str:
     """texture | mixture_linear | mixture_neural | dataset_linear | dataset_neural | spectral | matrix | neural
     (`gsm.pipeline.run.BACKENDS`) of a `gsm.pipeline.spec.RunSpec`. On data=mixture the oracle is the mixture's

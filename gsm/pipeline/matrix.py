@@ -10,12 +10,12 @@ from gsm.data.gaussian import make_gaussian
 from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels, pyplot
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.board import log_comparison
+from gsm.pipeline.kinds import objective_predicts
 from gsm.pipeline.probe import log_probe, record_probe
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
                                  measured_stderr, none_left, record_divergence, record_memorization,
                                  record_relaxation)
 from gsm.pipeline.spec import as_config_error
-from gsm.scores.linear import dsm_optimum
 from gsm.scores.nets import build_score_model
 from gsm.theory.bures import (ESCAPE_TAIL, bures_wasserstein2, escaped_fraction, gaussian_fit,
                               gaussian_fit_w2, second_moment)
@@ -91,7 +91,8 @@ class MatrixBackend(Backend):
         """The score model at the sampler's levels (data=mixture, model=oracle: the mixture's exact score)."""
         with as_config_error("model"):     # the model's own checks (e.g. model.depth), as one-line errors
             return build_score_model(self.spec.model.options, dim=self.d, replicates=self.R, alphas=self.alphas,
-                                     stds=self.stds, seed=self.spec.settings.seed)
+                                     stds=self.stds, seed=self.spec.settings.seed,
+                                     predicts=objective_predicts(self.spec.objective))
 
     def draw_data(self):
         self.train_x = self.target.sample((self.R, self.N), generator=self.gen, device=self.device)
@@ -188,10 +189,11 @@ class MatrixBackend(Backend):
 
     def log(self, writer, pred) -> None:
         step = self.spec.train.steps
-        log_w2(writer, self.results, self.results["prediction_terms"], step)
+        log_w2(writer, self.results, self.results["prediction_terms"], step, image=self.figures)
         self.sampler.log_extra(writer, self.A, self.Sigma.to(torch.float64), step)
-        log_figures(writer, self.spectrum, self.C, pred, step)
-        log_probe(writer, self.results, step)
+        if self.figures:
+            log_figures(writer, self.spectrum, self.C, pred, step)
+            log_probe(writer, self.results, step)
 
 
 class NeuralBackend(MatrixBackend):
@@ -211,8 +213,8 @@ class NeuralBackend(MatrixBackend):
         optimizer = self.spec.optimizer(self.model.parameters())
         out = train_score_net(self.model, x, alphas=self.alphas, stds=self.stds, optimizer=optimizer,
                               batch_size=t.batch_size, steps=t.steps, generator=self.gen, log_every=t.log_every,
-                              progress=self.progress,
-                              callback=dsm_loss_logger(writer))
+                              progress=self.progress, callback=dsm_loss_logger(writer),
+                              loss=getattr(self.spec.objective, "neural_loss", None))    # None: DSM's
         return {"diverged_at": out["diverged_at"].cpu()}
 
     def sample(self, fit) -> bool:
@@ -235,8 +237,8 @@ class NeuralBackend(MatrixBackend):
         r["particle_bias"] = mean_stderr(bias)
         r["w2_empirical_per_replicate"] = w2.tolist()     # non-linear scores can have outlier replicates
         # the reference is the law the same sampler has with the exact score (Langevin at σ > 0 is wider than
-        # N(0, Σ): its own particles would "escape" Σ's tail)
-        exact = dsm_optimum(self.Sigma.to(torch.float64), self.alphas, self.stds).unsqueeze(0)
+        # N(0, Σ): its own particles would "escape" Σ's tail), or the exact velocity (objective=cfm)
+        exact = self.spec.objective.score_function(self.Sigma.to(torch.float64), self.alphas, self.stds).unsqueeze(0)
         self.escaped = escaped_fraction(self.sampler.covariance(exact)[0], self.particles).cpu()
         r["escaped_fraction_per_replicate"] = self.escaped.tolist()
         if (self.escaped > 0).any():
@@ -282,9 +284,10 @@ class NeuralBackend(MatrixBackend):
         if "memorized_fraction" in r:
             writer.add_scalar("eval/memorized_fraction", r["memorized_fraction"]["mean"], step)
         log_regime(writer, r["regime"], step)
-        log_comparison(writer, r, step)     # debiased Gaussian-fit W2² against the linear-score prediction
-        log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
-        log_probe(writer, r, step)
+        log_comparison(writer, r, step, image=self.figures)   # debiased Gaussian-fit W2² against the linear-score prediction
+        if self.figures:
+            log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
+            log_probe(writer, r, step)
 
 
 def log_figures(writer, spectrum, C, pred, step):

@@ -12,7 +12,7 @@ that reads the DictConfig. Each group is built by its own constructor, whose one
 | `sampler` | the sampler, instantiated once | `cfg.sampler` |
 | `train` | `gsm.training.settings.TrainSettings` | `cfg.train` |
 | `optimizer` | a non-linear model's torch optimizer factory (`_partial_`), else None | `cfg.optim` |
-| `settings` | `RunSettings`: seed, device, dtype, replicates, progress, threads, max_memory_gb | the top-level keys |
+| `settings` | `RunSettings`: seed, device, dtype, replicates, progress, threads, max_memory_gb, figures | the top-level keys |
 | `config` | the resolved config as a plain dict (results.json's `config` key) | `cfg` |
 
 Validation (`gsm.pipeline.validate.validate`), the memory estimate (`gsm.pipeline.memory`), the record and
@@ -20,6 +20,7 @@ the backends take the spec.
 """
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from contextlib import contextmanager
@@ -228,7 +229,8 @@ class ModelSpec:
 class RunSettings:
     """The top-level keys (conf/config.yaml): seed (an integer), device (cpu | cuda | auto; cuda needs a
     GPU), dtype (the training dtype, float32 | float64), replicates R ≥ 1, progress (a bool), threads
-    (auto or ≥ 0) and max_memory_gb (> 0 or None: the memory available)."""
+    (auto or ≥ 0), max_memory_gb (> 0 or None: the memory available) and figures (a bool: the run's
+    figures and images drawn or not; vp's trajectory figure on the full-matrix path has its own sampler.figure)."""
 
     seed: int = 0
     device: str = "cpu"
@@ -237,6 +239,7 @@ class RunSettings:
     progress: bool = True
     threads: Any = "auto"
     max_memory_gb: float | None = None
+    figures: bool = True
 
     def __post_init__(self):
         self._check()
@@ -252,6 +255,7 @@ class RunSettings:
             checked("threads", number, self.threads, 0, integer=True)
         checked("seed", number, self.seed, integer=True)
         checked("progress", choice, self.progress, (True, False))
+        checked("figures", choice, self.figures, (True, False))
         if self.max_memory_gb is not None:
             try:
                 number("max_memory_gb", self.max_memory_gb, 0, low_open=True)
@@ -260,7 +264,7 @@ class RunSettings:
 
     @classmethod
     def from_config(cls, cfg) -> RunSettings:
-        keys = ("seed", "device", "dtype", "replicates", "progress", "threads", "max_memory_gb")
+        keys = ("seed", "device", "dtype", "replicates", "progress", "threads", "max_memory_gb", "figures")
         return cls(**{k: cfg[k] for k in keys if k in cfg})
 
 
@@ -285,10 +289,10 @@ class RunSpec:
         settings = RunSettings.from_config(cfg)
         with as_config_error("data.kind"):
             kind = data_kind(cfg)
-        with as_config_error("train"):
-            train = TrainSettings.from_config(cfg.train)
+        with as_config_error("train"):     # from the resolved copy: resolving interpolations again costs ~ms each
+            train = TrainSettings.from_config(config["train"])
         data = {"texture": _texture, "mixture": _mixture, "dataset": _dataset}.get(kind, _gaussian)(cfg)
-        model = ModelSpec(_model_class(cfg), OmegaConf.to_container(cfg.model, resolve=True))
+        model = ModelSpec(_model_class(cfg), copy.deepcopy(config["model"]))
         target = _get(cfg, "sampler._target_")
         mismatch = linear_score_mismatch(_declared_class(cfg.sampler), model.cls,
                                          target if isinstance(target, str) else None, model.target)

@@ -19,14 +19,15 @@ Spectral path, per replicate (W2 is invariant under rotations, so Σ = diag(λ),
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 from gsm.figures import log_figure
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.record import log_w2, mean_stderr, measured_stderr
 from gsm.pipeline.spec import as_config_error
-from gsm.algebra import DIAG
 from gsm.samplers.vp import VP, trajectory_figure
-from gsm.samplers.vp_schemes import exact_scores, vp_grid
+from gsm.samplers.vp_schemes import vp_grid
 from gsm.theory.prediction import sampler_prediction
 from gsm.theory.remainder import error_bar_draws
 
@@ -44,6 +45,7 @@ class SpectralBackend(Backend):
         self.lam = spec.data.spectrum
         self.sampler = sampler = spec.sampler
         self.oracle = not spec.model.requires_training
+        self.vector_threads = one_thread if self.oracle and spec.settings.threads == "auto" else nullcontext
         results.update(nfe=sampler.evaluations, steps=sampler.K, path="spectral")
         self.gen = torch.Generator().manual_seed(spec.settings.seed)
         d = self.lam.numel()
@@ -65,7 +67,8 @@ class SpectralBackend(Backend):
         self.results["particles_from"] = "chain" if use_chain else "law"
         self.w2, self.w2_particles, self.kept = [], [], []
         for _ in range(self.R):
-            basis, a, C = self._replicate_law()
+            with self.vector_threads():
+                basis, a, C = self._replicate_law()
             if basis is not None and len(self.kept) < TRAJECTORY_REPLICATES:
                 self.kept.append((basis, a))      # the learned (plug-in) scores of the trajectory figure
             self.w2.append(_bures_to_diag(lam, C, basis))
@@ -96,8 +99,14 @@ class SpectralBackend(Backend):
             r["particles_from"] = "none"
 
     def predict(self) -> dict:
+        # the oracle's law, computed once in `sample`: its bias is that law (no second score table)
+        with self.vector_threads():
+            return self._prediction()
+
+    def _prediction(self) -> dict:
         none = self.sampler.particles_from == "none"
-        return sampler_prediction(self.sampler, self.lam, objective=self.spec.objective,
+        target = self.sampler.exact_target(self.lam) if self.oracle else None
+        return sampler_prediction(self.sampler, self.lam, objective=self.spec.objective, target=target,
                                   n=None if self.oracle else self.N,
                                   particles=None if none else self.sampler.particles,
                                   error_bar=error_bar_draws(self.R, self.lam.numel()),
@@ -108,9 +117,13 @@ class SpectralBackend(Backend):
                     tau=0.0, unstable=0, replicates=self.R, sampling="with_replacement")
 
     def log(self, writer, pred) -> None:
+        with self.vector_threads():
+            self._log(writer, pred)
+
+    def _log(self, writer, pred) -> None:
         s = self.sampler
-        log_w2(writer, self.results, self.results["prediction_terms"], 0, image=s.figure)
-        if s.chain is None or not s.figure:
+        log_w2(writer, self.results, self.results["prediction_terms"], 0, image=s.figure and self.figures)
+        if s.chain is None or not (s.figure and self.figures):
             return
         t = vp_grid(s.T, s.eps, s.K)
         pts = torch.unique(torch.linspace(0, s.K, min(50, s.K + 1)).round().long())
@@ -124,6 +137,20 @@ class SpectralBackend(Backend):
         wt = ((marg.sqrt() - traj.clamp_min(0).sqrt()) ** 2).sum(-1)
         for k in torch.unique(torch.linspace(0, s.K, min(50, s.K + 1)).round().long()).tolist():
             writer.add_scalar("vp/w2_trajectory_oracle", float(wt[k]), k)   # plain: the default TensorBoard loader
+
+
+@contextmanager
+def one_thread():
+    """One intra-op thread inside (threads=auto on the oracle's law, prediction and figure): these are O(d·K)
+    vector ops, none large enough to gain from a second thread, and each parallel one (sqrt, exp of a
+    3072-vector) waits at a barrier for a descheduled thread: 14 ms at load 7 on 2 cores, 27 µs on one
+    (docs/performance.md (6))."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _empirical_covariance(lam: torch.Tensor, N: int, gen: torch.Generator) -> torch.Tensor:
@@ -147,12 +174,7 @@ def _empirical_covariance(lam: torch.Tensor, N: int, gen: torch.Generator) -> to
 def _law_in_basis(sampler: VP, lam, basis, a) -> torch.Tensor:
     """Output covariance in Σ's eigenbasis (d, d) for diagonal scores a (L, d) in `basis`:
     C′ = (p pᵀ) ∘ (Vᵀ C_0 V) + diag(Q), C = V C′ Vᵀ."""
-    ch = sampler.chain
-    p = torch.ones_like(a[0])
-    Q = torch.zeros_like(a[0])
-    for k in range(ch.K):
-        m = ch.matrices(k, a, DIAG)
-        p, Q = m * p, m * m * Q + float(ch.q[k])
+    p, Q = sampler.chain.diagonal_propagator(a)       # from v = 0: Q, the accumulated noise
     if sampler.init == "prior":
         C0 = basis.T @ (sampler.schedule.marginal(lam, sampler.T).view(-1, 1) * basis)
         Cp = p.view(-1, 1) * C0 * p.view(1, -1) + torch.diag(Q)
@@ -172,12 +194,13 @@ def _trajectory_in_basis(sampler: VP, lam, basis, a, t, pts) -> torch.Tensor:
     C0 = basis.T @ (sampler.schedule.marginal(lam, sampler.T).view(-1, 1) * basis) if sampler.init == "prior" else None
     marg = sampler.schedule.marginal(lam, t)      # (K+1, d), diagonal in Σ's basis
     out = []
+    m_all = ch.factors(a)                         # (K, d): every step's factors at once
     for k in range(ch.K + 1):
         if k in want:
             Cp = p.view(-1, 1) * C0 * p.view(1, -1) + torch.diag(Q) if C0 is not None else torch.diag(p * p + Q)
             out.append(_bures_to_diag(marg[k], basis @ Cp @ basis.T, basis))
         if k < ch.K:
-            m = ch.matrices(k, a, DIAG)
+            m = m_all[k]
             p, Q = m * p, m * m * Q + float(ch.q[k])
     return torch.tensor(out, dtype=_F64)
 
@@ -210,7 +233,7 @@ def _particles(sampler: VP, lam, C, basis, a, M, gen, use_chain) -> torch.Tensor
             if basis is not None:
                 z = z @ basis                     # into the scores' basis
         # (init=normal: N(0, I) is the same law in any basis)
-        a = exact_scores(lam, sampler.schedule, sampler.times) if a is None else a
+        a = sampler.exact_propagator(lam)[0] if a is None else a     # the run's own exact-score table
         x = sampler.chain.sample_diagonal(a, z, gen)
         return x if basis is None else x @ basis.T
     z = torch.randn(M, d, generator=gen, dtype=_F64)

@@ -113,7 +113,9 @@ class TextureBackend(Backend):
 
     def log(self, writer, pred) -> None:
         step = self.spec.train.steps
-        log_w2(writer, self.results, self.results["prediction_terms"], step)
+        log_w2(writer, self.results, self.results["prediction_terms"], step, image=self.figures)
+        if not self.figures:
+            return
         log_texture_images(writer, self.image, adsn_sample(self.lam, (1,), self.gen)[0],
                            self.particles[0, :4].cpu(), step)
         log_figure(writer, "spectrum/radial_target_vs_learned",

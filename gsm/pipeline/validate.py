@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from gsm.pipeline.kinds import backend_name, class_path, linear_score_mismatch
+from gsm.pipeline.kinds import backend_name, class_path, linear_score_mismatch, objective_predicts
 from gsm.pipeline.spec import ConfigError, RunSpec, as_config_error
 from gsm.training.objectives import sgd_mean_square_stable
 
@@ -194,6 +194,10 @@ def _check_objective(spec: RunSpec, model) -> None:
     if not model.linear and not getattr(obj, "neural_trainable", getattr(obj, "sgd_trainable", False)):
         raise ConfigError(f"model must be linear (or oracle) for objective {name}: neural models are trained on the "
                           f"DSM loss only (neural_trainable is False), got model._target_={spec.model.target}")
+    if not model.linear and predicts != "score" and getattr(obj, "neural_loss", None) is None:
+        # the trainer's default loss is DSM's: it would fit a score, not the objective's field
+        raise ConfigError(f"model must be linear (or oracle) for objective {name}: it learns a {predicts} but declares "
+                          f"no neural_loss, got model._target_={spec.model.target}")
     if spec.data.kind == "texture" and not getattr(obj, "closed_forms", False):
         raise ConfigError(f"objective must be dsm for data=texture (the Fourier pipeline is written for DSM), "
                           f"got objective {name}")
@@ -211,11 +215,12 @@ def _build_model(spec: RunSpec, alphas, stds):
             return instantiate(spec.model.options, size=spec.data.size, replicates=1, levels=alphas.numel(),
                                noise_stds=stds)
         dim = 1 if spec.model.linear else spec.data.dim
-        return build_score_model(spec.model.options, dim=dim, replicates=1, alphas=alphas, stds=stds)
+        return build_score_model(spec.model.options, dim=dim, replicates=1, alphas=alphas, stds=stds,
+                                 predicts=objective_predicts(spec.objective))
 
 
 def _check_neural(spec: RunSpec, model) -> None:
-    """A neural score is trained by DSM-SGD with the optimizer of the optim group."""
+    """A neural score (or velocity) is trained by the optimizer of the optim group on the objective's loss."""
     if spec.train.solver == "exact":
         raise ConfigError("train.solver must be sgd for a non-linear model (train.solver=exact needs a linear "
                           "model, model=linear), got exact")

@@ -44,7 +44,6 @@ linear sampler; the bias Σ(√λ − √h(λ))² is split into truncation (Σ(�
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -127,6 +126,7 @@ class VP(Sampler):
             self.chain, self.times = vp_chain(self.scheme, self.schedule, self.K, float(self.eps))
         self.evaluations = per * self.K
         self.init_cov = None
+        self._exact = None      # (λ, a, P, Q) of the last `exact_propagator`: one law per run, shared
 
     # -- the pipeline's interface -------------------------------------------------------------
     def spectral_path(self, score_is_spectral: bool) -> bool:
@@ -186,17 +186,57 @@ class VP(Sampler):
         """v_T per eigenvalue: 1 (init=normal) or σ_T(λ) (init=prior)."""
         return self.schedule.marginal(lam, self.T) if self.init == "prior" else 1.0
 
+    def exact_propagator(self, lam: torch.Tensor):
+        """(a, P, h) at the exact scores a_l(λ) = 1/σ_{t_l}(λ) (L, d): the law h from this sampler's start
+        v_T and P = Π_k m_k (`LinearChain.diagonal_propagator`, (d,) each), from which the law from any start
+        follows (`exact_variance`). Computed once per λ and kept: the run's law, its bias terms (from N(0, I)
+        and from p_T) and its prediction all read this one."""
+        self._require_chain()
+        lam = lam.to(_F64)
+        memo = self._known(lam)
+        if memo is None:
+            a = exact_scores(lam, self.schedule, self.times)
+            memo = self._exact = (lam.clone(), a, *self.chain.diagonal_propagator(a, self.initial_variance(lam)))
+        return memo[1:]
+
+    def _known(self, lam):
+        """The kept (λ, a, P, h) when it is for these λ (compared by value: O(d)), else None."""
+        memo = self._exact
+        return memo if memo is not None and memo[0].shape == lam.shape and torch.equal(memo[0], lam) else None
+
+    def exact_variance(self, lam: torch.Tensor, init_var=None) -> torch.Tensor:
+        """Output variance per eigenvalue with the exact score, from this sampler's start (init_var None) or
+        from v′ = init_var (a number or (d,)): h + P²(v′ − v_T) (`exact_propagator`), or the continuous law
+        (sde | ode). (d,) float64."""
+        lam = lam.to(_F64)
+        if self.chain is None:
+            v = self.initial_variance(lam) if init_var is None else init_var
+            return continuous_variance(self.scheme, lam, self.schedule, self.eps, v)
+        _, P, h = self.exact_propagator(lam)
+        return h if init_var is None else h + P * P * (init_var - self.initial_variance(lam))
+
+    def exact_target(self, lam: torch.Tensor):
+        """(a*, h*): the exact scores (L, d) and the law there from this sampler's start (d,): what an
+        oracle run's prediction reads (`sampler_prediction(..., target=)`) instead of computing them again."""
+        lam = lam.to(_F64)
+        a = exact_scores(lam, self.schedule, self.times) if self.chain is None else self.exact_propagator(lam)[0]
+        return a, self.exact_variance(lam)
+
     def spectral_variance(self, lam: torch.Tensor, scores=None, trajectory: bool = False):
         """Output variance per eigenvalue (O(d·K)): the chain with diagonal scores `scores` (..., L, d)
-        (None: exact scores of λ), or the continuous law for sde/ode. Initial variance 1 or σ_T(λ)."""
+        (None: exact scores of λ, `exact_variance`), or the continuous law for sde/ode. Initial variance 1 or σ_T(λ)."""
         lam = lam.to(_F64)
         v0 = self.initial_variance(lam)
+        if self.chain is None and scores is not None:
+            raise ValueError(f"sampler.scheme={self.scheme} is the exact continuous law: it needs model=oracle")
+        if scores is None and not trajectory:
+            return self.exact_variance(lam)
         if self.chain is None:
-            if scores is not None:
-                raise ValueError(f"sampler.scheme={self.scheme} is the exact continuous law: it needs model=oracle")
             return continuous_variance(self.scheme, lam, self.schedule, self.eps, v0)
-        a = exact_scores(lam, self.schedule, self.times) if scores is None else scores
-        return self.chain.variance(a, v0, trajectory)
+        if scores is None:      # the run's own table when it has one (the figure after the run's law)
+            memo = self._known(lam)
+            scores = memo[1] if memo is not None else exact_scores(lam, self.schedule, self.times)
+        return self.chain.variance(scores, v0, trajectory)
 
     def check_singular(self, lam: torch.Tensor, what: str = "Σ") -> None:
         """A scheme that reads the score at t = 0 (eps = 0) needs a non-singular Σ (or Σ̂): it is Σ⁻¹ there."""
@@ -217,10 +257,10 @@ class VP(Sampler):
     def bias_terms(self, lam, h, sigma=None) -> dict:
         """truncation Σ(√λ − √σ_ε)², discretization (the scheme from p_T vs the exact law σ_ε) and
         initialization (from N(0, I) vs from p_T; 0 for init=prior)."""
-        prior = copy.copy(self)
-        prior.init = "prior"
-        w_prior, w_eps = w2_commuting(lam, prior.spectral_variance(lam)), \
-            w2_commuting(lam, self.schedule.marginal(lam, self.eps))
+        lam = lam.to(_F64)
+        w_prior = w2_commuting(lam, self.exact_variance(lam, None if self.init == "prior" else
+                                                        self.schedule.marginal(lam, self.T)))
+        w_eps = w2_commuting(lam, self.schedule.marginal(lam, self.eps))
         return {"truncation": w_eps, "discretization": w_prior - w_eps, "initialization": w2_commuting(lam, h) - w_prior}
 
     def log_extra(self, writer, A, cov, step, max_points: int = 50, max_replicates: int = 16) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gsm.theory.chain import LinearChain, affine_step, explicit_rk_step
+from gsm.theory.chain import LinearChain, StackedSteps, affine_step, explicit_rk_step
 
 _F64 = torch.float64
 
@@ -73,8 +73,11 @@ class VPSchedule:
     def marginal(self, lam: torch.Tensor, t) -> torch.Tensor:
         """σ_t(λ) = e^{−B(t)}λ + 1 − e^{−B(t)}: lam (d,), t (n,) → (n, d) (t scalar → (d,))."""
         B = self.B(torch.as_tensor(t, dtype=_F64))
-        e = torch.exp(-B).unsqueeze(-1) if B.ndim else torch.exp(-B)
-        return e * lam.to(_F64) + (1 - e)
+        e = torch.exp(-B)
+        if not B.ndim:
+            return e * lam.to(_F64) + (1 - e)
+        # outer + in-place add: no broadcast temporaries of the (n, d) table (the same numbers)
+        return torch.outer(e, lam.to(_F64)).add_((1 - e).unsqueeze(-1))
 
 
 def vp_grid(T: float, eps: float, steps: int) -> torch.Tensor:
@@ -101,57 +104,83 @@ def _affine_fn(l, c, g):
     return lambda A, alg: affine_step(c, g, A(l), alg)
 
 
-def _rk_fn(levels, half_betas, h, tableau):
+def _rk_step_matrix(stage_scores, half_betas, h, tableau, alg):
+    """M of one explicit RK step on the flow ODE y′ = G y, G_i = ½β(t_i)(I − A_i) at the stages' scores A_i.
+    half_betas ½β(t_i) and h: floats (one step), or (b, 1) tensors (a block of steps, `StackedSteps`)."""
     a, b, _ = tableau
+    G = [r * (alg.one(A) - A) for A, r in zip(stage_scores, half_betas)]
+    return explicit_rk_step(G, h, a, b, alg)
 
-    def fn(A, alg):
-        G = [r * (alg.one(A(l)) - A(l)) for l, r in zip(levels, half_betas)]
-        return explicit_rk_step(G, h, a, b, alg)
-    return fn
+
+def _rk_fn(levels, half_betas, h, tableau):
+    return lambda A, alg: _rk_step_matrix([A(l) for l in levels], half_betas, h, tableau, alg)
+
+
+def _stacked_steps(scheme: str, coef: list, h: list, reads: list) -> StackedSteps:
+    """Every step of the scheme at once (diagonal algebra), from the per-step coefficients of `vp_chain`:
+    (c_k, g_k) of M = cI − gA (SDE schemes) or the stages' ½β (ODE schemes); the same step formulas."""
+    col = lambda x: torch.tensor(x, dtype=_F64).reshape(len(x), -1)     # noqa: E731  (K,) or (K, S) → (K, ·)
+    if scheme in SDE_SCHEMES:
+        c, g = col([cg[0] for cg in coef]), col([cg[1] for cg in coef])
+        fn = lambda A, alg, ks: affine_step(c[ks], g[ks], A(0), alg)      # noqa: E731
+    else:
+        r, ht, tab = col(coef), col(h), TABLEAUS[scheme]
+        fn = lambda A, alg, ks: _rk_step_matrix([A(i) for i in range(r.shape[1])],    # noqa: E731
+                                               [r[ks, i:i + 1] for i in range(r.shape[1])], ht[ks], tab, alg)
+    return StackedSteps(fn, torch.tensor(reads, dtype=torch.int64))
 
 
 def vp_chain(scheme: str, schedule: VPSchedule, steps: int, eps: float):
-    """The scheme's linear chain on the grid `vp_grid(T, ε, K)` and its level times.
-    Returns (LinearChain, times (L,) float64)."""
+    """The scheme's linear chain on the grid `vp_grid(T, ε, K)` and its level times, with its steps also
+    stacked (`StackedSteps`: the diagonal law by blocks of steps). Returns (LinearChain, times (L,) float64)."""
     if scheme not in SDE_SCHEMES + ODE_SCHEMES:
         raise ValueError(f"sampler.scheme must be one of {' | '.join(SDE_SCHEMES + ODE_SCHEMES)} for a chain, "
                          f"got {scheme}")
     t = vp_grid(schedule.T, eps, steps).tolist()
     lv = _Levels()
-    fns, q, reads = [], [], []
+    fns, q, reads, coef, hs = [], [], [], [], []
     for k in range(steps):
         t0, t1 = t[k], t[k + 1]
         h = t0 - t1
+        hs.append(h)
         if scheme in SDE_SCHEMES:
             l = lv(t0)
-            bk = h * schedule.beta(t0)
-            if scheme == "em":
-                c, g, qk = 1 + 0.5 * bk, bk, bk
-            elif scheme == "ei":
-                dB = schedule.B(t0) - schedule.B(t1)
-                c, g, qk = math.exp(0.5 * dB), 2 * math.expm1(0.5 * dB), math.expm1(dB)
-            else:
-                if not bk < 1:
-                    raise ValueError(f"sampler.steps must be large enough that b_k = hβ(t_k) < 1 for scheme=ddpm "
-                                     f"(K > {(schedule.T - eps) * schedule.beta_max:.4g}), got {steps}")
-                c, g, qk = 1 / math.sqrt(1 - bk), bk / math.sqrt(1 - bk), bk
+            c, g, qk = _sde_coefficients(scheme, schedule, t0, t1, steps, eps)
             fns.append(_affine_fn(l, c, g))
+            coef.append((c, g))
             reads.append((l,))
             q.append(qk)
         else:
             tab = TABLEAUS[scheme]
             times = [t0 if ci == 0 else t1 if ci == 1 else 0.5 * (t0 + t1) for ci in tab[2]]
             ls = [lv(s) for s in times]
-            fns.append(_rk_fn(ls, [0.5 * schedule.beta(s) for s in times], h, tab))
+            rs = [0.5 * schedule.beta(s) for s in times]
+            fns.append(_rk_fn(ls, rs, h, tab))
+            coef.append(rs)
             reads.append(tuple(ls))
             q.append(0.0)
-    chain = LinearChain(fns, torch.tensor(q, dtype=_F64), reads, len(lv.times))
+    chain = LinearChain(fns, torch.tensor(q, dtype=_F64), reads, len(lv.times),
+                        stacked=_stacked_steps(scheme, coef, hs, reads))
     return chain, torch.tensor(lv.times, dtype=_F64)
+
+
+def _sde_coefficients(scheme, schedule, t0, t1, steps, eps):
+    """(c, g, q) of the SDE step t0 → t1, M = cI − gA, noise q (module doc of `gsm.samplers.vp`)."""
+    bk = (t0 - t1) * schedule.beta(t0)
+    if scheme == "em":
+        return 1 + 0.5 * bk, bk, bk
+    if scheme == "ei":
+        dB = schedule.B(t0) - schedule.B(t1)
+        return math.exp(0.5 * dB), 2 * math.expm1(0.5 * dB), math.expm1(dB)
+    if not bk < 1:
+        raise ValueError(f"sampler.steps must be large enough that b_k = hβ(t_k) < 1 for scheme=ddpm "
+                         f"(K > {(schedule.T - eps) * schedule.beta_max:.4g}), got {steps}")
+    return 1 / math.sqrt(1 - bk), bk / math.sqrt(1 - bk), bk
 
 
 def exact_scores(lam: torch.Tensor, schedule: VPSchedule, times: torch.Tensor) -> torch.Tensor:
     """a_l(λ) = 1/σ_{t_l}(λ), the exact score per eigenvalue at each level: (d,), (L,) → (L, d)."""
-    return 1.0 / schedule.marginal(lam, times)
+    return schedule.marginal(lam, times).reciprocal_()
 
 
 def continuous_variance(scheme: str, lam: torch.Tensor, schedule: VPSchedule, eps: float, init_var) -> torch.Tensor:

@@ -10,6 +10,9 @@ timestep for DDPM/DDIM (α = √ᾱ_t, s = √(1−ᾱ_t)). The model receives t
   weights (R, in, out) (one batched matmul per layer, no Python loop). −f/s_l is the ε-parametrisation
   (ε̂ = −s·s(y) = s A y + f), so the DSM loss ½‖s_l·s(y, l) + z‖² has unit scale at every level.
   The linear skip −A_l y is optional; with depth = 0 and skip, the model *is* the linear score.
+  For a velocity objective (objective=cfm: `predicts="velocity"`, passed by the pipeline) it is the velocity
+  v(y, l) = −B_l y + f_θ(y, e(t_l)), t_l = α_l/(α_l + s_l) the level's time (t on the linear path
+  y = t x₁ + (1 − t)x₀): the CFM target x₁ − x₀ has unit scale at every t, so no 1/s_l.
 * `Replicated`: R independent instances of a user model built from its `_target_` (a loop over r).
 * `build_score_model`: the pipeline's constructor for both kinds.
 * `gaussian_fit_w2`: W2² between the target and the Gaussian fit of a non-Gaussian sampler's
@@ -29,6 +32,7 @@ from gsm.checks import choice, number
 from gsm.scores.base import ScoreModel, UserScore
 
 ACTIVATIONS = ("silu", "relu", "gelu", "tanh", "softplus")
+PREDICTS = ("score", "velocity")     # what an objective learns (`predicts`): DSM a score, CFM a velocity
 
 
 EMBEDDINGS = ("sinusoidal", "learned")
@@ -58,6 +62,17 @@ def sinusoidal_embedding(u: torch.Tensor, dim: int, max_freq: float = 100.0) -> 
     return torch.cat([arg.sin(), arg.cos()], -1)
 
 
+def level_table(name: str, values, levels: int, positive: bool) -> torch.Tensor:
+    """A per-level table (α_l or s_l) as float64 (L,) on the CPU (also when the model is built on the meta
+    device), checked: `levels` finite values, > 0 (`positive`) or ≥ 0; None: ones."""
+    t = torch.ones(levels, dtype=torch.float64, device="cpu") if values is None else \
+        torch.as_tensor(values, dtype=torch.float64, device="cpu").flatten()
+    ok = t.numel() == levels and bool(torch.isfinite(t).all()) and bool(((t > 0) if positive else (t >= 0)).all())
+    if not ok:
+        raise ValueError(f"{name} must hold {levels} values {'>' if positive else '>='} 0, got {t.tolist()}")
+    return t
+
+
 class MLPScore(ScoreModel):
     """s(y, l) = −A_l y − f_θ([y, e(l)]) / s_l for R replicates (see the module docstring).
 
@@ -69,6 +84,9 @@ class MLPScore(ScoreModel):
             level, N(0, I) at init). With L = 1 (Langevin at a fixed σ) there is none.
         embed_dim: size of e(l).
         skip: add the linear score −A_l y, A (R, L, d, d) from 0.
+        predicts: score (s as above) | velocity (v(y, l) = −A_l y + f_θ([y, e(t_l)]), t_l = α_l/(α_l + s_l),
+            embedded sinusoidally; s_l = 0 allowed): what the objective learns, passed by the pipeline.
+        alphas: (L,) α_l (from the sampler; needed by predicts=velocity).
     The last layer of f starts at zero, so at initialisation s = −A₀ y = 0.
     """
 
@@ -77,7 +95,7 @@ class MLPScore(ScoreModel):
 
     def __init__(self, dim: int, replicates: int = 1, levels: int = 1, noise_stds=None, width: int = 64,
                  depth: int = 2, activation: str = "silu", embedding: str = "sinusoidal",
-                 embed_dim: int = 32, skip: bool = False):
+                 embed_dim: int = 32, skip: bool = False, predicts: str = "score", alphas=None):
         super().__init__()
         for name, v in (("dim", dim), ("replicates", replicates), ("levels", levels), ("width", width)):
             number(f"model.{name}", v, 1, integer=True)
@@ -88,12 +106,14 @@ class MLPScore(ScoreModel):
             raise ValueError(f"model.embed_dim must be an integer >= 2 (even), got {embed_dim}")
         if not choice("model.skip", skip, (True, False)) and depth == 0:
             raise ValueError("model.depth must be >= 1 when model.skip=false (the score would be 0)")
-        # checked on the CPU, also when built on the meta device (gsm.pipeline.validate builds it there)
-        stds = torch.ones(levels, dtype=torch.float64, device="cpu") if noise_stds is None else \
-            torch.as_tensor(noise_stds, dtype=torch.float64, device="cpu").flatten()
-        if stds.numel() != levels or not bool((stds > 0).all()):
-            raise ValueError(f"noise_stds must hold {levels} values > 0, got {stds.tolist()}")
-        self.register_buffer("noise_stds", stds)
+        self.velocity = choice("predicts", predicts, PREDICTS) == "velocity"
+        self.register_buffer("noise_stds", level_table("noise_stds", noise_stds, levels, positive=not self.velocity))
+        if self.velocity:           # the level's time t_l = α_l/(α_l + s_l), the coordinate the net embeds
+            a = level_table("alphas", alphas, levels, positive=False)
+            if not bool((a + self.noise_stds > 0).all()):
+                raise ValueError(f"alphas + noise_stds must be > 0 at every level (the time t = α/(α + s)), "
+                                 f"got {(a + self.noise_stds).tolist()}")
+            self.register_buffer("times", a / (a + self.noise_stds))
         self.act = getattr(F, activation)
         self.embedding = embedding if levels > 1 else None
         e = embed_dim if self.embedding else 0
@@ -110,6 +130,9 @@ class MLPScore(ScoreModel):
         R, B, _ = y.shape
         if self.embedding == "learned":
             emb = self.level_embedding[:, level]                                   # (R, [B,] e)
+        elif self.velocity:
+            emb = sinusoidal_embedding(self.times[level].to(y.dtype), self.embed_dim)
+            emb = emb.expand(R, *emb.shape)
         else:
             emb = sinusoidal_embedding(self.noise_stds[level].log().to(y.dtype), self.embed_dim)
             emb = emb.expand(R, *emb.shape)                                        # (R, [B,] e)
@@ -126,8 +149,11 @@ class MLPScore(ScoreModel):
             z = torch.cat([h, self._embed(h, level)], -1) if self.embedding else h
             for layer in self.layers:
                 z = self.act(layer(z))
-            s = self.noise_stds.to(dtype)[level]
-            out = out - self.out(z) / (s.view(1, -1, 1) if per_sample else s)
+            if self.velocity:
+                out = out + self.out(z)
+            else:
+                s = self.noise_stds.to(dtype)[level]
+                out = out - self.out(z) / (s.view(1, -1, 1) if per_sample else s)
         if self.A is not None:
             if per_sample:   # A_l per point: (R, B, d, d) gathered
                 out = out - (self.A[:, level] @ h.unsqueeze(-1)).squeeze(-1)
@@ -169,12 +195,13 @@ class Replicated(ScoreModel):
 
 
 def build_score_model(model_cfg, *, dim: int, replicates: int, alphas: torch.Tensor, stds: torch.Tensor,
-                      seed: int | None = None):
+                      seed: int | None = None, predicts: str = "score"):
     """Instantiates `model_cfg` (a config or a mapping with `_target_`) for the pipeline; with `seed`, the parameters'
     initialisation is drawn from torch.manual_seed(seed) (the global RNG state is restored after).
 
     The constructor gets, among dim, replicates, levels (L), alphas (α_l, (L,)) and noise_stds (s_l,
-    (L,)), those its signature names (all but `replicates` if it takes **kwargs). A class that names
+    (L,)), those its signature names (all but `replicates` if it takes **kwargs), and `predicts` (what the
+    objective learns: score | velocity) if it names it (`MLPScore`). A class that names
     `replicates` holds the R replicates itself and takes y (R, B, d) (`LinearScore`, `MLPScore`);
     any other is built R times and wrapped in `Replicated`.
     """
@@ -184,6 +211,8 @@ def build_score_model(model_cfg, *, dim: int, replicates: int, alphas: torch.Ten
     offered = {"dim": dim, "replicates": replicates, "levels": int(alphas.numel()),
                "alphas": alphas, "noise_stds": stds}
     kw = {k: v for k, v in offered.items() if k in params or (var_kw and k != "replicates")}
+    if "predicts" in params:        # named only: a **kwargs model written for 0.x is not handed a new key
+        kw["predicts"] = predicts
     extra = [k for k in model_cfg if not k.startswith("_") and k not in params and not var_kw]
     if extra:
         raise ValueError(f"model {model_cfg['_target_']} takes no argument {', '.join(extra)} (from the model "

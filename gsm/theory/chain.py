@@ -71,6 +71,21 @@ def explicit_rk_step(G: Sequence, h: float, a: Sequence[Sequence[float]], b: Seq
 
 StepFn = Callable[[Callable[[int], torch.Tensor], Algebra], torch.Tensor]
 
+# Steps per block of `LinearChain.factor_blocks`: a block of b×d factors stays under torch's intra-op grain
+# (32768 elements), so each op runs on one thread (no barrier with a descheduled thread on a busy machine)
+# on operands in cache (full (K, d) temporaries were several times slower here: fresh pages).
+BLOCK_ELEMENTS = 32768
+
+
+@dataclass(frozen=True)
+class StackedSteps:
+    """The steps of a chain evaluated many at once in the diagonal algebra: fn(A, alg, steps) returns the
+    factors m_k of the steps k in the slice `steps`, stacked (..., b, d), where A(i) (..., b, d) is the score
+    that stage i of each of those steps reads (level reads[k, i]). reads: (K, S) int64."""
+
+    fn: Callable
+    reads: torch.Tensor
+
 
 def noisy_linear_step(x: torch.Tensor, Mt: torch.Tensor, q: float, generator=None) -> torch.Tensor:
     """One step x ← x Mᵀ + √q ξ of a linear chain on particles x (R, M, d), Mt = Mᵀ (R, d, d): one fused
@@ -87,12 +102,14 @@ class LinearChain:
 
     step_fns[k](A, alg) returns M_k in the algebra `alg`, A(l) being the score of level l there;
     q (K,) float64 the step noise variances (isotropic); levels[k] the levels step k reads;
-    n_levels L (levels are 0..L−1)."""
+    n_levels L (levels are 0..L−1); stacked: the same step map evaluated for a block of steps at once
+    (`StackedSteps`, diagonal algebra only; None: step by step)."""
 
     step_fns: list
     q: torch.Tensor
     levels: list
     n_levels: int
+    stacked: StackedSteps | None = None     # the same steps, many at once (diagonal algebra), when the sampler has them
 
     @property
     def K(self) -> int:
@@ -126,22 +143,58 @@ class LinearChain:
                 traj.append(C)
         return torch.stack(traj, -3) if trajectory else C
 
+    def factor_blocks(self, a: torch.Tensor):
+        """(k0, m) over consecutive blocks of steps: m (..., b, d) the step factors m_k, k = k0..k0+b−1, for
+        diagonal scores a (..., L, d), in a's dtype. With `stacked`, b·(batch)·d ≤ BLOCK_ELEMENTS steps per
+        block; else one step at a time."""
+        if self.stacked is None:
+            for k in range(self.K):
+                yield k, self.matrices(k, a, DIAG).unsqueeze(-2)
+            return
+        rows = max(1, BLOCK_ELEMENTS // max(a[..., 0, :].numel(), 1))
+        reads = self.stacked.reads.to(a.device)
+        for k0 in range(0, self.K, rows):
+            ks = slice(k0, min(k0 + rows, self.K))
+            idx = reads[ks]
+            yield k0, self.stacked.fn(lambda i: a.index_select(-2, idx[:, i]), DIAG, ks)
+
+    def diagonal_propagator(self, a: torch.Tensor, init_var=0.0):
+        """The law per eigenvalue when every A_l = U diag(a_l) Uᵀ: (P, h), (..., d) float64, for a (..., L, d),
+
+            h: v ← m_k² v + q_k from v_0 = init_var,   P = Π_k m_k,
+
+        so that from any other start v′ the output variance is h + P²(v′ − v_0) (init_var = 0: h = Q =
+        Σ_k q_k Π_{j>k} m_j²). O(d·K): the factors by blocks (`factor_blocks`), then three in-place vector ops
+        per step in the recursion's order, the same numbers as step by step (a torch.cumprod scan over the
+        steps is ~5x slower at d = 3072, K = 1000: docs/performance.md (6))."""
+        a = a.to(F64)
+        P = torch.ones_like(a[..., 0, :])
+        v = torch.as_tensor(init_var, dtype=F64, device=a.device) + torch.zeros_like(P)     # a fresh (..., d)
+        for k0, m in self.factor_blocks(a):
+            for mk, m2, qk in zip(m.unbind(-2), (m * m).unbind(-2), self.q[k0:].tolist()):
+                P.mul_(mk)
+                v.mul_(m2)
+                if qk != 0:
+                    v.add_(qk)
+        return P, v
+
     def variance(self, a: torch.Tensor, init_var=1.0, trajectory: bool = False):
         """The same law when every A_l = U diag(a_l) Uᵀ (one basis): v ← m_k² v + q_k per eigenvalue,
-        a (..., L, d) → (..., d), or (..., K+1, d) with `trajectory`. O(d·K)."""
+        a (..., L, d) → (..., d) (`diagonal_propagator`), or (..., K+1, d) with `trajectory`. O(d·K)."""
         a = a.to(F64)
+        if not trajectory:
+            return self.diagonal_propagator(a, init_var)[1]
         v = torch.as_tensor(init_var, dtype=F64, device=a.device).expand_as(a[..., 0, :])
         traj = [v]
-        for k in range(self.K):
-            m = self.matrices(k, a, DIAG)
-            v = m * m * v + float(self.q[k])
-            if trajectory:
+        for k0, m in self.factor_blocks(a):
+            for mk, qk in zip(m.unbind(-2), self.q[k0:].tolist()):
+                v = mk * mk * v + qk
                 traj.append(v)
-        return torch.stack(traj, -2) if trajectory else v
+        return torch.stack(traj, -2)
 
     def factors(self, a: torch.Tensor) -> torch.Tensor:
         """The step factors m_k (eigenvalues of M_k) for diagonal scores a (..., L, d) → (..., K, d)."""
-        return torch.stack([self.matrices(k, a.to(F64), DIAG) for k in range(self.K)], -2)
+        return torch.cat([m for _, m in self.factor_blocks(a.to(F64))], -2)
 
     def propagator_series(self, f: torch.Tensor):
         """The output law as a function of the eigenvalue λ, when each level's score is a function of λ
@@ -172,11 +225,11 @@ class LinearChain:
         """x ← m_k x + √q_k ξ in place, per coefficient: x (..., d) (real or complex, e.g. Fourier
         coefficients), a (..., L, d) broadcasting against x's leading dims, noise() a fresh ξ like x."""
         a = a.to(x.real.dtype)
-        for k in range(self.K):
-            x.mul_(self.matrices(k, a, DIAG))
-            q = float(self.q[k])
-            if q > 0:
-                x.add_(noise(), alpha=math.sqrt(q))
+        for k0, m in self.factor_blocks(a):
+            for mk, q in zip(m.unbind(-2), self.q[k0:].tolist()):
+                x.mul_(mk)
+                if q > 0:
+                    x.add_(noise(), alpha=math.sqrt(q))
         return x
 
     @property

@@ -43,20 +43,24 @@ def w2_commuting(lam: torch.Tensor, h: torch.Tensor) -> float:
 
 def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, batch_size=1, particles=None,
                       symmetric=False, budget: SGDBudget | None = None, bias_terms=None, error_bar: int = 0,
-                      resolution: dict | None = None) -> dict:
+                      resolution: dict | None = None, target=None) -> dict:
     """E[W2²(N(0, Σ), law of the output)] term by term for the law map `law` (`gsm.theory.law`) whose scores
     are learned by `objective` at the levels (α_l, s_l) (module doc).
 
     n: N (None: the score is not fitted to data); tau: τ (0: not trained by SGD); budget: a finite SGD
-    budget (None: SGD at stationarity); particles: M (None: no 1/M term); bias_terms(h*) → the named parts
+    budget (None: SGD at stationarity); particles: M (None: no 1/M term); target: (a*, h*), the objective's
+    target scores (L, d) and the law's variance there (d,), when the caller has them (an oracle run's law:
+    not computed again; None: computed here); bias_terms(h*) → the named parts
     of the bias (default {"discretization": bias}). Returns floats (the terms, `total`), kernels (d, d)
     `kernel_n`, `kernel_tau` (per unit τ), `kernel_m` (each a stride-0 zero (d, d) view when its term is
     absent: no d×d work), `bias_per_eigenvalue`, `sampler_variance`, `eigenvalues`, diagnostics `eps_tau`,
     `d_over_n`, `warnings`, and `modelled`; with error_bar = draws > 0, also `remainders` (`prediction_remainders`: what each first-order term neglects)."""
     d = lam.numel()
     budget = budget if (budget is not None and tau > 0) else None
-    a_star = objective.target(lam, alphas, stds)
-    h_star = law.variance(a_star)
+    if target is None:
+        a_star = objective.target(lam, alphas, stds)
+        target = (a_star, law.variance(a_star))
+    a_star, h_star = _checked_target(target, len(alphas), d)
     bias = w2_commuting(lam, h_star)
     out = dict(bias_terms(h_star)) if bias_terms is not None else {"discretization": bias}
     a = objective.mean(lam, alphas, stds, budget) if budget is not None else a_star
@@ -89,6 +93,15 @@ def linear_prediction(law, objective, lam, alphas, stds, *, n=None, tau=0.0, bat
                                                   eps_tau, out["optimization"] - out["sgd_mean_offset"], error_bar,
                                                   out["total"], resolution or {})
     return out
+
+
+def _checked_target(target, levels: int, d: int):
+    """(a*, h*) as float64, or a one-line ValueError naming `target` and the shapes it needs."""
+    a, h = (torch.as_tensor(x, dtype=F64) for x in target)
+    if tuple(a.shape) != (levels, d) or tuple(h.shape) != (d,):
+        raise ValueError(f"target must be (a* of shape ({levels}, {d}), h* of shape ({d},)), "
+                         f"got shapes {tuple(a.shape)}, {tuple(h.shape)}")
+    return a, h
 
 
 TAU_NEXT_ORDER = 8.5      # the τ term's relative next order is ≤ 8.5·ε_τ on every spectrum tested (note §5.5)
@@ -154,11 +167,12 @@ def _warnings(objective, lam, alphas, stds, n, tau, batch_size, eps_tau) -> list
 
 def sampler_prediction(sampler, eigenvalues, *, objective=None, n=None, sigma=None, tau=0.0, batch_size=1,
                        particles=None, symmetric=False, sgd_steps=None, init="zeros", error_bar: int = 0,
-                       resolution: dict | None = None) -> dict:
+                       resolution: dict | None = None, target=None) -> dict:
     """`linear_prediction` for a gsm sampler (`gsm.samplers.base.Sampler`): its levels
     (`noise_levels(σ)`), its law map (`law(λ)`), its named bias parts (`bias_terms`) and its own
     warnings (`prediction_warnings`). objective: default DSM. sgd_steps = S (with τ > 0): the finite SGD
-    budget from A₀ = `init` (zeros | identity | optimum); error_bar: Wishart draws of the `remainders` (0: none) (`gsm.theory.remainder`)."""
+    budget from A₀ = `init` (zeros | identity | optimum); error_bar: Wishart draws of the `remainders` (0: none) (`gsm.theory.remainder`);
+    target: (a*, h*) when the caller has the law at the target (`linear_prediction`)."""
     objective = objective or DSM()
     lam = check_spectrum(eigenvalues, allow_zero=sampler.allows_singular)
     sampler.check_prediction(lam, n)
@@ -168,6 +182,6 @@ def sampler_prediction(sampler, eigenvalues, *, objective=None, n=None, sigma=No
     out = linear_prediction(sampler.law(lam), objective, lam, alphas, stds, n=n, tau=tau, batch_size=batch_size,
                             particles=particles, symmetric=symmetric, budget=budget,
                             bias_terms=lambda h: sampler.bias_terms(lam, h, sigma), error_bar=error_bar,
-                            resolution=resolution)
+                            resolution=resolution, target=target)
     out["warnings"] += sampler.prediction_warnings(lam, n=n, sigma=sigma)
     return out

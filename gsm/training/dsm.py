@@ -337,24 +337,40 @@ def train_linear_dsm(A: torch.Tensor, x: torch.Tensor, *, alphas: torch.Tensor, 
     return {"diverged_at": sgd.diverged_at}
 
 
+def dsm_batch_loss(model, xb: torch.Tensor, alphas: torch.Tensor, stds: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """The DSM loss of a batch xb (R, b, d) per replicate (R,): `dsm_loss`, with all levels in one call when
+    `model.level_tensors` (forward accepts per-sample levels (b,)); the same draws (levels, then z)."""
+    if not getattr(model, "level_tensors", False):
+        return dsm_loss(model, xb, alphas, stds, generator)
+    b = xb.shape[1]
+    lv = torch.randint(alphas.numel(), (b,), generator=generator, device=xb.device)
+    z = torch.randn(xb.shape, generator=generator, device=xb.device, dtype=xb.dtype)
+    sl = stds[lv].view(1, b, 1)
+    return 0.5 * ((sl * model(alphas[lv].view(1, b, 1) * xb + sl * z, lv) + z) ** 2).sum(-1).mean(-1)
+
+
 def train_score_net(model, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch.Tensor, optimizer,
                     batch_size: int = 1, steps: int, generator: torch.Generator | None = None,
-                    log_every: int = 0, callback=None, progress: bool = False) -> dict:
-    """DSM training of any score model (MLP, user model; the linear one too) with a torch optimizer.
+                    log_every: int = 0, callback=None, progress: bool = False, loss=None) -> dict:
+    """Training of any score (or velocity) model (MLP, user model; the linear one too) with a torch optimizer.
 
-    Each step draws, per replicate, b indices with replacement and minimises the same loss as
-    `train_linear_dsm`, ½‖s_l·s(α_l x + s_l z, l) + z‖² averaged over the batch (one uniform level
-    per sample, `dsm_loss`), summed over the live replicates: replicates have disjoint parameters, so
-    each gets its own gradient, and an element-wise optimizer (SGD, Adam) keeps them independent.
-    With `torch.optim.SGD(lr=τ)` a linear model takes exactly the steps of `train_linear_dsm`.
+    Each step draws, per replicate, b indices with replacement and minimises the objective's loss of the
+    batch, by default DSM's, the same loss as `train_linear_dsm`, ½‖s_l·s(α_l x + s_l z, l) + z‖² averaged
+    over the batch (one uniform level per sample, `dsm_batch_loss`), summed over the live replicates:
+    replicates have disjoint parameters, so each gets its own gradient, and an element-wise optimizer
+    (SGD, Adam) keeps them independent. With `torch.optim.SGD(lr=τ)` a linear model takes exactly the
+    steps of `train_linear_dsm`.
 
     Args:
         model: s(y, l), y (R, B, d) → (R, B, d); `model.level_tensors` (optional) says forward
             accepts per-sample levels (B,), so a batch costs one call instead of one per level.
         x: (R, N, d) data.  alphas, stds: (L,) noise levels.
         optimizer: a torch optimizer over model.parameters().
-        log_every, callback: every `log_every` steps, callback(step, loss) with the minibatch DSM
+        log_every, callback: every `log_every` steps, callback(step, loss) with the minibatch
             loss averaged over the live replicates.
+        loss: loss(model, xb (R, b, d), alphas, stds, generator) → (R,), the objective's `neural_loss`
+            (CFM: `gsm.training.flow_matching.cfm_loss`); None: `dsm_batch_loss`.
     Returns:
         {"diverged_at": (R,) long, the step after which replicate r's loss was non-finite (−1 if never)}.
     """
@@ -365,23 +381,17 @@ def train_score_net(model, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch
     b = int(batch_size)
     rows = torch.arange(R, device=dev).view(R, 1)
     a, s = alphas.to(dev, x.dtype), stds.to(dev, x.dtype)
-    fast = getattr(model, "level_tensors", False)
+    batch_loss = dsm_batch_loss if loss is None else loss
     alive = torch.ones(R, dtype=torch.bool, device=dev)
     diverged_at = torch.full((R,), -1, dtype=torch.long, device=dev)
     check = max(1, min(100, log_every or 100))       # host syncs only every `check` steps
     for step in tqdm(range(1, steps + 1), desc="DSM", disable=not progress, leave=False):
         xb = x[rows, torch.randint(N, (R, b), generator=generator, device=dev)]
-        if fast:   # the body of dsm_loss with all levels in one call
-            lv = torch.randint(a.numel(), (b,), generator=generator, device=dev)
-            z = torch.randn(xb.shape, generator=generator, device=dev, dtype=xb.dtype)
-            sl = s[lv].view(1, b, 1)
-            loss = 0.5 * ((sl * model(a[lv].view(1, b, 1) * xb + sl * z, lv) + z) ** 2).sum(-1).mean(-1)
-        else:
-            loss = dsm_loss(model, xb, a, s, generator)
-        bad = ~torch.isfinite(loss.detach())
+        value = batch_loss(model, xb, a, s, generator)
+        bad = ~torch.isfinite(value.detach())
         alive = alive & ~bad
         optimizer.zero_grad(set_to_none=True)
-        torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
+        torch.where(alive, value, torch.zeros_like(value)).sum().backward()
         optimizer.step()
         if step % check == 0 or step == steps:
             newly = ~alive & (diverged_at < 0)
@@ -390,5 +400,5 @@ def train_score_net(model, x: torch.Tensor, *, alphas: torch.Tensor, stds: torch
                 if not alive.any():
                     break
         if callback is not None and log_every and step % log_every == 0 and alive.any():
-            callback(step, float(loss.detach()[alive].mean()))
+            callback(step, float(value.detach()[alive].mean()))
     return {"diverged_at": diverged_at}

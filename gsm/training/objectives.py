@@ -13,7 +13,7 @@ of Σ (eigenvalues λ, float64), per level l with y = α_l x + s_l z, L levels e
 A new objective (e.g. flow matching) is one new class with these members; no sampler changes. It declares
 what gsm can do with it: `sgd_trainable` (train.solver=sgd runs `gsm.training.dsm.train_linear_dsm` on its
 per-sample loss residual `sgd_residual`, DSM's by default; DSM and CFM), `neural_trainable` (neural nets,
-trained on the DSM loss: DSM only), `closed_forms` (the VP per-eigenvalue and texture paths); without them a
+trained on the objective's `neural_loss`, DSM's loss when it has none; DSM and CFM), `closed_forms` (the VP per-eigenvalue and texture paths); without them a
 run refuses train.solver=sgd, model=mlp and data=texture before any work, and computes through the
 full-matrix path (docs/extending.md §4). The helpers below (`level_fluctuations`, `mean_after_budget`,
 `affine_power_series`, `mean_square_stable_levels`) hold the SGD formulas once, for every objective whose

@@ -46,6 +46,8 @@ CASES = {
                              "sampler.steps=10", "replicates=16", "sampler.particles=200", *SMALL], "w2_exact", False),
     "flow (cfm-sgd)": (["objective=cfm", "sampler=flow", "sampler.scheme=heun", "sampler.steps=5", "replicates=16",
                         "sampler.particles=200", *SMALL], "w2_exact", False),
+    "flow (mlp)": (["objective=cfm", "sampler=flow", "model=mlp", "model.width=16", "sampler.scheme=heun",
+                    "sampler.steps=5", "replicates=8", "sampler.particles=500", *SMALL], "w2_empirical", False),
     "diffusers FlowMatchEuler (cfm-sgd)": (["objective=cfm", "sampler=diffusers",
                                             "sampler.scheduler=FlowMatchEulerDiscreteScheduler", "sampler.shift=3",
                                             "sampler.steps=10", "replicates=16", "sampler.particles=200", *SMALL],

@@ -107,6 +107,19 @@ def test_a_refusal_through_the_console_script_exits_2_before_any_work(tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+def test_a_velocity_mlp_runs_through_the_console_script(tmp_path):
+    """`gsm sampler=flow objective=cfm model=mlp` at d = 2: status ok, with the neural score path's keys
+    (docs/flow.md, "Neural velocity nets")."""
+    proc = run_gsm(tmp_path, "sampler=flow", "objective=cfm", "model=mlp", "model.width=8", "data.dim=2",
+                   "data.n=50", "train.steps=50", "train.batch_size=8", "replicates=2", "sampler.scheme=heun",
+                   "sampler.steps=3", "sampler.particles=100", "threads=1", "progress=false", "hydra.run.dir=run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "ok" and res["nfe"] == 6 and res["w2_exact"] is None
+    assert {"w2_empirical", "w2_empirical_debiased", "particle_bias", "w2_predicted_linear",
+            "escaped_fraction_per_replicate", "w2_empirical_per_replicate"} <= set(res)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["sampler=flow", "model=oracle"], "objective must learn the velocity that gsm.samplers.flow.Flow reads"),
     (["sampler=ddpm", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.ddpm.DDPM "
@@ -115,7 +128,8 @@ def test_a_refusal_through_the_console_script_exits_2_before_any_work(tmp_path):
     (["sampler=vp", "objective=cfm", "model=oracle"], "objective must learn the score that gsm.samplers.vp.VP"),
     (["sampler=flow", "objective=cfm", "sampler.scheme=ode", "train.solver=exact"],
      "sampler.scheme must be euler | midpoint | heun | rk4 with a learned velocity"),
-    (["sampler=flow", "objective=cfm", "model=mlp"], "sampler=flow needs a linear score (model=linear | oracle)"),
+    (["sampler=flow", "objective=cfm", "model=mlp", "sampler.scheme=ode"],
+     "sampler.scheme must be euler | midpoint | heun | rk4 with a learned velocity"),
     (["sampler=flow", "objective=cfm", "model=oracle", "sampler.scheme=dopri"],
      "sampler.scheme must be one of euler | midpoint | heun | rk4 | ode, got dopri"),
     (["sampler=flow", "objective=cfm", "model=oracle", "sampler.steps=0"], "sampler.steps must be an integer >= 1"),
@@ -132,3 +146,4 @@ def test_possible_combinations_validate(compose_cfg):
                                            f"sampler.scheme={scheme}")) == []
     assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "train.solver=exact")) == []
     assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "train.solver=sgd")) == []     # CFM-SGD
+    assert validate_config(compose_cfg("sampler=flow", "objective=cfm", "model=mlp")) == []           # a velocity net

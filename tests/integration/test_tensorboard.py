@@ -220,3 +220,23 @@ def test_a_texture_run_writes_its_figures_as_pngs(compose_cfg, tmp_path, one_thr
     assert res["status"] == "ok"
     assert_pngs(tmp_path, ["spectrum_radial_target_vs_learned", "texture_source", "texture_adsn_sample",
                            "texture_learned_samples"])
+
+
+def test_figures_false_draws_no_figure_and_changes_no_number(compose_cfg, tmp_path, one_thread):
+    """figures=false (the schedulers preset): no PNG, the same results.json numbers as with figures, on the
+    matrix (DDPM), texture and spectral backends; a value that is not a bool is a one-line error."""
+    from gsm.pipeline.run import run
+    from gsm.pipeline.spec import ConfigError
+    tiny = ("replicates=2", "train.steps=200", "sampler.particles=20", "progress=false")
+    cases = {"matrix": ("sampler=ddpm", "data.dim=3", "sampler.steps=10", "train.steps=200"),
+             "texture": ("data=texture", "model=fourier_linear", "data.size=16", "data.n=8", "sampler.steps=20"),
+             "spectral": ("sampler=vp", "model=oracle", "data.dim=3", "sampler.steps=10")}
+    for name, case in cases.items():
+        on, off = (run(compose_cfg(*tiny, *case, f"figures={f}"), tmp_path / f"{name}_{f}") for f in ("true", "false"))
+        assert not list((tmp_path / f"{name}_false").glob("figures/*.png")), name
+        for key in ("w2_exact", "w2_empirical", "w2_predicted", "prediction_terms", "regime"):
+            assert on.get(key) == off.get(key), (name, key)
+        if name == "matrix":
+            assert list((tmp_path / f"{name}_true").glob("figures/*.png"))
+    with pytest.raises(ConfigError, match=r"^figures must be one of true \| false, got maybe$"):
+        run(compose_cfg(*tiny, "figures=maybe"), tmp_path / "bad")

@@ -20,17 +20,19 @@ F64 = torch.float64
 LAM = np.array([0.4, 2.5])
 
 
-def path_covariance(lam, t):
-    """Cov of w = (y, u), y = t x₁ + (1 − t)x₀, u = x₁ − x₀, in Σ's eigenbasis: (2d, 2d)."""
-    S, I, a, s = np.diag(lam), np.eye(len(lam)), t, 1 - t
+def path_covariance(lam, t, level=None):
+    """Cov of w = (y, u), y = t x₁ + (1 − t)x₀ (level (a, s): y = a x₁ + s x₀), u = x₁ − x₀, in Σ's
+    eigenbasis: (2d, 2d)."""
+    S, I = np.diag(lam), np.eye(len(lam))
+    a, s = (t, 1 - t) if level is None else level
     Kyy, Kyu, Kuu = a * a * S + s * s * I, a * S - s * I, S + I
     return np.block([[Kyy, Kyu], [Kyu.T, Kuu]])
 
 
-def sgd_step_moments(lam, t, L, tau, b):
+def sgd_step_moments(lam, t, L, tau, b, level=None):
     """The exact one-step map of (E[B] (d, d), E[B_ri B_sj] (d, d, d, d)) as (T, c): x' = T x + c."""
     d = len(lam)
-    K = path_covariance(lam, t)
+    K = path_covariance(lam, t, level)
     T4 = (np.einsum("pi,qj->piqj", K, K) + np.einsum("pq,ij->piqj", K, K) + np.einsum("pj,iq->piqj", K, K))
     Ky, T4y = K[:, :d], T4[:, :d, :, :d]
 
@@ -57,10 +59,10 @@ def sgd_step_moments(lam, t, L, tau, b):
     return T, c
 
 
-def exact_law(lam, t, L, tau, b, steps=None, b0=0.0):
+def exact_law(lam, t, L, tau, b, steps=None, b0=0.0, level=None):
     """Exact E[B], Var(B_ri), Cov(B_ri, B_ir) after `steps` steps from B₀ = b₀I (None: stationary)."""
     d = len(lam)
-    T, c = sgd_step_moments(lam, t, L, tau, b)
+    T, c = sgd_step_moments(lam, t, L, tau, b, level)
     if steps is None:
         x = np.linalg.solve(np.eye(len(c)) - T, c)
     else:
@@ -99,6 +101,36 @@ def test_stationary_covariance_is_the_exact_recursions_to_first_order(t, b):
     m = t * t * LAM + (1 - t) ** 2
     dsm_like = tau * t * t * LAM / (2 * b * m)
     assert t == 1.0 or np.abs(dsm_like[:, None] / var - 1).max() > 0.1
+
+
+def vp_level(t, T=1.0, eps=1e-3, beta_min=0.1, beta_max=20.0):
+    """The VP path's level (a, b) at flow time t, from sampler=vp's schedule: τ = T − t(T − ε),
+    a = e^{−B(τ)/2}, b = √(1 − a²), B(τ) = β_min τ + (β_max − β_min)τ²/2 (a + b ≠ 1)."""
+    tau = T - t * (T - eps)
+    a = np.exp(-0.5 * (beta_min * tau + 0.5 * (beta_max - beta_min) * tau * tau))
+    return float(a), float(np.sqrt(1 - a * a))
+
+
+@pytest.mark.parametrize("t", [0.3, 0.6, 0.85])
+def test_the_tau_term_follows_the_vp_path(t):
+    """At a VP-path level (a, b), a + b = 1.08, 1.34, 1.35, the stationary Var(Δ_ri) = τλ_r(a + b)²/(2bm_r)
+    (docs/theory.md §14.3) is within 1.5 % of the exact recursion's fixed point, and after one relaxation time from B₀ = 0
+    within 1.5 %, and ε_τ = max Var(Δ_rr)m_r²; the linear path's λ_r/m_r in its place is off by > 10 %."""
+    L, tau, b = 3, 2e-3, 2
+    a, s = vp_level(t)
+    al, sl = torch.tensor([a], dtype=F64), torch.tensor([s], dtype=F64)
+    _, var, _ = exact_law(LAM, t, L, tau, b, level=(a, s))
+    pvar, _ = CFM().fluctuations(torch.tensor(LAM), al.repeat(L), sl.repeat(L), tau, b)
+    np.testing.assert_allclose(pvar[0].numpy(), var, rtol=0.015)
+    m = a * a * LAM + s * s
+    assert np.abs(tau * LAM / (2 * b * m) / var[:, 0] - 1).max() > 0.1
+    eps = CFM().eps_tau(torch.tensor(LAM), al, sl, tau, b)
+    assert eps == pytest.approx(float((np.diag(var) * m ** 2).max()), rel=0.015)      # ε_τ = max Var(Δ_rr)·m_r²
+    S = int(L / (tau * float(m.min())))
+    _, var_S, _ = exact_law(LAM, t, L, tau, b, steps=S, level=(a, s))
+    budget = SGDBudget(steps=S, tau=tau, batch_size=b, init="zeros")
+    pvar_S, _ = CFM().fluctuations(torch.tensor(LAM), al.repeat(L), sl.repeat(L), tau, b, budget)
+    np.testing.assert_allclose(pvar_S[0].numpy(), var_S, rtol=0.015)
 
 
 @pytest.mark.parametrize("t", [0.0, 0.5, 1.0])

@@ -159,6 +159,28 @@ def test_the_exact_flow_maps_the_source_to_the_data():
     assert float(bures_wasserstein2(Sigma, rk4.covariance(oracle_velocities(rk4, Sigma))[0])) < 1e-12
 
 
+
+@pytest.mark.parametrize("scheme", ["euler", "heun"])
+def test_particles_follow_the_law(scheme):
+    """The particles each scheme pushes through its steps (M = 20000, float64) have the second moment of the
+    scheme's exact law within 4 s.e. per entry (s.e. of a Gaussian second moment, from that law), for a
+    non-diagonal Σ and a coarse grid (K = 4), where the law is far from Σ."""
+    Sigma = random_covariance(LAM, 3)
+    flow = Flow(scheme=scheme, steps=4, particles=20000)
+    B = oracle_velocities(flow, Sigma)
+    C = flow.covariance(B)[0]
+
+    class Velocity:
+        linear = True
+
+        def matrices(self):
+            return B
+    x = flow.sample(Velocity(), 1, 5, generator=torch.Generator().manual_seed(4), dtype=F64)[0]
+    S = x.T @ x / x.shape[0]
+    se = torch.sqrt((C ** 2 + torch.outer(C.diagonal(), C.diagonal())) / x.shape[0])
+    assert float(bures_wasserstein2(Sigma, C)) > 1e-3          # the law is not the target: the test can see it
+    assert bool(((S - C).abs() < 4 * se).all()), ((S - C) / se)
+
 @pytest.mark.parametrize("scheme", ["euler", "midpoint", "heun", "rk4"])
 def test_plug_in_velocity_against_its_prediction_by_monte_carlo(scheme):
     """train.solver=exact: B_l = B_l(Σ̂), Σ̂ = (1/N) Σ x xᵀ from N = 10d samples. R = 2000 replicates of the

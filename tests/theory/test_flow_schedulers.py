@@ -179,13 +179,19 @@ def test_flow_steps_from_nfe():
 
 
 def test_flow_vs_diffusion_report(tmp_path):
-    """gsm-report's flow_vs_diffusion table: method × NFE per field, the best method and Kendall τ per NFE."""
+    """gsm-report's flow_vs_diffusion table: method × NFE per field (exact, plug-in, SGD), the best method and
+    the Kendall τ of each learned field's ranking against the exact one per NFE, and the learned fields' z's."""
     from gsm.cli.flow_report import write_flow_report
+    fields = (("oracle", (1, 2, 3), None), ("plugin", (2, 1, 3), 0.5), ("sgd", (1, 3, 2), -2.5))
     rows = [{"status": "ok", "score": sc, "sampler.nfe": "10", "method": name, "w2_exact_mean": v,
-             "w2_exact_stderr": 0.01, "w2_predicted": v} for sc, vals in (("oracle", (1, 2)), ("plugin", (2, 1)))
-            for name, v in zip(("fm_euler", "ddim"), vals)]
+             "w2_exact_stderr": 0.01, "w2_predicted": v, "z_exact": z, "relaxation_times": 0.4}
+            for sc, vals, z in fields for name, v in zip(("fm_euler", "ddim", "fm_heun"), vals)]
     paths = write_flow_report(tmp_path, rows)
     md = (tmp_path / "report_flow_vs_diffusion.md").read_text()
     assert [p.name for p in paths] == ["report_flow_vs_diffusion.png", "report_flow_vs_diffusion.md"]
-    assert "| method | NFE 10 |" in md and "| fm_euler | 1 ± 0.01 (1) #1 |" in md
-    assert "| 10 | fm_euler | ddim |" in md and "-1.00" in md and "no SGD trainer" in md
+    assert "| method | NFE 10 |" in md and "| fm_euler | 1 ± 0.01 (1) #1 |" in md and "### score = sgd" in md
+    # pairs (euler, ddim, heun) against the exact order 1 < 2 < 3: plug-in 2 1 3 → τ = (−1 + 1 + 1)/3,
+    # SGD 1 3 2 → τ = (1 + 1 − 1)/3
+    assert "| 10 | fm_euler | ddim | fm_euler | +0.33 | +0.33 |" in md
+    assert "score = plugin: 3 cells in [+0.50, +0.50], 3 within 3 s.e." in md
+    assert "score = sgd (relaxation times): 3 cells in [-2.50, -2.50]" in md and "| ddim | -2.50 (0.4) |" in md

@@ -142,6 +142,74 @@ def test_general_chain_with_non_commuting_scores(scheme):
     assert torch.allclose(C, ref, rtol=1e-11, atol=1e-13)
 
 
+def _diagonal_steps(scheme, s, a, K, eps):
+    """(m_k, q_k) per step from the update formulas (`_scheme_matrix`) for diagonal scores a (L, d) at the
+    sampler's level times: m_k the diagonal of M_k."""
+    times = s.times.tolist()
+    at = lambda t: torch.diag(a[min(range(len(times)), key=lambda l: abs(times[l] - t))])     # noqa: E731
+    return [(M.diagonal(), q) for M, q in _scheme_matrix(scheme, at, K, eps)]
+
+
+@pytest.mark.parametrize("scheme", ["em", "ei", "ddpm", "euler", "heun", "rk4"])
+def test_blocked_diagonal_law_matches_a_per_step_loop(scheme, monkeypatch):
+    """The diagonal law by blocks of steps (`StackedSteps`, `diagonal_propagator`: P and h from v_0, and
+    h + P²(v′ − v_0) from any other start v′) for any
+    diagonal scores, against v ← m_k² v + q_k and P = Π m_k stepped through the update formulas, 1e-12;
+    blocks of 3 steps (K = 41: a partial last block) so that the block boundaries are crossed."""
+    import gsm.theory.chain as chain_module
+    K, eps, d = 41, 1e-2, 5
+    monkeypatch.setattr(chain_module, "BLOCK_ELEMENTS", 3 * d + 1)
+    s = VP(scheme=scheme, steps=K, eps=eps)
+    g = torch.Generator().manual_seed(3)
+    a = 0.5 + torch.rand(len(s.times), d, generator=g, dtype=F64)           # not the exact scores
+    if scheme in ("em", "ei", "ddpm", "euler"):     # (heun, rk4: m_k > 0 for any real score)
+        a[:, 0] = 1000.0    # every m_k < 0 (K odd: P < 0) and |m_k| ≥ 0.2: the sign of P is tested
+    steps = _diagonal_steps(scheme, s, a, K, eps)
+    v0 = 0.3 + torch.rand(d, generator=g, dtype=F64)
+    v, p, traj = v0.clone(), torch.ones(d, dtype=F64), [v0.clone()]
+    for m, q in steps:
+        v, p = m * m * v + q, p * m
+        traj.append(v)
+    P, Q = s.chain.diagonal_propagator(a)
+    assert torch.allclose(P, p, rtol=1e-12, atol=0) and torch.allclose(P * P * v0 + Q, v, rtol=1e-12, atol=0)
+    P1, h1 = s.chain.diagonal_propagator(a, 1.0)
+    assert torch.equal(P1, P) and torch.allclose(h1 + P1 * P1 * (v0 - 1.0), v, rtol=1e-12, atol=0)
+    assert torch.allclose(s.chain.variance(a, v0), v, rtol=1e-12, atol=0)
+    assert torch.allclose(s.chain.variance(a, v0, trajectory=True), torch.stack(traj), rtol=1e-12, atol=0)
+    assert torch.allclose(s.chain.factors(a), torch.stack([m for m, _ in steps]), rtol=1e-12, atol=1e-15)
+    if scheme in ("euler", "heun", "rk4"):           # noiseless chains: the particles are x·Π m_k
+        x = torch.randn(7, d, generator=g, dtype=F64)
+        assert torch.allclose(s.chain.sample_diagonal(a, x), x * p, rtol=1e-12, atol=0)
+
+
+def test_exact_law_is_computed_once_per_run_and_follows_lambda(compose_cfg, tmp_path, monkeypatch):
+    """An oracle run computes the chain's law once (the sample, the prediction and its bias terms share it,
+    also with the figure on); a second λ is not served the first one's law."""
+    from gsm.pipeline.run import run
+    from gsm.theory.chain import LinearChain
+    calls = []
+    original = LinearChain.diagonal_propagator
+    monkeypatch.setattr(LinearChain, "diagonal_propagator",
+                        lambda self, a, init_var=0.0: calls.append(1) or original(self, a, init_var))
+    res = run(compose_cfg(*BASE, "model=oracle", "replicates=2", "sampler.scheme=em", "sampler.steps=30"), tmp_path)
+    assert len(calls) == 1 and res["w2_exact"]["mean"] == pytest.approx(res["w2_predicted"], rel=1e-14)
+    for scheme in ("heun", "ei"):
+        s = VP(scheme=scheme, steps=30, eps=1e-3)
+        for lam in (LAM, 2 * LAM):
+            assert torch.allclose(s.spectral_variance(lam), pg_recursion(scheme, lam, 31, 1e-3, False), rtol=1e-12, atol=0)
+            from_prior = s.exact_variance(lam, s.schedule.marginal(lam, s.T))     # the other start, from the kept law
+            assert torch.allclose(from_prior, pg_recursion(scheme, lam, 31, 1e-3, True), rtol=1e-12, atol=0)
+
+
+def test_prediction_target_is_checked():
+    s = VP(scheme="em", steps=10)
+    with pytest.raises(ValueError, match=r"^target must be \(a\* of shape \(10, 5\), h\* of shape \(5,\)\)"):
+        sampler_prediction(s, LAM, target=(torch.ones(10, 4, dtype=F64), torch.ones(5, dtype=F64)))
+    a, h = s.exact_target(LAM)
+    assert sampler_prediction(s, LAM, target=(a, h))["total"] == pytest.approx(sampler_prediction(s, LAM)["total"],
+                                                                            rel=1e-12)
+
+
 @pytest.mark.parametrize("scheme", ["em", "heun"])
 def test_particles_match_the_exact_law(scheme):
     """Particles of the general chain (non-commuting A) against its exact covariance: every entry of the
