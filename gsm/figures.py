@@ -55,7 +55,7 @@ def run_title(results: dict) -> str:
         score = "exact score (oracle)"
     else:
         score += ", exact DSM minimiser" if train.get("solver") == "exact" else f", DSM-SGD τ = {train.get('tau')}"
-    d = results.get("texture", {}).get("d", data.get("dim"))
+    d = results.get("texture", results.get("dataset", {})).get("d", data.get("dim"))
     head = f"{sampler} · {score} · d = {d} · N = {data.get('n')}"
     measured = results.get("w2_exact") or results.get("w2_empirical_debiased") or {}
     predicted = results.get("w2_predicted", results.get("w2_predicted_linear"))

@@ -12,12 +12,13 @@ from omegaconf import OmegaConf
 
 from gsm.scores.base import ScoreModel
 
-DATA_KINDS = ("gaussian", "texture", "mixture")
+DATA_KINDS = ("gaussian", "texture", "mixture", "dataset")
 
 
 def data_kind(cfg) -> str:
     """data.kind: gaussian (a d-dimensional N(0, Σ), full matrices), texture (stationary, Fourier-diagonal) or
-    mixture (a Gaussian mixture, `gsm.data.mixture`: not Gaussian, true OT distances)."""
+    mixture (a Gaussian mixture, `gsm.data.mixture`: not Gaussian, true OT distances) or dataset (a finite pool of
+    real samples, `gsm.data.pool`: data=digits | patches, true OT distances to held-out samples, no exact score)."""
     kind = OmegaConf.select(cfg, "data.kind", default="gaussian")
     if kind not in DATA_KINDS:
         raise ValueError(f"data.kind must be one of {' | '.join(DATA_KINDS)}, got {kind}")
@@ -60,10 +61,13 @@ def objective_predicts(objective) -> str:
 
 
 def backend_name(spec) -> str:
-    """texture | mixture_linear | mixture_neural | spectral | matrix | neural (`gsm.pipeline.run.BACKENDS`) of a
-    `gsm.pipeline.spec.RunSpec`. On data=mixture the oracle is the mixture's exact score, a non-linear one."""
+    """texture | mixture_linear | mixture_neural | dataset_linear | dataset_neural | spectral | matrix | neural
+    (`gsm.pipeline.run.BACKENDS`) of a `gsm.pipeline.spec.RunSpec`. On data=mixture the oracle is the mixture's
+    exact score, a non-linear one."""
     if spec.data.kind == "texture":
         return "texture"
+    if spec.data.kind == "dataset":     # real data: no exact score (validation refuses model=oracle)
+        return "dataset_linear" if spec.model.linear else "dataset_neural"
     if spec.data.kind == "mixture":     # never per eigenvalue: the data are not N(0, Σ)
         return "mixture_linear" if spec.model.linear and not spec.model.exact else "mixture_neural"
     if spec.sampler.spectral_path(score_is_spectral(spec)):

@@ -11,6 +11,7 @@ from gsm.figures import index_ticks, log_figure, log_ticks, plot_kernels, pyplot
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.board import log_comparison
 from gsm.pipeline.kinds import objective_predicts
+from gsm.pipeline.probe import log_probe, record_probe
 from gsm.pipeline.record import (as_scalar, dsm_loss_logger, finite, log_regime, log_w2, mean_stderr,
                                  measured_stderr, none_left, record_divergence, record_memorization,
                                  record_relaxation)
@@ -94,7 +95,15 @@ class MatrixBackend(Backend):
                                      predicts=objective_predicts(self.spec.objective))
 
     def draw_data(self):
-        return self.target.sample((self.R, self.N), generator=self.gen, device=self.device)
+        self.train_x = self.target.sample((self.R, self.N), generator=self.gen, device=self.device)
+        return self.train_x     # kept: memorized_fraction and the probe read it
+
+    def probe(self) -> None:
+        """eval.probe=true: the Gaussian-structure probe of the score at every level (`gsm.pipeline.probe`)."""
+        ev = self.spec.evaluation
+        if ev.probe:
+            record_probe(self.results, self.model, self.train_x, self.alphas, self.stds, ev.probe_points,
+                         self.spec.settings.seed, self.kept)
 
     def fit_score(self, x, writer) -> dict:
         """Oracle (the objective's minimiser on Σ), solver=exact (its minimiser on the data's second moment
@@ -160,6 +169,7 @@ class MatrixBackend(Backend):
         r["w2_empirical"] = mean_stderr(bures_wasserstein2(Sigma, second_moment(self.particles)).cpu())
         r["covariance_estimator"] = "(1/M) Σ x xᵀ over M independent particles (known zero mean)"
         r.update(self.sampler.results_extra())     # e.g. law_method
+        self.probe()
 
     def predict(self) -> dict:
         t, trained = self.spec.train, self.model.requires_training
@@ -183,6 +193,7 @@ class MatrixBackend(Backend):
         self.sampler.log_extra(writer, self.A, self.Sigma.to(torch.float64), step)
         if self.figures:
             log_figures(writer, self.spectrum, self.C, pred, step)
+            log_probe(writer, self.results, step)
 
 
 class NeuralBackend(MatrixBackend):
@@ -191,10 +202,6 @@ class NeuralBackend(MatrixBackend):
     of the M particles (a lower bound on the true W2²), with its 1/M bias (`gaussian_fit_w2`) subtracted
     in w2_empirical_debiased. w2_predicted_linear is the theory's prediction for a linear score with the
     same (N, σ, τ, γ), for comparison."""
-
-    def draw_data(self):
-        self.train_x = super().draw_data()     # kept: memorized_fraction compares the particles with it
-        return self.train_x
 
     def fit_score(self, x, writer) -> dict:
         t = self.spec.train
@@ -241,6 +248,7 @@ class NeuralBackend(MatrixBackend):
                       "particles can dominate a replicate's w2_empirical (compare escaped_fraction_per_replicate "
                       "with w2_empirical_per_replicate)")
         record_memorization(r, self.particles, self.train_x[self.kept], self.fresh_samples())
+        self.probe()
         r["w2_metric"] = ("W2² between the Gaussian fits of the two laws, |m̂|² + B²(Σ, Ĉ), with m̂ and Ĉ the mean "
                           "and centred (1/M) covariance of the M particles: a lower bound on the true W2² "
                           "(the sampler's law is not Gaussian); w2_empirical_debiased subtracts the first-order "
@@ -279,6 +287,7 @@ class NeuralBackend(MatrixBackend):
         log_comparison(writer, r, step, image=self.figures)   # debiased Gaussian-fit W2² against the linear-score prediction
         if self.figures:
             log_figures(writer, self.spectrum, gaussian_fit(self.particles)[1], pred, step)
+            log_probe(writer, r, step)
 
 
 def log_figures(writer, spectrum, C, pred, step):

@@ -31,40 +31,49 @@ TRANSPORT_KEYS = ("w2_ot", "w2_ot_floor", "w2_ot_debiased", "w2_ot_surrogate", "
                   "w2_ot_gap")
 
 
-def transport_distances(particles: torch.Tensor, mixture, ot_particles: int, generator) -> dict:
-    """The per-replicate distances of the module doc: particles (R, M, d) → {name: (R,) float64}."""
+def transport_distances(particles: torch.Tensor, fresh_pair, surrogate, ot_particles: int, generator) -> dict:
+    """The per-replicate distances of the module doc: particles (R, M, d) → {name: (R,) float64}. fresh_pair(m)
+    gives two independent data samples (2, R, m', d), m' ≤ m (a finite pool may hold fewer); surrogate, the
+    Gaussian surrogate (`gsm.data.gaussian.Gaussian`)."""
     R, M, d = particles.shape
-    m = min(M, int(ot_particles))
+    t, t2 = fresh_pair(min(M, int(ot_particles)))
+    m = t.shape[1]
     x = particles[:, :m].to(torch.float64)
-    t, t2 = mixture.sample((2, R, m), generator=generator, device=particles.device)
-    g = mixture.surrogate().sample((R, m), generator=generator, device=particles.device)
+    g = surrogate.sample((R, m), generator=generator, device=particles.device)
     floor = ot_w2(t2, t)
     w2 = ot_w2(x, t)
-    # the sliced distance is cheap: every particle, against fresh samples of the same size
-    s, s2 = mixture.sample((2, R, M), generator=generator, device=particles.device)
-    sliced, sliced_floor = sliced_w2(particles, s), sliced_w2(s2, s)
+    # the sliced distance is cheap: every particle (that fresh samples can match), against samples of the same size
+    s, s2 = fresh_pair(M)
+    xs = particles[:, :s.shape[1]]
+    sliced, sliced_floor = sliced_w2(xs, s), sliced_w2(s2, s)
     return {"w2_ot": w2, "w2_ot_floor": floor, "w2_ot_debiased": w2 - floor,
             "w2_ot_surrogate": ot_w2(g, t) - floor, "w2_sliced": sliced, "w2_sliced_debiased": sliced - sliced_floor,
-            "mode_weights": mixture.mode_weights(particles)}
+            "w2_ot_particles": m}
 
 
-def record_transport(results: dict, particles: torch.Tensor, data, generator) -> None:
-    """w2_ot, its floor, debiased and surrogate values, sliced W2², mode_weights into results (module doc)."""
-    per = transport_distances(particles, data.mixture, data.ot_particles, generator)
+def record_transport(results: dict, particles: torch.Tensor, data, generator, fresh_pair) -> None:
+    """w2_ot, its floor, debiased and surrogate values, sliced W2² (module doc) and, for a mixture, mode_weights
+    into results; fresh_pair as in `transport_distances`."""
+    per = transport_distances(particles, fresh_pair, data.surrogate(), data.ot_particles, generator)
     for k, v in per.items():
-        if k != "mode_weights":
+        if k != "w2_ot_particles":
             results[k] = mean_stderr(v)
-    w, R = per["mode_weights"], per["mode_weights"].shape[0]
-    results["mode_weights"] = {"mean": w.mean(0).tolist(),
-                               "stderr": (w.std(0, unbiased=True) / R ** 0.5).tolist() if R > 1 else None,
-                               "true": data.mixture.weights.tolist(), "n": R}
-    results["w2_ot_particles"] = min(particles.shape[1], data.ot_particles)
+    if data.kind == "mixture":
+        w = data.mixture.mode_weights(particles)
+        R = w.shape[0]
+        results["mode_weights"] = {"mean": w.mean(0).tolist(),
+                                   "stderr": (w.std(0, unbiased=True) / R ** 0.5).tolist() if R > 1 else None,
+                                   "true": data.mixture.weights.tolist(), "n": R}
+    results["w2_ot_particles"] = per["w2_ot_particles"]
     results["w2_ot_metric"] = (
         "exact optimal-transport W2² (POT ot.emd2) between M' particles and M' fresh data samples per replicate "
         "(M' = w2_ot_particles); w2_ot_floor: the same between two independent data samples (the plug-in "
         "estimate's bias at this M'); w2_ot_debiased = w2_ot − w2_ot_floor (0 in mean when the particles have the "
         "data's law); w2_ot_surrogate: the same for samples of the Gaussian surrogate N(0, Σ), the error of a "
-        "perfect linear score; w2_sliced(_debiased): sliced W2² over all M particles")
+        "perfect linear score; w2_sliced(_debiased): sliced W2² over all M particles"
+        + (" (data.kind=dataset: fresh samples are the replicate's held-out pool samples, drawn without "
+           "replacement, so M' and the sliced size are at most half the held-out rest)" if data.kind == "dataset"
+           else ""))
 
 
 def record_not_gaussian(results: dict, data, predicted_key: str) -> None:
@@ -74,11 +83,11 @@ def record_not_gaussian(results: dict, data, predicted_key: str) -> None:
     ot, surrogate, predicted = results["w2_ot_debiased"], results["w2_ot_surrogate"], results.get(predicted_key)
     if predicted is not None:
         results["w2_ot_gap"] = {"mean": ot["mean"] - float(predicted), "stderr": ot["stderr"], "n": ot["n"]}
-    results["data_gaussian"] = data.mixture.is_gaussian
-    if data.mixture.is_gaussian:     # identical components (separation 0): the theory's assumption holds
+    results["data_gaussian"] = data.is_gaussian
+    if data.is_gaussian:     # identical components (separation 0): the theory's assumption holds
         return
     se = lambda v: "n/a" if v["stderr"] is None else format(v["stderr"], ".2g")    # noqa: E731
-    line = (f"NOT Gaussian (a {data.mixture.components}-component Gaussian mixture): {predicted_key} "
+    line = (f"NOT Gaussian ({data.description}): {predicted_key} "
             f"= {as_scalar(predicted):.4g} is the linear theory's prediction for the Gaussian surrogate N(0, Σ) "
             "with the data's covariance, i.e. of the Bures distance to it (w2_exact or w2_empirical, a lower bound "
             "on the true distance; its 1/N and τ terms assume Gaussian fourth moments); the true distance is "
@@ -97,26 +106,31 @@ def log_transport(writer, results: dict, step: int) -> None:
     for k in TRANSPORT_KEYS:
         if k in results:
             writer.add_scalar(f"eval/{k}", as_scalar(results[k]), step)
-    for k, w in enumerate(results["mode_weights"]["mean"]):
+    for k, w in enumerate(results.get("mode_weights", {}).get("mean", [])):
         writer.add_scalar(f"eval/mode_weight_{k}", w, step)
     if results["regime"].get("data"):
         writer.add_text("regime/data", results["regime"]["data"], step)
 
 
-class MixtureLinearBackend(MatrixBackend):
-    """A linear score on data=mixture (module doc): trained on the mixture's samples; the law, w2_exact and
-    the prediction are those of the Gaussian surrogate, the OT distances the true ones."""
+class MixtureDraws:
+    """The mixture backends' data draws: the mixture, and fresh samples of it."""
 
     def make_target(self):
         return self.spec.data.mixture
 
-    def draw_data(self):
-        self.train_x = super().draw_data()     # kept: memorized_fraction compares the particles with it
-        return self.train_x
+    def fresh_pair(self, m: int) -> torch.Tensor:
+        """Two independent samples of m data points per kept replicate: (2, R', m, d) float64."""
+        return self.spec.data.mixture.sample((2, self.particles.shape[0], m), generator=self.gen,
+                                             device=self.particles.device)
+
+
+class MixtureLinearBackend(MixtureDraws, MatrixBackend):
+    """A linear score on data=mixture (module doc): trained on the mixture's samples; the law, w2_exact and
+    the prediction are those of the Gaussian surrogate, the OT distances the true ones."""
 
     def evaluate(self) -> None:
         super().evaluate()
-        record_transport(self.results, self.particles, self.spec.data, self.gen)
+        record_transport(self.results, self.particles, self.spec.data, self.gen, self.fresh_pair)
         record_memorization(self.results, self.particles, self.train_x[self.kept], self.fresh_samples())
 
     def record(self, pred: dict) -> None:
@@ -128,12 +142,9 @@ class MixtureLinearBackend(MatrixBackend):
         log_transport(writer, self.results, self.spec.train.steps)
 
 
-class MixtureNeuralBackend(NeuralBackend):
+class MixtureNeuralBackend(MixtureDraws, NeuralBackend):
     """model=oracle on data=mixture (the exact score, not trained, sampled in float64) or a neural score
     trained on the mixture's samples (module doc)."""
-
-    def make_target(self):
-        return self.spec.data.mixture
 
     def build_model(self):
         if self.spec.model.exact:
@@ -146,7 +157,7 @@ class MixtureNeuralBackend(NeuralBackend):
 
     def evaluate(self) -> None:
         super().evaluate()
-        record_transport(self.results, self.particles, self.spec.data, self.gen)
+        record_transport(self.results, self.particles, self.spec.data, self.gen, self.fresh_pair)
 
     def record(self, pred: dict) -> None:
         super().record(pred)

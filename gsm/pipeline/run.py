@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from gsm.figures import run_title, set_run_title
 from gsm.pipeline.backend import Backend
+from gsm.pipeline.dataset import DatasetLinearBackend, DatasetNeuralBackend
 from gsm.pipeline.interrupt import SummaryWriter, interruptible
 from gsm.pipeline.kinds import backend_name
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
@@ -30,7 +31,8 @@ from gsm.pipeline.texture import TextureBackend
 from gsm.pipeline.validate import validate
 
 BACKENDS = {"matrix": MatrixBackend, "neural": NeuralBackend, "spectral": SpectralBackend,
-            "texture": TextureBackend, "mixture_linear": MixtureLinearBackend, "mixture_neural": MixtureNeuralBackend}
+            "texture": TextureBackend, "mixture_linear": MixtureLinearBackend, "mixture_neural": MixtureNeuralBackend,
+            "dataset_linear": DatasetLinearBackend, "dataset_neural": DatasetNeuralBackend}
 
 
 def run(cfg: DictConfig, output_dir) -> dict:
@@ -84,7 +86,7 @@ def _run_or_record_failure(spec: RunSpec, output_dir, checks: list) -> dict:
 
 def backend_for(spec: RunSpec, results: dict, warn) -> Backend:
     """The backend of this run: `texture` (data.kind=texture), `mixture_linear` | `mixture_neural`
-    (data.kind=mixture), `spectral` (the sampler's per-eigenvalue path, for a score that is a function of Σ
+    (data.kind=mixture), `dataset_linear` | `dataset_neural` (data.kind=dataset), `spectral` (the sampler's per-eigenvalue path, for a score that is a function of Σ
     or Σ̂), `matrix` (a linear score) or `neural`."""
     with as_config_error("sampler"):
         name = backend_name(spec)

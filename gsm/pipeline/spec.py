@@ -132,6 +132,64 @@ class MixtureData:
     def dim(self) -> int:
         return self.mixture.dim
 
+    @property
+    def is_gaussian(self) -> bool:
+        return self.mixture.is_gaussian
+
+    @property
+    def description(self) -> str:
+        return f"a {self.mixture.components}-component Gaussian mixture"
+
+    def surrogate(self):
+        return self.mixture.surrogate()
+
+
+@dataclass(frozen=True)
+class DatasetData:
+    """Real data (data.kind=dataset, `gsm.data.pool.SamplePool`, from `data.pool`: data=digits | patches), N
+    training samples per replicate drawn from the pool, and M' = `data.ot_particles`; `spectrum` is λ of the
+    pool's Gaussian surrogate N(0, Σ). No exact score."""
+
+    pool: Any
+    n: int
+    ot_particles: int
+    kind = "dataset"
+    is_gaussian = False
+
+    @cached_property
+    def spectrum(self) -> torch.Tensor:
+        return self.pool.surrogate().eigenvalues
+
+    @property
+    def dim(self) -> int:
+        return self.pool.dim
+
+    @property
+    def description(self) -> str:
+        return self.pool.description
+
+    def surrogate(self):
+        return self.pool.surrogate()
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The eval group's keys (conf/config.yaml): probe, the Gaussian-structure probe of the score at every level
+    (`gsm.theory.probe`, off by default: it costs a sampler pass of Q points a level), and Q = probe_points."""
+
+    probe: bool = False
+    probe_points: int = 2048
+
+    def __post_init__(self):
+        checked("eval.probe", choice, self.probe, (True, False))
+        object.__setattr__(self, "probe_points", checked("eval.probe_points", number, self.probe_points, 2,
+                                                         integer=True))
+
+    @classmethod
+    def from_config(cls, cfg) -> EvalSettings:
+        node = _get(cfg, "eval")
+        return cls() if node is _ABSENT or node is None else cls(**OmegaConf.to_container(node, resolve=True))
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -214,7 +272,7 @@ class RunSettings:
 class RunSpec:
     """One run, every group built and checked by its constructor (module doc)."""
 
-    data: GaussianData | TextureData | MixtureData
+    data: GaussianData | TextureData | MixtureData | DatasetData
     model: ModelSpec
     objective: Any
     sampler: Any
@@ -222,6 +280,7 @@ class RunSpec:
     optimizer: Callable | None
     settings: RunSettings
     config: dict
+    evaluation: EvalSettings = EvalSettings()
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunSpec:
@@ -232,7 +291,7 @@ class RunSpec:
             kind = data_kind(cfg)
         with as_config_error("train"):     # from the resolved copy: resolving interpolations again costs ~ms each
             train = TrainSettings.from_config(config["train"])
-        data = {"texture": _texture, "mixture": _mixture}.get(kind, _gaussian)(cfg)
+        data = {"texture": _texture, "mixture": _mixture, "dataset": _dataset}.get(kind, _gaussian)(cfg)
         model = ModelSpec(_model_class(cfg), copy.deepcopy(config["model"]))
         target = _get(cfg, "sampler._target_")
         mismatch = linear_score_mismatch(_declared_class(cfg.sampler), model.cls,
@@ -244,7 +303,8 @@ class RunSpec:
         with as_config_error("objective"):
             objective = instantiate(cfg.objective) if _get(cfg, "objective") is not _ABSENT else DSM()
         return cls(data=data, model=model, objective=objective, sampler=sampler, train=train,
-                   optimizer=None if model.linear else _optimizer(cfg), settings=settings, config=config)
+                   optimizer=None if model.linear else _optimizer(cfg), settings=settings, config=config,
+                   evaluation=EvalSettings.from_config(cfg))
 
 
 def _get(cfg, key):
@@ -273,16 +333,30 @@ def _texture(cfg) -> TextureData:
         return TextureData(image=image, spectrum=adsn_spectrum(image, cfg.data.floor), n=n)
 
 
+def _ot_particles(cfg) -> int:
+    """data.ot_particles: M' ≥ 2, the particles per replicate of the exact-OT W2²."""
+    from gsm.data.mixture import OT_PARTICLES
+    ot_particles = _get(cfg, "data.ot_particles")
+    return checked("data.ot_particles", number, OT_PARTICLES if ot_particles is _ABSENT else ot_particles,
+                   2, integer=True)
+
+
 def _mixture(cfg) -> MixtureData:
     """The mixture `data.mixture` builds (its constructor checks data.components, weights, separation, ...)."""
-    from gsm.data.mixture import OT_PARTICLES
-    n = _data_n(cfg)
-    ot_particles = _get(cfg, "data.ot_particles")
-    ot_particles = checked("data.ot_particles", number, OT_PARTICLES if ot_particles is _ABSENT else ot_particles,
-                           2, integer=True)
+    n, ot_particles = _data_n(cfg), _ot_particles(cfg)
     with as_config_error("data.mixture"):
         mixture = instantiate(cfg.data.mixture)
     return MixtureData(mixture=mixture, n=n, ot_particles=ot_particles)
+
+
+def _dataset(cfg) -> DatasetData:
+    """The pool `data.pool` loads (data=digits | patches; its loader checks its keys), N ≤ its size less the
+    held-out minimum (`SamplePool.check_n`)."""
+    n, ot_particles = _data_n(cfg), _ot_particles(cfg)
+    with as_config_error("data.pool"):
+        pool = instantiate(cfg.data.pool)
+    n = checked("data.n", lambda key, v: pool.check_n(v), n)
+    return DatasetData(pool=pool, n=n, ot_particles=ot_particles)
 
 
 def _gaussian(cfg) -> GaussianData:

@@ -14,7 +14,10 @@ that span groups, from what the groups declare:
   linear model (`ScoreModel.linear`), `gsm.pipeline.kinds.linear_score_mismatch`; `RunSpec.from_config`
   applies it to the two classes already, before the sampler is built (diffusers' import takes seconds);
 * data=mixture: POT installed; its exact score (model=oracle) is not linear, so not with a sampler that
-  reads the score's matrices;
+  reads the score's matrices; data.kind=dataset (data=digits | patches): POT installed, and no model=oracle
+  (real data have no exact score);
+* eval.probe=true: a backend that calls the score as model(y, l) on d-dimensional points (not data=texture,
+  not the per-eigenvalue path);
 * the model's own constructor (the pipeline's builder, one replicate, a linear one at d = 1);
 * train.solver=exact needs a linear model; a neural model needs a valid optimizer;
 * stability, linear models only: the sampler's step bound (`Sampler.check_step`: Langevin with
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from gsm.pipeline.kinds import class_path, linear_score_mismatch, objective_predicts
+from gsm.pipeline.kinds import backend_name, class_path, linear_score_mismatch, objective_predicts
 from gsm.pipeline.spec import ConfigError, RunSpec, as_config_error
 from gsm.training.objectives import sgd_mean_square_stable
 
@@ -87,6 +90,7 @@ def validate(spec: RunSpec) -> list[str]:
         alphas, stds = spec.sampler.noise_levels(spec.train.sigma)
     _check_sampler_fits(spec)
     _check_mixture(spec)
+    _check_probe(spec)
     model = _build_model(spec, alphas, stds)
     _check_objective(spec, model)
     if not model.linear:
@@ -134,18 +138,37 @@ def _check_sampler_fits(spec: RunSpec) -> None:
 
 def _check_mixture(spec: RunSpec) -> None:
     """data=mixture: POT for its true OT distances; its exact score (model=oracle) is not linear, so a sampler
-    that reads the score's matrices (`requires_linear_score`) or a velocity (`reads`) cannot run it."""
-    if spec.data.kind != "mixture":
+    that reads the score's matrices (`requires_linear_score`) or a velocity (`reads`) cannot run it.
+    data.kind=dataset: POT, and no exact score to be model=oracle."""
+    if spec.data.kind not in ("mixture", "dataset"):
         return
     import importlib.util
     if importlib.util.find_spec("ot") is None:
-        raise ConfigError("data=mixture needs POT for its optimal-transport W2² (pip install 'gsm[mixture]'), "
-                          "got no module named ot")
+        raise ConfigError(f"data.kind={spec.data.kind} needs POT for its optimal-transport W2² "
+                          "(pip install 'gsm[mixture]'), got no module named ot")
+    if spec.data.kind == "dataset":
+        if spec.model.exact:
+            raise ConfigError(f"model must be linear | mlp | empirical | custom on data.kind=dataset ({spec.data.description}"
+                              f" have no exact score), got model._target_={spec.model.target}")
+        return
     sampler = spec.sampler
     if spec.model.exact and (getattr(sampler, "requires_linear_score", False)
                              or getattr(sampler, "reads", "score") != "score"):
         raise ConfigError(f"sampler must be ddpm | ddim | langevin with model=oracle on data=mixture (its exact score "
                           f"is not linear), got sampler._target_={class_path(type(sampler))}")
+
+
+def _check_probe(spec: RunSpec) -> None:
+    """eval.probe=true calls the score as model(y, l) on d-dimensional points: not on the texture backend (its
+    d = n² would need a (d + 1)-unknown fit per output) nor on the per-eigenvalue one (no model is built)."""
+    if not spec.evaluation.probe:
+        return
+    with as_config_error("sampler"):
+        name = backend_name(spec)
+    if name in ("texture", "spectral"):
+        raise ConfigError(f"eval.probe must be false on the {name} backend (the Gaussian-structure probe needs a "
+                          "d-dimensional score model called as model(y, l): data=gaussian | mixture | digits | "
+                          "patches off the per-eigenvalue path), got true")
 
 
 def _check_objective(spec: RunSpec, model) -> None:

@@ -21,7 +21,7 @@ def gsm(*args, tmp_path):
     (["-m", "sampler=ddpm,lanjevin"], "gsm: error: sampler=lanjevin is not an option of group sampler "
                                       "(did you mean langevin? options: ddim, ddpm, diffusers, edm, flow, langevin, vp)"),
     (["data=powerlw"], "gsm: error: data=powerlw is not an option of group data (did you mean powerlaw? options: "
-                       "custom, file, isotropic, mixture, powerlaw, texture, two_level)"),
+                       "custom, digits, file, isotropic, mixture, patches, powerlaw, texture, two_level)"),
 ])
 def test_a_config_group_typo_is_one_line_with_the_closest_option(args, line, tmp_path):
     proc = gsm(*args, tmp_path=tmp_path)

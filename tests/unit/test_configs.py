@@ -7,6 +7,7 @@ instantiated as the pipeline's backends do at run time (gsm.pipeline.matrix, gsm
 
     spectrum = instantiate(cfg.data.spectrum)                      # data=texture: load_texture + adsn_spectrum
                                                                    # data=mixture: instantiate(cfg.data.mixture)
+                                                                   # data=digits | patches: instantiate(cfg.data.pool)
     sampler = instantiate(cfg.sampler); sampler.bind(Σ)            # bind: samplers that have it (sampler=vp)
     alphas, stds = sampler.noise_levels(cfg.train.sigma)
     model = build_score_model(cfg.model, dim=d, replicates=R, alphas=alphas, stds=stds, seed=cfg.seed)
@@ -129,8 +130,10 @@ def need(cfg):
     """Skips when the config needs an optional extra that is not installed."""
     if str(cfg.sampler.get("_target_", "")).startswith("gsm.samplers.diffusers_scheduler"):
         pytest.importorskip("diffusers", reason="sampler=diffusers needs pip install 'gsm[diffusers]'")
-    if is_texture(cfg.data):
-        pytest.importorskip("skimage", reason="data=texture needs pip install 'gsm[texture]'")
+    if is_texture(cfg.data) or str(cfg.data.get("pool", {}).get("_target_", "")).endswith("load_patches"):
+        pytest.importorskip("skimage", reason="data=texture | patches needs pip install 'gsm[texture]'")
+    if str(cfg.data.get("pool", {}).get("_target_", "")).endswith("load_digits"):
+        pytest.importorskip("sklearn", reason="data=digits needs pip install 'gsm[digits]'")
 
 
 def build(cfg) -> dict:
@@ -148,6 +151,9 @@ def build(cfg) -> dict:
     elif cfg.data.get("kind") == "mixture":     # data=mixture: its Gaussian surrogate N(0, Σ)
         mixture = instantiate(cfg.data.mixture)
         out["spectrum"], out["covariance"] = mixture.surrogate().eigenvalues, mixture.covariance
+    elif cfg.data.get("kind") == "dataset":     # data=digits | patches: the pool's Gaussian surrogate N(0, Σ)
+        pool = instantiate(cfg.data.pool)
+        out["spectrum"], out["covariance"] = pool.surrogate().eigenvalues, pool.covariance
     else:
         out["spectrum"] = instantiate(cfg.data.spectrum)
         out["covariance"] = make_gaussian(out["spectrum"], cfg.data.basis, cfg.seed).covariance.to(torch.float64)
