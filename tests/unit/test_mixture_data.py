@@ -147,3 +147,18 @@ def test_memorized_share_counts_samples_on_one_training_point():
     assert bootstrap_stderr(share) == 0.0 and bootstrap_stderr(share[:1]) is None
     v = torch.randn(400, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     assert bootstrap_stderr(v) == pytest.approx(float(v.std()) / 20, rel=0.1)     # the bootstrap of a mean
+
+
+def test_memorized_share_in_chunks_equals_the_whole_distance_matrix(monkeypatch):
+    """The share computed a chunk of samples at a time (3 rows of distances) equals the brute force written
+    here on the whole M × N matrix, float32 samples included."""
+    import gsm.theory.memorization as mem
+    g = torch.Generator().manual_seed(3)
+    train = torch.randn(2, 6, 2, generator=g, dtype=torch.float64)
+    x = (train[:, torch.randint(6, (20,), generator=g)] + 0.2 * torch.randn(2, 20, 2, generator=g,
+                                                                         dtype=torch.float64)).float()
+    d = torch.linalg.vector_norm(x.double()[:, :, None] - train[:, None], dim=-1).sort(-1).values
+    want = (d[..., 0] < d[..., 1] / 3).double().mean(-1)
+    monkeypatch.setattr(mem, "CHUNK_DISTANCES", 18)          # 3 samples × 6 training points a chunk
+    got = mem.memorized_share(x, train)
+    assert torch.equal(got, want) and 0 < float(want.min()) and float(want.max()) < 1
