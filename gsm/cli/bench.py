@@ -417,7 +417,7 @@ def bench_pipelines(p, device="cpu"):
         with tempfile.TemporaryDirectory() as tmp:
             for i, (name, over) in enumerate(runs.items()):
                 seconds(over, 1, f"{tmp}/warm{i}")
-                for load in (0, 2):
+                for load in (0,) if p.get("smoke") else (0, 2):     # smoke (CI): no CPU-bound neighbours
                     busy = busy_processes(load)
                     try:
                         for threads in (1, cores):

@@ -8,7 +8,7 @@ import pytest
 from gsm.cli.report import main as report_main
 
 pytest.importorskip("ot", reason="data=mixture needs pip install 'gsm[mixture]'")
-TINY = ["replicates=2", "sampler.particles=40", "data.ot_particles=40", "train.log_every=10"]
+TINY = ["replicates=2", "sampler.particles=40", "data.ot_particles=40", "train.log_every=10", "figures=false"]   # the report draws its own
 
 
 def sweep(sweep_dir, *overrides):
