@@ -124,6 +124,13 @@ class Gaussian:
         self.basis = torch.eye(d, dtype=torch.float64) if basis is None else basis.to(torch.float64)
         self.mean = torch.zeros(d, dtype=torch.float64) if mean is None else mean.to(torch.float64)
 
+    @classmethod
+    def from_covariance(cls, covariance: torch.Tensor) -> "Gaussian":
+        """N(0, Σ) from Σ (d, d) by eigh, Σ = U diag(λ) Uᵀ, with rounding's negative λ clamped to 0 (the
+        Gaussian surrogate of a non-Gaussian data set)."""
+        lam, U = torch.linalg.eigh(covariance)
+        return cls(lam.clamp_min(0), U)
+
     @property
     def dim(self) -> int:
         return self.eigenvalues.numel()

@@ -81,8 +81,7 @@ class GaussianMixture:
 
     def surrogate(self) -> Gaussian:
         """N(0, Σ) with the mixture's covariance: Σ = U diag(λ) Uᵀ by eigh."""
-        lam, U = torch.linalg.eigh(self.covariance)
-        return Gaussian(lam.clamp_min(0), U)
+        return Gaussian.from_covariance(self.covariance)
 
     def sample(self, shape, generator: torch.Generator | None = None, dtype=torch.float64, device=None,
                labels: bool = False):

@@ -52,8 +52,7 @@ class SamplePool:
 
     def surrogate(self) -> Gaussian:
         """N(0, Σ), Σ = U diag(λ) Uᵀ by eigh."""
-        lam, U = torch.linalg.eigh(self.covariance)
-        return Gaussian(lam.clamp_min(0), U)
+        return Gaussian.from_covariance(self.covariance)
 
     def check_n(self, n) -> int:
         """data.n: N in [2, P − 4] (the rest is held out for fresh target samples)."""
