@@ -26,6 +26,11 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 
+# at import, which gsm.cli.main does under sigint_held: a SIGINT inside these imports, later, could be swallowed
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import open_dict
+
 
 class SweepComposer:
     """`load_sweep_config(master, overrides)` of one config loader with the composition shared between
@@ -63,8 +68,6 @@ class SweepComposer:
 
     def _split(self, overrides):
         """(group overrides as typed, parsed value overrides, all parsed) or None where Hydra must compose."""
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         try:
             for line in overrides:
                 if line not in self.parsed:
@@ -88,9 +91,6 @@ class SweepComposer:
 def _with_values(base, values, parsed):
     """A copy of `base` with the value overrides applied as Hydra applies them after composition, and the
     job's hydra.overrides.task (every override, in order) and hydra.job.override_dirname."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-    from omegaconf import open_dict
-
     cfg = copy.deepcopy(base)
     ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
     job = cfg.hydra.job
@@ -106,8 +106,6 @@ def _with_values(base, values, parsed):
 def composed_once():
     """While active, every Hydra config loader composes a multirun's jobs through a `SweepComposer`
     (module doc); Hydra's own method is restored on exit."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
     hydra_method = ConfigLoaderImpl.load_sweep_config
     composers: dict = {}
 
