@@ -26,10 +26,12 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 
-# at import, which gsm.cli.main does under sigint_held: a SIGINT inside these imports, later, could be swallowed
+# at import, which gsm.cli.main does with SIGINT held (gsm.cli.sigint): a SIGINT inside these imports could be swallowed
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict
+
+from gsm.cli import sigint
 
 
 class SweepComposer:
@@ -113,7 +115,8 @@ def composed_once():
         if id(loader) not in composers:
             composers[id(loader)] = SweepComposer(
                 loader, lambda master, overrides: hydra_method(loader, master, overrides))
-        return composers[id(loader)].load_sweep_config(master_config, sweep_overrides)
+        with sigint.held():     # OmegaConf is not safe to interrupt (held already, but in a joblib sweep's parent)
+            return composers[id(loader)].load_sweep_config(master_config, sweep_overrides)
 
     ConfigLoaderImpl.load_sweep_config = load_sweep_config
     try:

@@ -6,19 +6,23 @@ from pathlib import Path
 
 
 def main(argv) -> None:
-    from gsm.cli.main import exit_with, run_job, sigint_held
+    from gsm.cli import sigint
     try:
-        with sigint_held():
+        with sigint.held():     # as in `gsm`: SIGINT raises inside the run only (run_job)
             from omegaconf import OmegaConf
 
-        config, out = argv
-        fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        for handler in (logging.StreamHandler(), logging.FileHandler(Path(out) / "cli.log")):    # as Hydra's job logging
-            handler.setFormatter(fmt)
-            logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(logging.INFO)
-        run_job(OmegaConf.load(config), out, multirun=False, say_where=False)   # the sweep says where
+            from gsm.cli.main import exit_with, run_job
+
+            config, out = argv
+            fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+            for handler in (logging.StreamHandler(), logging.FileHandler(Path(out) / "cli.log")):  # as Hydra's job logging
+                handler.setFormatter(fmt)
+                logging.getLogger().addHandler(handler)
+            logging.getLogger().setLevel(logging.INFO)
+            run_job(OmegaConf.load(config), out, multirun=False, say_where=False)   # the sweep says where
     except KeyboardInterrupt:
+        from gsm.cli.main import exit_with
+
         exit_with(130, "gsm: interrupted by SIGINT")
 
 

@@ -5,21 +5,22 @@ Exit status: 0 when the run finished (status ok or diverged: a sweep goes on), 2
 failed (results.json has status failed and the error; one line `gsm: error: the run failed with
 <type>: <message> ...`; in a multirun the other jobs still run and the sweep exits 1 at the end),
 130 after SIGINT and 143 after SIGTERM (results.json has status interrupted). No traceback in these
-cases. Ctrl-C at any moment, start-up included (importing torch takes seconds), exits 130.
+cases. Ctrl-C at any moment, start-up included (importing torch takes seconds), exits 130: SIGINT is
+held outside the run itself (`gsm.cli.sigint`).
 
-Nothing heavy is imported at module level, so that `main` is running before torch and Hydra load.
+Nothing heavy is imported at module level, so that `main` is holding SIGINT before torch and Hydra load.
 """
-import logging
 import os
 import signal
 import sys
-from contextlib import contextmanager
 
-from gsm.cli.targets import update_targets
+from gsm.cli import sigint
 
 
 def exit_with(code: int, message: str):
     """Ends the process with `message` as gsm's last line on stderr and exit status `code`."""
+    import logging
+
     print(message, file=sys.stderr, flush=True)
     # gsm's line is the last: a library's exit hook (torch's FakeTensor cache stats, at INFO when a signal
     # arrives while torch's loggers are not yet set up) must not log after it
@@ -32,9 +33,11 @@ def _task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from gsm.cli.callbacks import joblib_launcher
+
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun and "joblib" in str(hc.launcher.get("_target_", "")):
+    if multirun and joblib_launcher(hc):
         return _isolated(cfg, hc.runtime.output_dir)
     return run_job(cfg, hc.runtime.output_dir, multirun)
 
@@ -43,7 +46,8 @@ def run_job(cfg, out: str, multirun: bool, say_where: bool | None = None) -> flo
     """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective.
     say_where (default: a single run): end with the line `gsm: results in <out>`."""
     try:
-        with sigint_held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
+        with sigint.held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
+            from gsm.cli.targets import update_targets
             from gsm.pipeline.interrupt import Terminated
             from gsm.pipeline.run import run, summary_table
             from gsm.pipeline.status import RunFailed, error_record
@@ -53,12 +57,14 @@ def run_job(cfg, out: str, multirun: bool, say_where: bool | None = None) -> flo
 
     try:
         update_targets(cfg)             # 0.1 `_target_` paths (gsm.diffusion.DDPM, ...), until 0.3.0
-        results = run(cfg, out)
+        with sigint.released():         # the run's own handlers take over (gsm.pipeline.interrupt)
+            results = run(cfg, out)
     except ConfigError as e:
         exit_with(2, f"gsm: error: {e}")
     except KeyboardInterrupt as e:     # SIGINT, or SIGTERM while the run was active (Terminated)
         name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-        exit_with(code, f"gsm: interrupted by {name}; partial results in {out}/results.json")
+        written = os.path.exists(os.path.join(out, "results.json"))      # not when it came before the run started
+        exit_with(code, f"gsm: interrupted by {name}" + (f"; partial results in {out}/results.json" if written else ""))
     except Exception as e:             # results.json says failed
         err = error_record(e)
         message = (f"gsm: error: the run failed with {err['type']}: {err['message']} "
@@ -125,17 +131,17 @@ def main():
     if not {"", os.getcwd()} & set(sys.path):
         sys.path.insert(0, os.getcwd())
     try:
-        with sigint_held():
+        with sigint.held():     # Hydra and OmegaConf are not safe to interrupt: only the run is (run_job)
             import hydra
 
             from gsm.cli.compose import composed_once
             from gsm.cli.overrides import unknown_option
-        typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
-        if typo:
-            exit_with(2, typo)
-        app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
-        with composed_once():   # a sweep's jobs share their composition (Hydra composes each twice)
-            app()
+            typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
+            if typo:
+                exit_with(2, typo)
+            app = hydra.main(version_base="1.3", config_path="pkg://gsm.conf", config_name="config")(_task)
+            with composed_once():   # a sweep's jobs share their composition (Hydra composes each twice)
+                app()
     except KeyboardInterrupt:
         exit_with(130, "gsm: interrupted by SIGINT")
     except SystemExit as e:
@@ -151,21 +157,3 @@ def _print_sweep_directory():
 
     for where in SweepDirectory.started:
         print(f"gsm: results in {shown_path(where)}", flush=True)
-
-
-@contextmanager
-def sigint_held():
-    """A SIGINT during the block is raised (KeyboardInterrupt) when it ends. Raised inside an import, a
-    library's `except:` can swallow it (the run then goes on) or leave a module half-imported (the run
-    then fails). A SIGINT that is ignored (a background job) stays ignored."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    held = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt()

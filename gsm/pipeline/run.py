@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from gsm.figures import run_title, set_run_title
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.dataset import DatasetLinearBackend, DatasetNeuralBackend
-from gsm.pipeline.interrupt import SummaryWriter, interruptible
+from gsm.pipeline.interrupt import SummaryWriter, deferred, interruptible
 from gsm.pipeline.kinds import backend_name
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
 from gsm.pipeline.memory import check_memory
@@ -42,21 +42,22 @@ def run(cfg: DictConfig, output_dir) -> dict:
     memory exceeds the cap (`gsm.pipeline.memory`); KeyboardInterrupt (SIGINT) or `Terminated` (SIGTERM)
     after writing results.json with status `interrupted`; any other exception after writing status
     `failed` with its type and message (`error`)."""
-    spec = RunSpec.from_config(cfg)     # every group built once, by its own checked constructor
-    checks = validate(spec)
-    check_memory(spec)          # the estimated peak against the memory available (or max_memory_gb)
-    before, threads = torch.get_num_threads(), spec.settings.threads
-    if threads == "auto":
-        torch.set_num_threads(auto_threads(spec))
-    elif threads:     # small batched ops on a busy machine: extra threads wait on each other
-        torch.set_num_threads(int(threads))
-        before = None            # an explicit setting stays for the process
-    try:
-        with interruptible():
+    with interruptible():
+        with deferred():     # OmegaConf is not safe to interrupt: a signal here is raised once the config is read
+            spec = RunSpec.from_config(cfg)     # every group built once, by its own checked constructor
+            checks = validate(spec)
+            check_memory(spec)          # the estimated peak against the memory available (or max_memory_gb)
+        before, threads = torch.get_num_threads(), spec.settings.threads
+        if threads == "auto":
+            torch.set_num_threads(auto_threads(spec))
+        elif threads:     # small batched ops on a busy machine: extra threads wait on each other
+            torch.set_num_threads(int(threads))
+            before = None            # an explicit setting stays for the process
+        try:
             return _run_or_record_failure(spec, output_dir, checks)
-    finally:
-        if before is not None:
-            torch.set_num_threads(before)
+        finally:
+            if before is not None:
+                torch.set_num_threads(before)
 
 
 AUTO_THREADS_MIN_DIM = 1024     # below: 1 intra-op thread (gsm.bench pipelines, docs/performance.md)

@@ -341,6 +341,70 @@ def test_a_second_sigterm_is_ignored_and_a_second_sigint_raises(default_signals)
             time.sleep(1)
 
 
+def sigint_now():
+    """SIGINT to this process; its handler has run when this returns."""
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+
+
+def test_a_held_sigint_is_raised_when_the_block_ends_not_inside(default_signals):
+    from gsm.cli import sigint
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint.held():
+            sigint_now()
+            with sigint.held():     # nested: raised only when the outer block ends
+                pass
+            done.append(True)
+    assert done == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_released_raises_a_held_sigint_on_entry_and_a_new_one_at_once_then_holds_again(default_signals):
+    from gsm.cli import sigint
+    done = []
+    with sigint.held():
+        sigint_now()
+        with pytest.raises(KeyboardInterrupt):
+            with sigint.released():
+                done.append("entered")      # never reached
+        with pytest.raises(KeyboardInterrupt):
+            with sigint.released():
+                sigint_now()
+                done.append("not raised")   # never reached
+        sigint_now()                          # held again: noted ...
+        with pytest.raises(KeyboardInterrupt):
+            sigint.release()                  # ... and raised when the hold ends
+        with pytest.raises(KeyboardInterrupt):
+            sigint_now()                      # the rest of the block: at once
+    assert done == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_sigint_is_not_held(default_signals):
+    from gsm.cli import sigint
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with sigint.held():
+        sigint_now()
+        with sigint.released():
+            sigint_now()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_sigint_while_run_reads_the_config_is_raised_after_it(compose_cfg, tmp_path, monkeypatch, default_signals):
+    """OmegaConf is not safe to interrupt (a half-restored flag turns the KeyboardInterrupt into an
+    AttributeError): run() reads the config inside `deferred`."""
+    real, seen = gsm.pipeline.run.RunSpec.from_config, []
+
+    def from_config(cfg):
+        sigint_now()
+        seen.append("read")
+        return real(cfg)
+
+    monkeypatch.setattr(gsm.pipeline.run.RunSpec, "from_config", from_config)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg(*TINY), tmp_path)
+    assert seen == ["read"] and not (tmp_path / "results.json").exists()
+
+
 @pytest.mark.parametrize("exc,name", [(Terminated, "SIGTERM"), (KeyboardInterrupt, "SIGINT")])
 def test_interrupted_run_writes_results_and_tensorboard(compose_cfg, tmp_path, monkeypatch, exc, name):
     real = gsm.pipeline.matrix.train_linear_dsm

@@ -4,6 +4,7 @@ subset that runs in the default `pytest` (each starts Python, torch and Hydra: a
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -263,19 +264,40 @@ def test_cli_sigkilled_run_is_lost_in_gsm_report(tmp_path, capsys):
     assert "LOST job 0" in capsys.readouterr().out
 
 
+def interrupted_at(delay: float, out) -> tuple[int, str]:
+    """`gsm` on a long run, SIGINT `delay` s after its start: (exit status, stderr); a hang is killed after 120 s."""
+    proc = subprocess.Popen(gsm_cmd(*TINY, "train.steps=100000000", "threads=1", out=out),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=gsm_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        err = "HANG (killed after 120 s)\n" + proc.communicate()[1]
+    return proc.returncode, err
+
+
+def before_gsm(err: str) -> bool:
+    """The SIGINT came before `gsm.cli.main.main` held it: CPython's own start-up (site, .pth files) or the
+    few ms of importing the entry module. On a loaded machine that can outlast the first moment, 0.15 s."""
+    return err.rstrip().endswith("KeyboardInterrupt") and not re.search(r'gsm[/\\]cli[/\\]main\.py", line \d+, in main\b', err)
+
+
 @pytest.mark.slow
 def test_cli_ctrl_c_at_any_moment_exits_130_without_traceback(tmp_path):
-    """SIGINT at 10 moments from start-up (imports: 1–2 s) to the run: exit 130, one line, no traceback.
-    The first ~50 ms are CPython's own start-up (site, .pth files), before any gsm code: not tested."""
+    """SIGINT at 10 moments from start-up (imports: 1–2 s; Hydra's composition) to the run: exit 130, one
+    line, no traceback. Before gsm.cli.sigint, a SIGINT inside Hydra or OmegaConf was swallowed (a hang),
+    became exit 1 or exit −2 (tools/stress_signals.py --startup: 3 in 52). A signal that came before gsm's
+    entry point ran (`before_gsm`) is tried again 0.1 s later, up to 3 times."""
     results = []
     for i, delay in enumerate([0.15, 0.3, 0.5, 0.7, 0.9, 1.1, 1.4, 1.8, 2.5, 4.0]):
-        proc = subprocess.Popen(gsm_cmd(*TINY, "train.steps=100000000", "threads=1", out=tmp_path / str(i)),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=gsm_env(),
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=600)
-        results.append((delay, proc.returncode, err))
+        for retry in range(4):
+            code, err = interrupted_at(delay + 0.1 * retry, tmp_path / f"{i}-{retry}")
+            if not (retry < 3 and before_gsm(err)):
+                break
+        results.append((delay, code, err))
     for delay, code, err in results:
         assert code == 130 and "Traceback" not in err, (delay, code, err)
         assert err.strip().splitlines()[-1].startswith("gsm: interrupted by SIGINT"), (delay, err)
