@@ -7,8 +7,13 @@ from hydra import compose, initialize_config_module
 
 @pytest.fixture
 def compose_cfg():
-    """compose(overrides) → the resolved config, as the `gsm` command would build it."""
+    """compose(overrides) → the resolved config, as the `gsm` command would build it, with `figures=false`
+    unless the overrides set `figures`: drawing is 60–85 % of a tiny run's time, and nothing but the figures
+    depends on it (tests/integration/test_tensorboard.py: the numbers are the same). The tests that look at
+    images ask for them, and test_every_backend_draws_its_figures draws each backend's."""
     def _compose(*overrides):
+        if not any(o.lstrip("+~").split("=")[0] == "figures" for o in overrides):
+            overrides = ("figures=false", *overrides)
         with initialize_config_module(version_base="1.3", config_module="gsm.conf"):
             return compose(config_name="config", overrides=list(overrides))
     return _compose

@@ -19,7 +19,7 @@ def test_a_linear_score_on_digits_runs_on_the_surrogate_and_the_probe_is_recorde
     held-out digits, the "NOT Gaussian" verdict; the probe at each of the 10 DDPM levels, whose affine fit of a
     linear score is exact and whose explained variance is 1 less the training mean's term (< 1e-3 here)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    res = run(compose_cfg("data=digits", "model=linear", "train.solver=exact", "eval.probe=true", *TINY), tmp_path)
+    res = run(compose_cfg("data=digits", "model=linear", "train.solver=exact", "eval.probe=true", "figures=true", *TINY), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "ok" and saved["data_gaussian"] is False and "mode_weights" not in saved
     assert saved["dataset"] == {"description": "scikit-learn's 8×8 handwritten digits (1797 images)", "d": 64,

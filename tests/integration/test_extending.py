@@ -89,7 +89,7 @@ def test_examples_run_through_gsm(tmp_path):
     args = [*sampler_cmd[1:], *(a for a in data_cmd[1:] if a.startswith("data=")), "objective=dsm,ridge"]
     gamma, gamma_end, K, sigma, mu, d, N, rate = 0.05, 0.005, 200, 0.5, 0.1, 4, 40, 0.5
     small = ["model=oracle,linear", "replicates=400", f"data.dim={d}", f"data.n={N}", f"sampler.steps={K}", f"train.sigma={sigma}",
-             "sampler.particles=200", "threads=1", "progress=false", "hydra.sweep.dir=sweep"]
+             "sampler.particles=200", "threads=1", "progress=false", "figures=false", "hydra.sweep.dir=sweep"]
     proc = run_gsm(tmp_path, "-m", *args, *small)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in range(4)]

@@ -50,7 +50,8 @@ def test_flow_runs_through_gsm(tmp_path):
     K, N = 5, 40
     proc = run_gsm(tmp_path, "-m", "sampler=flow", "objective=cfm", "data=custom", "sampler.scheme=euler,heun",
                    "model=oracle,linear", "train.solver=exact", f"sampler.steps={K}", f"data.n={N}",
-                   "replicates=400", "sampler.particles=200", "threads=1", "progress=false", "hydra.sweep.dir=sweep")
+                   "replicates=400", "sampler.particles=200", "threads=1", "progress=false", "figures=false",
+                   "hydra.sweep.dir=sweep")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in range(4)]
     for res in runs:
@@ -79,7 +80,7 @@ def test_cfm_sgd_runs_through_gsm_against_the_prediction(tmp_path):
     proc = run_gsm(tmp_path, "-m", "sampler=flow", "objective=cfm", "train.solver=sgd", "data=custom",
                    "sampler.scheme=heun", "sampler.steps=4", "train.tau=0.01", "train.batch_size=4",
                    "train.steps=1000,12500", "data.n=2000", "replicates=400", "sampler.particles=100", "threads=1",
-                   "progress=false", "hydra.sweep.dir=sweep")
+                   "progress=false", "figures=false", "hydra.sweep.dir=sweep")
     assert proc.returncode == 0, proc.stderr[-3000:]
     far, stationary = (json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in range(2))
     for res in (far, stationary):

@@ -12,8 +12,10 @@ import pytest
 
 from gsm.cli.report import main as report_main
 
+# figures=false: a sweep's per-job figures are not what these tests read (gsm-report draws its own), and drawing
+# is most of a tiny job (tests/conftest.py)
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
-        "sampler.particles=50", "progress=false"]
+        "sampler.particles=50", "progress=false", "figures=false"]
 PRESETS = ["vs_n", "vs_tau", "vs_gamma", "vs_sigma", "ddpm_vs_steps", "ddpm_vs_tmin", "linear_vs_mlp"]
 
 

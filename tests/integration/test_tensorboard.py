@@ -208,7 +208,7 @@ def test_default_tensorboard_serves_the_report_of_a_sweep(tmp_path):
 def test_a_run_writes_its_figures_as_pngs(compose_cfg, tmp_path, one_thread):
     from gsm.pipeline.run import run
     res = run(compose_cfg("replicates=2", "data.dim=3", "train.steps=200", "sampler.steps=20",
-                          "sampler.particles=20", "progress=false"), tmp_path)
+                          "sampler.particles=20", "progress=false", "figures=true"), tmp_path)
     assert res["status"] == "ok"
     assert_pngs(tmp_path, ["spectrum_target_vs_learned", "theory_kernels"])
 
@@ -216,10 +216,49 @@ def test_a_run_writes_its_figures_as_pngs(compose_cfg, tmp_path, one_thread):
 def test_a_texture_run_writes_its_figures_as_pngs(compose_cfg, tmp_path, one_thread):
     from gsm.pipeline.run import run
     res = run(compose_cfg("data=texture", "model=fourier_linear", "data.size=16", "data.n=8", "replicates=2",
-                          "train.steps=100", "sampler.steps=20", "sampler.particles=4", "progress=false"), tmp_path)
+                          "train.steps=100", "sampler.steps=20", "sampler.particles=4", "progress=false", "figures=true"),
+              tmp_path)
     assert res["status"] == "ok"
     assert_pngs(tmp_path, ["spectrum_radial_target_vs_learned", "texture_source", "texture_adsn_sample",
                            "texture_learned_samples"])
+
+
+COMPARISON = ["eval_comparison", "eval_comparison_w2_empirical"]
+LINEAR = [*COMPARISON, "spectrum_target_vs_learned", "theory_kernels"]
+NEURAL = ["eval_comparison", "spectrum_target_vs_learned", "theory_kernels"]
+FIGURES = {   # backend or sampler: (its tiny overrides, the PNGs it writes)
+    "langevin": (["data.dim=3", "sampler.steps=10"], LINEAR),
+    "ddpm": (["sampler=ddpm", "data.dim=3", "sampler.steps=10"], LINEAR),
+    "ddim": (["sampler=ddim", "data.dim=3", "sampler.steps=10"], LINEAR),
+    "vp_spectral": (["sampler=vp", "model=oracle", "data.dim=3", "sampler.steps=10"],
+                    [*COMPARISON, "vp_trajectory_all_schemes"]),
+    "vp_matrix": (["sampler=vp", "data.dim=3", "sampler.steps=10"], [*LINEAR, "vp_trajectory_all_schemes"]),
+    "edm": (["sampler=edm", "data.dim=3", "sampler.steps=5", "train.solver=exact"], LINEAR),
+    "diffusers": (["sampler=diffusers", "sampler.scheduler=DDIMScheduler", "data.dim=3", "sampler.steps=5",
+                   "train.solver=exact"], LINEAR),
+    "flow": (["sampler=flow", "objective=cfm", "data.dim=3", "sampler.steps=5"], LINEAR),
+    "mlp": (["model=mlp", "data.dim=3", "sampler.steps=10"], NEURAL),
+    "texture": (["data=texture", "model=fourier_linear", "data.size=16", "data.n=8", "sampler.steps=20",
+                 "sampler.particles=4"], [*COMPARISON, "spectrum_radial_target_vs_learned", "texture_adsn_sample",
+                                          "texture_learned_samples", "texture_source", "texture_source_vs_samples"]),
+    "mixture_linear": (["data=mixture", "data.dim=3", "sampler=ddpm", "sampler.steps=10"], LINEAR),
+    "mixture_neural": (["data=mixture", "data.dim=3", "model=mlp", "sampler=ddpm", "sampler.steps=10"], NEURAL),
+    "dataset_probe": (["data=digits", "data.n=200", "sampler=ddpm", "sampler.steps=10", "eval.probe=true",
+                       "eval.probe_points=80", "data.ot_particles=16"], [*LINEAR, "probe_gaussian_structure"]),
+}
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_every_backend_draws_its_figures(name, compose_cfg, tmp_path, one_thread):
+    """Each backend's and sampler's figures, drawn and readable (the other tests compose with figures=false,
+    tests/conftest.py): exactly the PNGs listed, each a real image."""
+    from gsm.pipeline.run import run
+    overrides, pngs = FIGURES[name]
+    res = run(compose_cfg("replicates=2", "train.steps=100", "sampler.particles=20", "progress=false", "figures=true",
+                          *overrides), tmp_path)
+    assert res["status"] == "ok"
+    assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == sorted(pngs)
+    assert_pngs(tmp_path, pngs)
 
 
 def test_figures_false_draws_no_figure_and_changes_no_number(compose_cfg, tmp_path, one_thread):

@@ -338,7 +338,7 @@ def run_cfg(cfg, path):
 
 def test_texture_tensorboard_images_and_spectrum(compose_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run_cfg(compose_cfg(*TINY, "sampler.steps=30", "train.solver=sgd"), tmp_path)     # sgd: the loss curve too
+    run_cfg(compose_cfg(*TINY, "sampler.steps=30", "train.solver=sgd", "figures=true"), tmp_path)     # sgd: the loss curve too
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     acc.Reload()
     tags = acc.Tags()

@@ -377,7 +377,7 @@ BASE = [*FILE[:-1], "data.dim=5"]
 def test_pipeline_oracle_records_nfe_and_exact_bias(compose_cfg, tmp_path):
     from gsm.pipeline.run import run
     res = run(compose_cfg(*BASE, "model=oracle", "replicates=2", "sampler.scheme=rk4", "sampler.nfe=100",
-                          "sampler.steps=null"), tmp_path)
+                          "sampler.steps=null", "figures=true"), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["nfe"] == 100 and saved["steps"] == 25 and saved["path"] == "spectral"
     assert abs(res["w2_exact"]["mean"] - res["w2_predicted"]) <= 1e-12
