@@ -52,27 +52,33 @@ def main(tries: int = 20, seed: int = 0) -> int:
     return 1 if hangs else 0
 
 
+def sigint_after(cmd: list, delay: float, env=None, timeout: float = 20) -> tuple[int, str]:
+    """Starts `cmd` with SIGINT's default handling, sends SIGINT `delay` s later: (exit status, stderr). A run
+    still alive `timeout` s later gets SIGABRT (faulthandler prints every thread's stack) and its stderr
+    starts with HANG. tests/integration/test_statuses.py uses it too."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        err = f"HANG (signalled after {timeout} s)\n" + proc.communicate()[1]
+    return proc.returncode, err
+
+
 def startup(tries: int = 150) -> int:
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     bad = 0
     root = Path(tempfile.mkdtemp(prefix="gsm-stress-"))
     for k in range(tries):
         delay = 0.1 + 0.01 * k
-        proc = subprocess.Popen([sys.executable, "-m", "gsm", *TINY, f"hydra.run.dir={root / str(k)}"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)
-            _, err = proc.communicate(timeout=20)
-            err = "HANG\n" + err
+        code, err = sigint_after([sys.executable, "-m", "gsm", *TINY, f"hydra.run.dir={root / str(k)}"], delay, env)
         lines = err.strip().splitlines()
-        if proc.returncode != 130 or "Traceback" in err or not lines[-1].startswith("gsm: interrupted by SIGINT"):
+        if code != 130 or "Traceback" in err or not lines[-1].startswith("gsm: interrupted by SIGINT"):
             bad += 1
-            print(f"{delay:.2f} s: exit {proc.returncode}\n{err[-3000:]}", flush=True)
+            print(f"{delay:.2f} s: exit {code}\n{err[-3000:]}", flush=True)
     shutil.rmtree(root, ignore_errors=True)
     print(f"{bad} of {tries} did not exit 130 with one line")
     return 1 if bad else 0

@@ -22,6 +22,9 @@ from gsm.cli.report import report
 from gsm.pipeline.status import HEARTBEAT, job_status, process_record
 from gsm.pipeline.validate import ConfigError, validate_config
 
+sys.path.insert(0, str(Path(__file__).parents[2] / "tools"))
+from stress_signals import sigint_after  # noqa: E402
+
 TINY = ["replicates=3", "data.dim=3", "data.n=30", "train.steps=300", "sampler.steps=20",
         "sampler.particles=50", "progress=false"]
 TESTS = Path(__file__).parents[1]
@@ -265,18 +268,8 @@ def test_cli_sigkilled_run_is_lost_in_gsm_report(tmp_path, capsys):
 
 
 def interrupted_at(delay: float, out) -> tuple[int, str]:
-    """`gsm` on a long run, SIGINT `delay` s after its start: (exit status, stderr); a hang is killed after 120 s."""
-    proc = subprocess.Popen(gsm_cmd(*TINY, "train.steps=100000000", "threads=1", out=out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=gsm_env(),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        err = "HANG (killed after 120 s)\n" + proc.communicate()[1]
-    return proc.returncode, err
+    """`gsm` on a long run, SIGINT `delay` s after its start: (exit status, stderr); a hang is stopped after 120 s."""
+    return sigint_after(gsm_cmd(*TINY, "train.steps=100000000", "threads=1", out=out), delay, gsm_env(), timeout=120)
 
 
 def before_gsm(err: str) -> bool:
