@@ -46,6 +46,7 @@ def run_job(cfg, out: str, multirun: bool, say_where: bool | None = None) -> flo
     """run(cfg) in `out`, with the exit statuses of the module doc; returns the sweepers' objective.
     say_where (default: a single run): end with the line `gsm: results in <out>`."""
     try:
+        sigint.check()          # one noted while Hydra composed the config: before torch loads
         with sigint.held():     # torch loads here (seconds): an `except` inside its imports must not eat a SIGINT
             from gsm.cli.targets import update_targets
             from gsm.pipeline.interrupt import Terminated
@@ -136,6 +137,7 @@ def main():
 
             from gsm.cli.compose import composed_once
             from gsm.cli.overrides import unknown_option
+            sigint.check()
             typo = unknown_option(sys.argv[1:])     # before Hydra, which reports it in 15 lines and exits 1
             if typo:
                 exit_with(2, typo)

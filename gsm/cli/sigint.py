@@ -5,8 +5,9 @@ bytecode. A KeyboardInterrupt raised inside them was swallowed (the run then wen
 never ended), turned into another error (OmegaConf's `AttributeError` from a half-restored flag: exit 1
 with Hydra's report), or ended the process by SIGINT after gsm's last line (exit −2). So `gsm.cli.main.main`
 holds SIGINT for the length of the app (`held`): a SIGINT is noted, not raised, and raised as
-KeyboardInterrupt at a point where that is safe: when the block ends, or on entering a `released` block,
-which `run_job` opens around `gsm.pipeline.run.run` (whose own handlers, `interruptible`, then take over).
+KeyboardInterrupt at a point where that is safe: when the block ends, at a `check()` between two libraries'
+calls, or on entering a `released` block, which `run_job` opens around `gsm.pipeline.run.run` (whose own
+handlers, `interruptible`, then take over).
 `python tools/stress_signals.py --startup` signals runs at 10 ms steps of their start-up.
 """
 from __future__ import annotations
@@ -71,6 +72,14 @@ def released():
         yield
     finally:
         _hold()
+
+
+def check():
+    """Inside `held`, at a point where that is safe (between two libraries' calls): a SIGINT noted so far is
+    raised now, so that a Ctrl-C during start-up need not wait for the rest of it (torch's import: seconds)."""
+    if _noted:
+        _noted.clear()
+        raise KeyboardInterrupt()
 
 
 def release():

@@ -379,6 +379,21 @@ def test_released_raises_a_held_sigint_on_entry_and_a_new_one_at_once_then_holds
     assert done == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_check_raises_a_held_sigint_at_once_and_holds_on(default_signals):
+    from gsm.cli import sigint
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint.held():
+            sigint.check()                    # none noted: nothing
+            sigint_now()
+            with pytest.raises(KeyboardInterrupt):
+                sigint.check()
+            sigint.check()                    # raised once only
+            sigint_now()                      # still held: raised when the block ends
+            done.append(True)
+    assert done == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_an_ignored_sigint_is_not_held(default_signals):
     from gsm.cli import sigint
     signal.signal(signal.SIGINT, signal.SIG_IGN)

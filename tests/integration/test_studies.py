@@ -105,6 +105,37 @@ def test_report_with_two_swept_parameters_draws_one_figure_per_combination(tmp_p
 
 
 @pytest.mark.slow
+def test_a_sigint_to_a_joblib_sweeps_own_process_stops_the_sweep(tmp_path):
+    """`kill -INT <gsm's pid>` during a joblib sweep of endless jobs: gsm holds SIGINT outside the run
+    (gsm.cli.sigint), but the sweep's process only waits on its workers, so `JoblibSigint` releases it: exit
+    130 at once, no job process left. Without the callback this waits for the jobs (10⁸ steps: for ever)."""
+    import glob
+    import signal
+    import time
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "gsm", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                             "seed=0,1,2,3", *TINY, "train.steps=100000000", "threads=1", f"hydra.sweep.dir={sweep_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+    try:
+        deadline = time.time() + 300
+        while len(glob.glob(str(sweep_dir / "*" / "tb" / "events*"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)                        # both jobs are training
+        proc.send_signal(signal.SIGINT)        # the sweep's own process only
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "gsm: interrupted by SIGINT", err[-3000:]
+    time.sleep(1.0)
+    left = subprocess.run(["pgrep", "-f", f"gsm.cli.job .*{sweep_dir}"], capture_output=True, text=True).stdout
+    assert not left.strip(), left
+
+
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     """hydra/launcher=joblib through the `gsm` console script: 4 jobs on 2 loky workers. Each job runs in
     a process of its own (`python -m gsm.cli.job`, so that a killed job cannot break the worker pool): 4
