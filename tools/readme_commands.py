@@ -32,8 +32,8 @@ LONG = {
     "gsm data=texture model=fourier_linear data.size=256 data.n=16 replicates=2 sampler.particles=16 train.tau=2e-4":
         "a 256×256 texture (d = 65 536): minutes on a loaded 2-core machine",
     "gsm -m +experiment=vs_n": "a 7-job sweep (≈ 50 s); the presets and gsm-report are tested by tests/integration/test_studies.py",
-    "gsm +experiment=where_theory_stops": "a 48-job sweep with 12 MLP jobs: ≈ 7 min CPU (docs/beyond_gaussian.md)",
-    "gsm +experiment=memorization": "a 30-job sweep with MLP jobs up to 10000 steps: ≈ 6 min CPU",
+    "gsm +experiment=where_theory_stops": "a 48-job sweep with 12 MLP jobs: 4 min 14 s idle (docs/beyond_gaussian.md)",
+    "gsm +experiment=memorization": "a 30-job sweep with MLP jobs up to 10000 steps: 2 min 45 s idle",
 }
 CI_REPLICATES = "replicates=16"     # what CI adds to every other command (the README says so)
 # extra overrides CI adds (replicates only: the README says so beside the command)

@@ -60,7 +60,7 @@ def mixture_cells(sweep_dir) -> list[dict]:
         ot, ot_se = _stat(r, "w2_ot_debiased")
         pred = r.get("w2_predicted") if linear else r.get("w2_predicted_linear")
         bound = _stat(r, "w2_exact") if linear else _stat(r, "w2_empirical_debiased")
-        # one Gaussian (Δ = 0): every particle ties, and goes to the first component; no weight to report
+        # one Gaussian (Δ = 0): every particle ties (half to each component, by construction): nothing to report
         mw = {} if r.get("data_gaussian") else r.get("mode_weights") or {}
         cells.append({
             "job": j["job"], "separation": float(data.get("separation", math.nan)), "n": int(data.get("n", 0)),

@@ -127,9 +127,11 @@ class GaussianMixture:
 
     def mode_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The share of the points x (R, M, d) assigned to each component by their posterior (argmax r_k(x)):
-        (R, K) float64."""
-        k = self.responsibilities(x).argmax(-1)
-        return torch.nn.functional.one_hot(k, self.components).to(torch.float64).mean(-2)
+        (R, K) float64. A point whose largest r_k is shared (identical components: separation 0) counts
+        equally for each of them; argmax alone gave it all to the first."""
+        r = self.responsibilities(x)
+        top = (r == r.max(-1, keepdim=True).values).to(torch.float64)
+        return (top / top.sum(-1, keepdim=True)).mean(-2)
 
 
 def centred(means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,18 @@ def test_mode_weights_of_exact_samples_are_the_weights():
     assert ((w.mean(0) - mix.weights).abs() < 3 * se).all(), (w.mean(0), se)
 
 
+def test_mode_weights_split_a_tie_between_identical_components():
+    """At separation 0 the two components are one Gaussian: every point's posterior is (½, ½) exactly, so each
+    point counts half for each (argmax alone gave [1, 0]). Apart, the tie rule changes nothing."""
+    same = mixture_family("two_clusters", dim=3, separation=0.0)
+    x = same.sample((2, 100), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same.mode_weights(x), torch.full((2, 2), 0.5, dtype=torch.float64))
+    apart = mixture_family("two_clusters", dim=3, separation=2.0)
+    x = apart.sample((2, 100), generator=torch.Generator().manual_seed(0))
+    argmax = torch.nn.functional.one_hot(apart.responsibilities(x).argmax(-1), 2).to(torch.float64).mean(-2)
+    assert torch.equal(apart.mode_weights(x), argmax)
+
+
 @pytest.mark.parametrize("kwargs,line", [
     (dict(components=0, family="random_means"), "data.components must be an integer >= 1, got 0"),
     (dict(components=3), "data.components must be 2 for data.family=two_clusters, got 3"),
