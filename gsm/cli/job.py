@@ -7,11 +7,10 @@ from pathlib import Path
 
 def main(argv) -> None:
     from gsm.cli import sigint
+    from gsm.cli.main import exit_with, run_job     # light: nothing heavy at its module level
     try:
         with sigint.held():     # as in `gsm`: SIGINT raises inside the run only (run_job)
             from omegaconf import OmegaConf
-
-            from gsm.cli.main import exit_with, run_job
 
             config, out = argv
             fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -21,8 +20,6 @@ def main(argv) -> None:
             logging.getLogger().setLevel(logging.INFO)
             run_job(OmegaConf.load(config), out, multirun=False, say_where=False)   # the sweep says where
     except KeyboardInterrupt:
-        from gsm.cli.main import exit_with
-
         exit_with(130, "gsm: interrupted by SIGINT")
 
 

@@ -21,7 +21,7 @@ class PoolDraws:
         pool = self.spec.data.pool
         self.results["dataset"] = {"description": pool.description, "d": pool.dim, "pool": pool.size,
                                    "n": self.N, "held_out": pool.size - self.N}
-        self.split = self.spec.data.pool.split(self.R, self.N, generator=self.gen, device=self.device)
+        self.split = pool.split(self.R, self.N, generator=self.gen, device=self.device)
         self.train_x = self.split.train     # kept: memorized_fraction and the probe read it
         return self.train_x
 

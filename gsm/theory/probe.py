@@ -24,14 +24,20 @@ from gsm.checks import number
 PROBE_POINTS = 2048     # Q, points a level: the least squares on [y, 1] has d + 1 unknowns per output (Q ≫ d)
 
 
-def gaussian_score(y: torch.Tensor, x: torch.Tensor, alpha: float, std: float) -> torch.Tensor:
-    """s_G(y) = −(α²Σ̂ + s²I)⁻¹ (y − αμ̂) of the data x (R, N, d) (μ̂, Σ̂ its empirical mean and centred
-    (1/N) covariance): y (R, B, d) → (R, B, d) float64."""
+def empirical_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ̂ (R, 1, d), Σ̂ (R, d, d)) of the data x (R, N, d): the empirical mean and centred (1/N) covariance, float64."""
     x = x.to(torch.float64)
-    mean = x.mean(-2, keepdim=True)                                               # μ̂ (R, 1, d)
+    mean = x.mean(-2, keepdim=True)
     centred = x - mean
-    cov = centred.transpose(-1, -2) @ centred / x.shape[-2]                       # Σ̂ (R, d, d)
-    eye = torch.eye(x.shape[-1], dtype=torch.float64, device=x.device)
+    return mean, centred.transpose(-1, -2) @ centred / x.shape[-2]
+
+
+def gaussian_score(y: torch.Tensor, x: torch.Tensor, alpha: float, std: float, moments=None) -> torch.Tensor:
+    """s_G(y) = −(α²Σ̂ + s²I)⁻¹ (y − αμ̂) of the data x (R, N, d) (μ̂, Σ̂ its empirical mean and centred
+    (1/N) covariance, or `moments` = `empirical_moments(x)` when already computed): y (R, B, d) → (R, B, d)
+    float64."""
+    mean, cov = empirical_moments(x) if moments is None else moments
+    eye = torch.eye(cov.shape[-1], dtype=torch.float64, device=cov.device)
     chol = torch.linalg.cholesky(alpha ** 2 * cov + std ** 2 * eye)
     diff = (y.to(torch.float64) - alpha * mean).transpose(-1, -2)                 # (R, d, B)
     return -torch.cholesky_solve(diff, chol).transpose(-1, -2)
@@ -69,14 +75,16 @@ def gaussian_structure(score_fn, x: torch.Tensor, alphas, stds, points: int = PR
         raise ValueError(f"gaussian_structure needs x (R, N >= 2, d) and L levels with s_l > 0, got N = {N}, "
                          f"{alphas.numel()} alphas, {stds.numel()} stds (min {float(stds.min())})")
     explained, residual = [], []
+    x = x.to(torch.float64)
+    moments = empirical_moments(x)     # the same at every level
     for level, (alpha, std) in enumerate(zip(alphas.tolist(), stds.tolist())):
         pick = torch.randint(N, (R, int(points)), generator=generator, device=x.device)
-        x0 = torch.gather(x.to(torch.float64), 1, pick.unsqueeze(-1).expand(-1, -1, d))
+        x0 = torch.gather(x, 1, pick.unsqueeze(-1).expand(-1, -1, d))
         z = torch.randn(R, int(points), d, generator=generator, dtype=torch.float64, device=x.device)
         y = alpha * x0 + std * z
         with torch.no_grad():
             s_net = score_fn(y, level)
-        ev, res = level_structure(s_net, gaussian_score(y, x, alpha, std), y)
+        ev, res = level_structure(s_net, gaussian_score(y, x, alpha, std, moments), y)
         explained.append(ev)
         residual.append(res)
     return {"alphas": alphas, "stds": stds, "sigma": stds / alphas,
