@@ -39,7 +39,8 @@ SMOKE = dict(sgd_d=8, sgd_R=4, sgd_steps=20, loop_reps=1, loop_steps=10,
              e2e_d=4, e2e_R=4, e2e_n=(20, 40), e2e_chains_runs=1,
              e2e_loop_reps=1, e2e_loop_steps=20, repeat=2,
              e2e_overrides=("train.steps=200", "sampler.steps=20", "sampler.particles=50"),
-             vp_d=16, vp_K=30, vp_exact_R=2)
+             vp_d=16, vp_K=30, vp_exact_R=2,
+             run_overrides=("figures=false",))    # smoke (CI): drawing was most of these tiny runs' seconds
 
 
 def _sync(device):
@@ -214,7 +215,8 @@ def bench_exact_laws(p, device="cpu"):
 
 def _e2e_cfgs(p, extra=()):
     from hydra import compose, initialize_config_module
-    base = [f"data.dim={p['e2e_d']}", f"replicates={p['e2e_R']}", "progress=false", *p.get("e2e_overrides", ()), *extra]
+    base = [f"data.dim={p['e2e_d']}", f"replicates={p['e2e_R']}", "progress=false", *p.get("e2e_overrides", ()),
+            *p.get("run_overrides", ()), *extra]
     with initialize_config_module(version_base="1.3", config_module="gsm.conf"):
         return [compose(config_name="config", overrides=base + [f"data.n={n}"]) for n in p["e2e_n"]]
 
@@ -350,7 +352,7 @@ def bench_vp(p, device="cpu"):
             with initialize_config_module(version_base="1.3", config_module="gsm.conf"):
                 cfg = compose(config_name="config", overrides=[
                     "sampler=vp", "data=file", f"data.path={tmp}/lam.npy", "progress=false", f"sampler.steps={K}",
-                    "sampler.eps=1e-3", *over])
+                    "sampler.eps=1e-3", *p.get("run_overrides", ()), *over])
             cfg.device = device
             return run(cfg, f"{tmp}/{name}"), cfg.sampler
 
@@ -409,7 +411,8 @@ def bench_pipelines(p, device="cpu"):
 
     def seconds(over, threads, tmp):
         with initialize_config_module(version_base="1.3", config_module="gsm.conf"):
-            cfg = compose(config_name="config", overrides=[*over, "progress=false", f"threads={threads}"])
+            cfg = compose(config_name="config", overrides=[*over, "progress=false", f"threads={threads}",
+                                                           *p.get("run_overrides", ())])
         cfg.device = device
         return run(cfg, tmp)["seconds"]
 
@@ -461,18 +464,23 @@ def wall_seconds(cmd) -> float:
 def bench_startup(p, device="cpu"):
     """(9) Start-up: a tiny run (`gsm replicates=2 train.steps=100 sampler.steps=10`, a subprocess) against
     the bare imports (`python -c "import torch, hydra, tensorboard"`), interleaved, medians of 5 wall
-    seconds, with the 1-minute load average before; the ratio (target ≤ 1.3)."""
+    seconds, with the 1-minute load average before; the ratio (target ≤ 1.3). The same run with
+    figures=false beside it: its four figures (matplotlib's import and drawing) are work the run was asked
+    for, the rest is start-up."""
     import shutil
     import sys
     exe = shutil.which("gsm", path=os.path.dirname(sys.executable)) or shutil.which("gsm")
     repeat = 1 if p.get("smoke") else 5      # smoke (CI): the ratio prints; its value means nothing
-    avg, bare, tiny = os.getloadavg()[0], [], []
+    avg, bare, tiny, plain = os.getloadavg()[0], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat):
             bare.append(wall_seconds([sys.executable, "-c", BARE_IMPORTS]))
             tiny.append(wall_seconds([exe, *TINY_RUN, f"device={device}", f"hydra.run.dir={tmp}/{i}"]))
-    b, t = statistics.median(bare), statistics.median(tiny)
-    return {f"bare imports s (load {avg:.1f})": b, "tiny run s": t, "tiny run / bare imports": t / b}
+            plain.append(wall_seconds([exe, *TINY_RUN, f"device={device}", "figures=false",
+                                       f"hydra.run.dir={tmp}/{i}-plain"]))
+    b, t, f = (statistics.median(v) for v in (bare, tiny, plain))
+    return {f"bare imports s (load {avg:.1f})": b, "tiny run s": t, "tiny run / bare imports": t / b,
+            "tiny run, figures=false s": f, "tiny run, figures=false / bare imports": f / b}
 
 
 BENCHMARKS = {"dsm_sgd": bench_dsm_sgd, "langevin": bench_langevin, "bures": bench_bures,
