@@ -43,6 +43,20 @@ def set_run_title(writer, title: str) -> None:
     _RUN_TITLES[writer] = title
 
 
+# writers of runs with figures=false (`set_figures`): a sampler's own log hook draws through the same writer
+_NO_FIGURES: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def set_figures(writer, drawn: bool) -> None:
+    """Whether figures logged through `writer` are drawn (the run's `figures` key); numbers are logged either way."""
+    (_NO_FIGURES.discard if drawn else _NO_FIGURES.add)(writer)
+
+
+def figures_drawn(writer) -> bool:
+    """False for a writer of a run with figures=false (`set_figures`): draw nothing for it."""
+    return writer not in _NO_FIGURES
+
+
 def run_title(results: dict) -> str:
     """Two lines naming the run: sampler, score, d, N, then measured and predicted W2² (squared)."""
     cfg = results.get("config", {})
@@ -71,6 +85,9 @@ def log_figure(writer, tag: str, fig, step: int, title_size: float = 8) -> None:
     The run's title (`set_run_title`) goes on top, in `title_size` points."""
     from PIL import Image
 
+    if not figures_drawn(writer):      # figures=false: a user sampler's hook may still have drawn one
+        pyplot().close(fig)
+        return
     title = _RUN_TITLES.get(writer)
     if title:
         fig.suptitle(title, fontsize=title_size)

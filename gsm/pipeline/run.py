@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gsm.figures import run_title, set_run_title
+from gsm.figures import run_title, set_figures, set_run_title
 from gsm.pipeline.backend import Backend
 from gsm.pipeline.dataset import DatasetLinearBackend, DatasetNeuralBackend
 from gsm.pipeline.interrupt import SummaryWriter, deferred, interruptible
@@ -100,6 +100,7 @@ def run_stages(spec: RunSpec, output_dir, checks: list) -> dict:
     out, results, warn = start(spec.config, output_dir, checks)
     backend = backend_for(spec, results, warn)
     writer = SummaryWriter(log_dir=str(out / "tb"))
+    set_figures(writer, spec.settings.figures)      # the samplers' own figures too (`Sampler.log_extra`)
     with recorded(writer, results, t0, out):
         data = backend.draw_data()                  # 1. R independent data sets of N samples
         fit = backend.fit_score(data, writer)       # 2. the score at the sampler's noise levels

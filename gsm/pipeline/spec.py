@@ -230,7 +230,7 @@ class RunSettings:
     """The top-level keys (conf/config.yaml): seed (an integer), device (cpu | cuda | auto; cuda needs a
     GPU), dtype (the training dtype, float32 | float64), replicates R ≥ 1, progress (a bool), threads
     (auto or ≥ 0), max_memory_gb (> 0 or None: the memory available) and figures (a bool: the run's
-    figures and images drawn or not; vp's trajectory figure on the full-matrix path has its own sampler.figure)."""
+    figures and images drawn or not, the samplers' own too; sampler=vp's trajectory figure also has sampler.figure)."""
 
     seed: int = 0
     device: str = "cpu"

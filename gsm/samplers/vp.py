@@ -280,8 +280,8 @@ class VP(Sampler):
         w2 = bures_wasserstein2(marg[pts], traj[:, pts]).mean(0)
         for p, w in zip(pts.tolist(), w2.tolist()):
             writer.add_scalar("vp/w2_trajectory_learned", w, p)   # plain: the default TensorBoard loader
-        if self.figure:
-            from gsm.figures import log_figure      # matplotlib only when a figure is drawn
+        from gsm.figures import figures_drawn, log_figure      # matplotlib only when a figure is drawn
+        if self.figure and figures_drawn(writer):
             log_figure(writer, "vp/trajectory_all_schemes",
                        trajectory_figure(lam.clamp_min(0), self, learned=(t[pts].cpu(), w2.cpu())), step)
 

@@ -45,6 +45,19 @@ def test_run_without_figures_does_not_import_matplotlib(tmp_path):
     assert not cell["matplotlib"], cell
 
 
+def test_figures_false_also_stops_a_samplers_own_figure(tmp_path):
+    """figures=false reaches the samplers' own log hooks: sampler=vp on the full-matrix path (a DSM-SGD score)
+    draws its trajectory figure unless figures=false, and then imports no matplotlib and writes no PNG; its
+    trajectory scalars stay."""
+    run = tmp_path / "vp"
+    mods = imported_by(run, "sampler=vp", "sampler.steps=5", "data.dim=3", "figures=false")
+    assert not mods["matplotlib"], mods
+    assert not list(run.glob("figures/*.png"))
+    drawn = tmp_path / "drawn"
+    imported_by(drawn, "sampler=vp", "sampler.steps=5", "data.dim=3", "figures=true")
+    assert (drawn / "figures" / "vp_trajectory_all_schemes.png").is_file()
+
+
 def test_remote_file_systems_hidden_only_while_tensorboard_imports():
     """torch_summary_writer hides boto3/botocore/fsspec from TensorBoard's import only: importing them
     afterwards works (sys.modules holds no None left behind)."""
