@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 
 from gsm.cli.tables import load_jobs
+from gsm.figures import pyplot
 from gsm.io import savefig_atomic, write_text_atomic
 
 SCORE_ORDER = ("linear", "mlp", "empirical", "oracle")
@@ -129,15 +130,8 @@ def stops_markdown(cells) -> str:
     return "\n".join(out)
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def stops_figure(cells):
-    plt = _pyplot()
+    plt = pyplot()
     ns = sorted({c["n"] for c in cells})
     fig, axes = plt.subplots(1, len(ns), figsize=(5.5 * len(ns), 4.5), sharey=True, squeeze=False)
     cmap = plt.get_cmap("tab10")
@@ -169,7 +163,7 @@ def stops_figure(cells):
 
 
 def _write(sweep_dir: Path, stem: str, md: str, fig) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     md_path, png_path = sweep_dir / f"{stem}.md", sweep_dir / f"{stem}.png"
     write_text_atomic(md_path, md)
     savefig_atomic(fig, png_path, dpi=120)
@@ -228,7 +222,7 @@ def memorization_markdown(curves: dict, limits: dict) -> str:
 
 
 def memorization_figure(curves: dict, limits: dict):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     cmap = plt.get_cmap("tab10")
     for i, (n, curve) in enumerate(curves.items()):

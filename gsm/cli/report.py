@@ -203,10 +203,10 @@ def _shade_outside_regime(ax, xs, rows: list[dict]):
 
 def plot_study(x_key: str, fixed: dict, rows: list[dict], title: str = ""):
     """Figure: measured mean ± 2 s.e. (error bars) and predicted totals and terms (lines) against x."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from gsm.figures import pyplot
+    plt = pyplot()
 
     xs = [_number(r[x_key]) for r in rows]
     categorical = None in xs
@@ -284,7 +284,8 @@ def report(sweep_dir, tensorboard: bool = True) -> dict:
     """Reads the sweep, writes report.csv, one PNG per study and tb_report/; prints a summary table.
     Returns {"rows", "swept", "failed" (rows whose status is not ok), "by_status" ({status: rows}), "csv",
     "figures" (paths)}."""
-    import matplotlib.pyplot as plt
+    from gsm.figures import pyplot
+    plt = pyplot()
 
     sweep_dir = Path(sweep_dir)
     jobs, swept = load_jobs(sweep_dir)

@@ -79,10 +79,10 @@ def markdown(t, nfes, scheds, item: str = "scheduler") -> str:
 
 
 def figure(t, nfes, scheds):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from gsm.figures import pyplot
+    plt = pyplot()
 
     scores = [sc for sc in SCORES if any(k[0] == sc for k in t)]
     fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 4.5), sharey=True, squeeze=False)
@@ -111,7 +111,8 @@ def write_ranking_report(sweep_dir, rows, *, name: str, key: str = "sampler.sche
                          extra=None) -> list[Path]:
     """Writes report_<name>.png (`figure`) and report_<name>.md (`markdown`, then `extra(t, nfes, items)` if
     given) for a study swept over `key` × sampler.nfe × score, prints the ranking comparison; returns the paths."""
-    import matplotlib.pyplot as plt
+    from gsm.figures import pyplot
+    plt = pyplot()
 
     sweep_dir = Path(sweep_dir)
     t, nfes, items = results_by_cell(rows, key=key)

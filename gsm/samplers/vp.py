@@ -290,9 +290,8 @@ def trajectory_figure(lam: torch.Tensor, sampler: VP, schemes=SDE_SCHEMES + ODE_
     """P–G Fig. 1 in W2²: W2²(law_k, p_{t_k}) along the trajectory (x axis: t_k) for every scheme with the
     exact score, at the sampler's K, ε and init (the score evaluations differ: rk4 uses 4K); learned = (t, w2):
     the run's own scheme with its learned score (mean over replicates), drawn over them."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from gsm.figures import pyplot
+    plt = pyplot()
     lam = lam.to(_F64)
     t = vp_grid(sampler.T, sampler.eps, sampler.K)
     marg = sampler.schedule.marginal(lam, t)

@@ -389,7 +389,7 @@ def test_pipeline_full_path_equals_spectral_path_for_the_oracle(compose_cfg, tmp
     from gsm.pipeline.run import run
     over = [*BASE, "model=oracle", "replicates=2", f"sampler.scheme={scheme}", "sampler.steps=30", f"sampler.init={init}"]
     a = run(compose_cfg(*over), tmp_path / "a")
-    b = run(compose_cfg(*over, "sampler.spectral=false"), tmp_path / "b")
+    b = run(compose_cfg(*over, "sampler.spectral=false", "figures=true"), tmp_path / "b")
     assert "path" not in b and b["nfe"] == a["nfe"] and (tmp_path / "b" / "figures" / "vp_trajectory_all_schemes.png").is_file()
     assert abs(a["w2_exact"]["mean"] - b["w2_exact"]["mean"]) <= 1e-10
 
