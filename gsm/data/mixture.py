@@ -125,6 +125,19 @@ class GaussianMixture:
         logp, scores = self.log_joint(y, alpha, std)
         return (torch.softmax(logp, -1).unsqueeze(-1) * scores).sum(-2)
 
+    def velocity(self, y: torch.Tensor, alpha: float, std: float) -> torch.Tensor:
+        """E[x₁ − x₀ | αx₁ + s x₀ = y], x₁ from the mixture and x₀ ~ N(0, I) (the flow-matching target at the
+        level (α, s); on the linear path α = t, s = 1 − t it is the velocity). Per component, with its score
+        s_k = −P_k(y − αμ_k): E[x₁|y, k] = μ_k − αΣ_k s_k and E[x₀|y, k] = −s·s_k, so
+
+            w(y) = Σ_k r_k(y) (μ_k − (αΣ_k − sI) s_k),
+
+        finite at α = 0 (t = 0) and at s = 0 (t = 1, every Σ_k positive-definite). (…, d) → (…, d), float64."""
+        logp, scores = self.log_joint(y, alpha, std)                                       # (…, K), (…, K, d)
+        cov_scores = torch.einsum("kij,...kj->...ki", self.covariances.to(y.device), scores)
+        per_component = self.means.to(y.device) - alpha * cov_scores + std * scores
+        return (torch.softmax(logp, -1).unsqueeze(-1) * per_component).sum(-2)
+
     def mode_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The share of the points x (R, M, d) assigned to each component by their posterior (argmax r_k(x)):
         (R, K) float64. A point whose largest r_k is shared (identical components: separation 0) counts

@@ -4,8 +4,8 @@ prediction for the Gaussian surrogate N(0, Σ) (the data's covariance).
 
 * `MixtureLinearBackend`: a linear score trained on the mixture's samples (the full-matrix backend, whose
   law is Gaussian and exact: w2_exact is the Bures distance to the surrogate, a lower bound on the true one).
-* `MixtureNeuralBackend`: model=oracle (the mixture's exact score, `gsm.scores.mixture.MixtureScore`) or a
-  neural score, sampled through the samplers' non-linear path.
+* `MixtureNeuralBackend`: model=oracle (the mixture's exact score, `gsm.scores.mixture.MixtureScore`, or its
+  exact velocity for sampler=flow) or a neural score, sampled through the samplers' non-linear path.
 
 Both add, per replicate r, with M' = min(M, data.ot_particles) particles x, fresh target samples t, t' and
 surrogate samples g of size M' (`gsm.theory.transport`):
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from gsm.pipeline.kinds import objective_predicts
 from gsm.pipeline.matrix import MatrixBackend, NeuralBackend
 from gsm.pipeline.record import as_scalar, mean_stderr, record_memorization
 from gsm.scores.mixture import MixtureScore
@@ -149,7 +150,8 @@ class MixtureNeuralBackend(MixtureDraws, NeuralBackend):
     def build_model(self):
         if self.spec.model.exact:
             self.dtype = torch.float64     # a closed-form score: no training dtype applies
-            return MixtureScore(self.spec.data.mixture, self.alphas, self.stds)
+            return MixtureScore(self.spec.data.mixture, self.alphas, self.stds,
+                                predicts=objective_predicts(self.spec.objective))
         return super().build_model()
 
     def fit_score(self, x, writer) -> dict:

@@ -14,7 +14,7 @@ that span groups, from what the groups declare:
   linear model (`ScoreModel.linear`), `gsm.pipeline.kinds.linear_score_mismatch`; `RunSpec.from_config`
   applies it to the two classes already, before the sampler is built (diffusers' import takes seconds);
 * data=mixture: POT installed; its exact score (model=oracle) is not linear, so not with a sampler that
-  reads the score's matrices; data.kind=dataset (data=digits | patches): POT installed, and no model=oracle
+  reads the score's matrices, nor with sampler=flow's Gaussian closed-form flow (scheme=ode); data.kind=dataset (data=digits | patches): POT installed, and no model=oracle
   (real data have no exact score);
 * eval.probe=true: a backend that calls the score as model(y, l) on d-dimensional points (not data=texture,
   not the per-eigenvalue path);
@@ -138,7 +138,8 @@ def _check_sampler_fits(spec: RunSpec) -> None:
 
 def _check_mixture(spec: RunSpec) -> None:
     """data=mixture: POT for its true OT distances; its exact score (model=oracle) is not linear, so a sampler
-    that reads the score's matrices (`requires_linear_score`) or a velocity (`reads`) cannot run it.
+    that reads the score's matrices (`requires_linear_score`) cannot run it, nor the Gaussian closed-form flow
+    (sampler=flow scheme=ode, `oracle_only`); sampler=flow reads its exact velocity.
     data.kind=dataset: POT, and no exact score to be model=oracle."""
     if spec.data.kind not in ("mixture", "dataset"):
         return
@@ -152,10 +153,13 @@ def _check_mixture(spec: RunSpec) -> None:
                               f" have no exact score), got model._target_={spec.model.target}")
         return
     sampler = spec.sampler
-    if spec.model.exact and (getattr(sampler, "requires_linear_score", False)
-                             or getattr(sampler, "reads", "score") != "score"):
-        raise ConfigError(f"sampler must be ddpm | ddim | langevin with model=oracle on data=mixture (its exact score "
-                          f"is not linear), got sampler._target_={class_path(type(sampler))}")
+    if spec.model.exact and getattr(sampler, "requires_linear_score", False):
+        raise ConfigError(f"sampler must be ddpm | ddim | langevin | flow with model=oracle on data=mixture (its exact "
+                          f"score is not linear), got sampler._target_={class_path(type(sampler))}")
+    if spec.model.exact and getattr(sampler, "oracle_only", None):
+        # sampler=flow scheme=ode is the closed-form flow of a Gaussian target, not of the mixture
+        raise ConfigError("sampler.scheme must be euler | midpoint | heun | rk4 with model=oracle on data=mixture "
+                          "(ode is the exact flow of a Gaussian target), got ode")
 
 
 def _check_probe(spec: RunSpec) -> None:
@@ -186,6 +190,10 @@ def _check_objective(spec: RunSpec, model) -> None:
         who = getattr(spec.sampler, "reader", None) or class_path(type(spec.sampler))
         raise ConfigError(f"objective must learn the {reads} that {who} reads "
                           f"({fix}), got objective {name} (a {predicts}: {other})")
+    if getattr(model, "from_data", False) and predicts != "score":
+        # model=empirical is the smoothed training set's score: read as a velocity it would be a wrong answer
+        raise ConfigError(f"model must be linear | mlp | oracle for objective {name} (model=empirical is the training "
+                          f"set's score; its closed-form velocity is not built), got model._target_={spec.model.target}")
     if model.requires_training and getattr(spec.sampler, "oracle_only", None):
         raise ConfigError(spec.sampler.oracle_only)
     if model.requires_training and spec.train.solver == "sgd" and not getattr(obj, "sgd_trainable", False):

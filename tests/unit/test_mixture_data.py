@@ -40,6 +40,48 @@ def test_exact_score_is_the_gradient_of_the_noised_log_density(alpha, s):
     assert torch.allclose(mix.score(y, alpha, s), grad, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.7, 1.0])
+def test_velocity_is_the_posterior_mean_of_x1_minus_x0(t):
+    """w(y) = E[x₁ − x₀ | t x₁ + (1 − t) x₀ = y] on the linear path, t = 0 and t = 1 included. Reference: Gaussian
+    conditioning per component, (x₁ − x₀, y) | k jointly Gaussian with Cov(x₁ − x₀, y) = tΣ_k − (1 − t)I and
+    Var(y) = t²Σ_k + (1 − t)²I, weighted by the posterior of k (torch.distributions); and, for 0 < t, Tweedie:
+    E[x₁|y] = (y + (1 − t)²∇log p(y))/t, E[x₀|y] = −(1 − t)∇log p(y), ∇log p by autograd."""
+    mix, (a, b) = general_mixture(), (t, 1.0 - t)
+    y = 2 * torch.randn(32, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64)
+    ref = torch.zeros_like(y)
+    logp = reference_log_density(mix.weights, mix.means, mix.covariances, a, b)
+    comps = [D.MultivariateNormal(a * m, covariance_matrix=a ** 2 * c + b ** 2 * eye)
+              for m, c in zip(mix.means, mix.covariances)]
+    post = torch.softmax(torch.stack([w.log() + c.log_prob(y) for w, c in zip(mix.weights, comps)], -1), -1)
+    for k, (m, c) in enumerate(zip(mix.means, mix.covariances)):
+        gain = (a * c - b * eye) @ torch.linalg.inv(a ** 2 * c + b ** 2 * eye)
+        ref += post[:, k:k + 1] * (m + (y - a * m) @ gain.T)
+    assert torch.allclose(mix.velocity(y, a, b), ref, rtol=1e-9, atol=1e-10)
+    if 0 < t:
+        y_ = y.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(logp(y_).sum(), y_)
+        assert torch.allclose(mix.velocity(y, a, b), (y + b ** 2 * grad) / a + b * grad, rtol=1e-8, atol=1e-9)
+
+
+def test_one_component_velocity_is_the_linear_oracle():
+    """A one-Gaussian mixture N(0, Σ): w(y) = (aΣ − bI)(a²Σ + b²I)⁻¹ y, the linear flow's exact velocity −B y
+    (docs/flow.md); MixtureScore(predicts=velocity) reads it at the sampler's levels, in y's dtype."""
+    B = torch.randn(3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cov = B @ B.T + 0.2 * torch.eye(3, dtype=torch.float64)
+    mix = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64), cov[None])
+    alphas, stds = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64), torch.tensor([1.0, 0.6, 0.0], dtype=torch.float64)
+    model = MixtureScore(mix, alphas, stds, predicts="velocity")
+    y = torch.randn(2, 7, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64)
+    for level, (a, b) in enumerate(zip(alphas.tolist(), stds.tolist())):
+        gain = (a * cov - b * eye) @ torch.linalg.inv(a ** 2 * cov + b ** 2 * eye)
+        assert torch.allclose(model(y, level), y @ gain.T, rtol=1e-10, atol=1e-12)
+    assert model(y.float(), 1).dtype == torch.float32
+    with pytest.raises(ValueError, match="predicts must be one of"):
+        MixtureScore(mix, alphas, stds, predicts="noise")
+
+
 def test_score_model_reads_the_sampler_levels_and_stays_finite_far_out():
     """MixtureScore(y, l) is the score at (α_l, s_l), in y's dtype; at |y| ~ 1e3 (responsibilities of
     e^{-10⁵}) the log-sum-exp keeps it finite and equal to the nearest component's score."""
