@@ -190,10 +190,10 @@ def _check_objective(spec: RunSpec, model) -> None:
         who = getattr(spec.sampler, "reader", None) or class_path(type(spec.sampler))
         raise ConfigError(f"objective must learn the {reads} that {who} reads "
                           f"({fix}), got objective {name} (a {predicts}: {other})")
-    if getattr(model, "from_data", False) and predicts != "score":
-        # model=empirical is the smoothed training set's score: read as a velocity it would be a wrong answer
-        raise ConfigError(f"model must be linear | mlp | oracle for objective {name} (model=empirical is the training "
-                          f"set's score; its closed-form velocity is not built), got model._target_={spec.model.target}")
+    if getattr(model, "from_data", False) and getattr(model, "predicts", "score") != predicts:
+        # a model set from the data that computes a score only: read as a velocity it would be a wrong answer
+        raise ConfigError(f"model must compute the {predicts} that objective {name} learns (it declares predicts = "
+                          f"{getattr(model, 'predicts', 'score')}), got model._target_={spec.model.target}")
     if model.requires_training and getattr(spec.sampler, "oracle_only", None):
         raise ConfigError(spec.sampler.oracle_only)
     if model.requires_training and spec.train.solver == "sgd" and not getattr(obj, "sgd_trainable", False):

@@ -61,8 +61,10 @@ def test_identical_components_are_gaussian_data(compose_cfg, tmp_path, one_threa
     (["model=oracle", "sampler=vp"], "sampler must be ddpm | ddim | langevin | flow with model=oracle on data=mixture"),
     (["model=oracle", "sampler=flow", "objective=cfm", "sampler.scheme=ode"],
      "sampler.scheme must be euler | midpoint | heun | rk4 with model=oracle on data=mixture"),
-    (["model=empirical", "sampler=flow", "objective=cfm", "sampler.scheme=euler"],
-     "model must be linear | mlp | oracle for objective cfm (model=empirical is the training set's score"),
+    (["model=empirical", "sampler=flow", "objective=cfm", "sampler.scheme=heun"],
+     "model must be a valid config, got an error: model=empirical needs noise levels s_l > 0 (a smoothed training "
+     "set), got min 0.0 (sampler=flow reads t = 1, where s = 0, with heun and rk4 on the linear path: "
+     "sampler.scheme=euler | midpoint, or sampler.path=vp)"),
 ])
 def test_bad_input_is_refused_in_one_line_before_any_work(overrides, line, compose_cfg, tmp_path):
     with pytest.raises(ConfigError) as e:
@@ -107,6 +109,17 @@ def test_empirical_score_copies_the_training_set_and_the_linear_score_does_not(c
     assert linear["memorized_fraction"]["mean"] <= 0.05, linear["memorized_fraction"]
     assert set(empirical["memorized_fraction"]) >= {"mean", "stderr", "n"}
     assert empirical["memorized_fraction_fresh"]["mean"] <= 0.05     # fresh data: the chance level
+
+
+def test_empirical_velocity_copies_the_training_set(compose_cfg, tmp_path, one_thread):
+    """sampler=flow with the training set's closed-form velocity (model=empirical, objective=cfm, Euler, K = 50),
+    N = 40 = 10d in d = 4 (as the DDPM test above): its last step lands on E[x₁ | y], a training point once the
+    posterior is peaked (at s = 1/K), so the particles are memorised (≥ 0.9), fresh data are not (≤ 0.05)."""
+    res = run(compose_cfg(*TINY, "sampler=flow", "objective=cfm", "model=empirical", "sampler.scheme=euler",
+                          "sampler.steps=50", "data.dim=4", "data.n=40"), tmp_path)
+    assert res["status"] == "ok"
+    assert res["memorized_fraction"]["mean"] >= 0.9, res["memorized_fraction"]
+    assert res["memorized_fraction_fresh"]["mean"] <= 0.05, res["memorized_fraction_fresh"]
 
 
 def test_oracle_flow_has_the_data_law(compose_cfg, tmp_path, one_thread):

@@ -190,6 +190,33 @@ def test_empirical_score_is_the_gradient_of_the_smoothed_training_set():
     assert torch.allclose(blocked, model(y, 1))
 
 
+def test_empirical_velocity_is_the_posterior_mean_of_x1_minus_x0():
+    """predicts=velocity: w(y) = E[x₁ − x₀ | αx₁ + s x₀ = y] over the training set. One training point p: the
+    posterior is a point mass, x₁ = p and x₀ = (y − αp)/s. Several: Tweedie against autograd of the smoothed
+    log-density (as above), E[x₁|y] = (y + s²∇log p̂)/α, E[x₀|y] = −s∇log p̂; and at α = 0 (t = 0) the posterior
+    is uniform, E[x₁|y] = the training mean."""
+    from gsm.scores.empirical import EmpiricalScore
+    g = torch.Generator().manual_seed(7)
+    alphas, stds = torch.tensor([0.0, 0.6, 0.95], dtype=torch.float64), torch.tensor([1.0, 0.4, 0.05], dtype=torch.float64)
+    one = EmpiricalScore(alphas, stds, predicts="velocity")
+    p = torch.randn(1, 1, 3, generator=g, dtype=torch.float64)
+    one.fit(p)
+    y = torch.randn(1, 6, 3, generator=g, dtype=torch.float64)
+    for level, (a, s) in enumerate(zip(alphas.tolist(), stds.tolist())):
+        assert torch.allclose(one(y, level), p - (y - a * p) / s, rtol=1e-12, atol=1e-12)
+    x = torch.randn(1, 7, 3, generator=g, dtype=torch.float64)
+    many = EmpiricalScore(alphas, stds, predicts="velocity")
+    many.fit(x)
+    assert torch.allclose(many(y, 0), x.mean(1, keepdim=True) - y, rtol=1e-12, atol=1e-12)
+    for level in (1, 2):
+        a, s = float(alphas[level]), float(stds[level])
+        logp = reference_log_density(torch.full((7,), 1 / 7, dtype=torch.float64), x[0],
+                                     torch.zeros(7, 3, 3, dtype=torch.float64), a, s)
+        y_ = y[0].clone().requires_grad_(True)
+        grad, = torch.autograd.grad(logp(y_).sum(), y_)
+        assert torch.allclose(many(y, level)[0], (y[0] + s ** 2 * grad) / a + s * grad, rtol=1e-8, atol=1e-8)
+
+
 def test_memorized_share_counts_samples_on_one_training_point():
     """Training points 0 and 10 on a line: a sample at 0.5 has d₁/d₂ = 0.5/9.5 < 1/3 (memorised), one at 4 has
     4/6 (not): shares 1/2 and the bootstrap s.e. of a constant is 0."""
