@@ -28,6 +28,15 @@ def test_where_theory_stops_tiny_sweep_then_report(tmp_path):
 
 
 @pytest.mark.slow
+def test_where_theory_stops_flow_tiny_sweep_then_report(tmp_path):
+    """The flow arm's preset runs the exact and the empirical mixture velocities (sampler=flow, objective=cfm)."""
+    sweep(tmp_path, "+experiment=where_theory_stops_flow", "data.separation=4", "data.n=20", "model=empirical,oracle")
+    assert report_main([str(tmp_path), "--no-tensorboard"]) == 0
+    md = (tmp_path / "report_where_theory_stops.md").read_text()
+    assert "| 4 | oracle |" in md and "| 4 | empirical |" in md
+
+
+@pytest.mark.slow
 def test_memorization_tiny_sweep_then_report(tmp_path):
     sweep(tmp_path, "+experiment=memorization", "data.n=4,8", "train.steps=10,20", "model=mlp,empirical")
     assert report_main([str(tmp_path), "--no-tensorboard"]) == 0
