@@ -86,6 +86,11 @@ class SummaryWriter:
         with deferred():     # the constructor starts the writer thread and opens the event file
             self._writer = torch_summary_writer()(log_dir=log_dir, **kwargs)
 
+    def add_summary(self, summary, global_step=None):
+        """A ready-made Summary proto (`gsm.figures.add_png`'s encoded image) into the event file."""
+        with deferred():
+            self._writer.file_writer.add_summary(summary, global_step)
+
     def __getattr__(self, name):
         attr = getattr(self._writer, name)
         if not callable(attr):

@@ -50,9 +50,17 @@ class Server:
         self.port, self.log = port, log
 
     def get(self, path: str, **query):
+        return json.loads(self.get_bytes(path, **query))
+
+    def get_bytes(self, path: str, **query) -> bytes:
         url = f"http://localhost:{self.port}/{path}" + ("?" + urllib.parse.urlencode(query) if query else "")
         with urllib.request.urlopen(url, timeout=10) as r:
-            return json.loads(r.read())
+            return r.read()
+
+    def image(self, run: str, tag: str) -> bytes:
+        """The bytes the images plugin serves for the last sample of `tag`, as the dashboard fetches them."""
+        last = self.get("data/plugin/images/images", run=run, tag=tag, sample=0)[-1]
+        return self.get_bytes("data/plugin/images/individualImage?" + last["query"])
 
     def scalar_tags(self) -> dict:
         """{run: {tag, ...}} of the scalars plugin."""
@@ -150,7 +158,10 @@ def test_default_tensorboard_serves_every_scalar_of_a_run(tmp_path):
     res = json.loads((out / "results.json").read_text())
     with tensorboard(out, tmp_path) as server:
         assert_run_served(server, "tb", res)
+        served = {tag: server.image("tb", tag) for tag in ("theory/kernels", "eval/comparison")}
     assert_pngs(out, ["spectrum_target_vs_learned", "theory_kernels"])
+    for tag, png in served.items():     # TensorBoard shows the very PNG the run wrote
+        assert png == (out / "figures" / (tag.replace("/", "_") + ".png")).read_bytes(), tag
 
 
 @pytest.mark.slow
