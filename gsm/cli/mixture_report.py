@@ -48,6 +48,14 @@ def _score_name(job: dict) -> str:
     return target.rsplit(".", 1)[-1]
 
 
+def _sampler_name(results: dict) -> str:
+    """The sampler's class, its scheme and its number of steps K, e.g. 'Flow (euler), K = 10'."""
+    sampler = (results.get("config") or {}).get("sampler") or {}
+    name = str(sampler.get("_target_", "?")).rsplit(".", 1)[-1]
+    scheme = f" ({sampler['scheme']})" if sampler.get("scheme") else ""
+    return name + scheme + (f", K = {sampler['steps']}" if sampler.get("steps") else "")
+
+
 def mixture_cells(sweep_dir) -> list[dict]:
     """One dict per ok job: separation, n, steps, score and the numbers of the module doc."""
     jobs, _ = load_jobs(sweep_dir)
@@ -65,7 +73,8 @@ def mixture_cells(sweep_dir) -> list[dict]:
         mw = {} if r.get("data_gaussian") else r.get("mode_weights") or {}
         cells.append({
             "job": j["job"], "separation": float(data.get("separation", math.nan)), "n": int(data.get("n", 0)),
-            "steps": int(train.get("steps", 0)), "score": _score_name(j), "ot": ot, "ot_se": ot_se,
+            "steps": int(train.get("steps", 0)), "score": _score_name(j), "sampler": _sampler_name(r),
+            "ot": ot, "ot_se": ot_se,
             "bound": bound[0], "bound_se": bound[1], "pred": pred,
             "z": (ot - pred) / ot_se if pred is not None and ot_se else None,
             "surrogate": _stat(r, "w2_ot_surrogate")[0], "surrogate_se": _stat(r, "w2_ot_surrogate")[1],
@@ -115,7 +124,7 @@ def stops_answers(cells) -> list[str]:
 
 
 def stops_markdown(cells) -> str:
-    out = []
+    out = ["Sampler: " + " / ".join(sorted({c["sampler"] for c in cells})) + ".", ""]
     for n in sorted({c["n"] for c in cells}):
         out += [f"### N = {n}", "", "| Δ | score | w2_ot_debiased | Gaussian-fit bound | linear prediction | z | "
                 "w2_ot_surrogate | mode weight 1 (true) | memorized (fresh) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -158,6 +167,7 @@ def stops_figure(cells):
         ax.grid(True, which="both", alpha=0.25)
     axes[0][0].set_ylabel("w2_ot_debiased (± 2 s.e.)")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("where the theory stops: " + " / ".join(sorted({c["sampler"] for c in cells})), fontsize=10)
     fig.tight_layout()
     return fig
 

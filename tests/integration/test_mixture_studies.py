@@ -25,6 +25,7 @@ def test_where_theory_stops_tiny_sweep_then_report(tmp_path):
     md = (tmp_path / "report_where_theory_stops.md").read_text()
     assert (tmp_path / "report_where_theory_stops.png").read_bytes()[:4] == b"\x89PNG"
     assert md.count("| 4 | ") == 3 and "| 0 | oracle |" in md and "* N = 20: the MLP" in md
+    assert md.startswith("Sampler: DDPM, K = 10."), md[:200]
 
 
 @pytest.mark.slow
@@ -34,6 +35,7 @@ def test_where_theory_stops_flow_tiny_sweep_then_report(tmp_path):
     assert report_main([str(tmp_path), "--no-tensorboard"]) == 0
     md = (tmp_path / "report_where_theory_stops.md").read_text()
     assert "| 4 | oracle |" in md and "| 4 | empirical |" in md
+    assert md.startswith("Sampler: Flow (euler), K = 10."), md[:200]
 
 
 @pytest.mark.slow

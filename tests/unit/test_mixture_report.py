@@ -23,7 +23,8 @@ def write_job(folder, i, overrides, results):
 
 def mixture_results(sep, n, steps, score, ot, mem=0.01):
     linear = score == "linear"
-    out = {"config": {"data": {"separation": sep, "n": n}, "train": {"steps": steps}, "model": {}},
+    out = {"config": {"data": {"separation": sep, "n": n}, "train": {"steps": steps}, "model": {},
+                      "sampler": {"_target_": "gsm.samplers.flow.Flow", "scheme": "euler", "steps": 10}},
            "w2_ot_debiased": stat(ot), "w2_ot_surrogate": stat(0.05 * sep), "w2_empirical_debiased": stat(0.01),
            "mode_weights": {"mean": [0.5, 0.5], "stderr": [0.01, 0.01], "true": [0.5, 0.5], "n": 16},
            "memorized_fraction": stat(mem), "memorized_fraction_fresh": stat(0.01, 0.002), "data_gaussian": sep == 0}
@@ -45,6 +46,7 @@ def test_where_theory_stops_report(tmp_path):
     md = (tmp_path / "report_where_theory_stops.md").read_text()
     assert (tmp_path / "report_where_theory_stops.png").read_bytes()[:8] == PNG
     assert {p.name for p in out["figures"]} >= {"report_where_theory_stops.png", "report_where_theory_stops.md"}
+    assert md.startswith("Sampler: Flow (euler), K = 10.")      # the DDPM and flow arms tell apart
     assert ("| Δ | score | w2_ot_debiased | Gaussian-fit bound | linear prediction | z | w2_ot_surrogate | "
             "mode weight 1 (true) | memorized (fresh) |") in md
     assert "| 4 | linear | 0.2 ± 0.01 | 0.002 ± 0.0002 | 0.002 | +19.8 | 0.2 ± 0.01 | 0.5 ± 0.01 (0.5) |" in md
