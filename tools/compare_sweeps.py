@@ -1,7 +1,7 @@
 """Compare two multirun sweeps cell by cell: `python tools/compare_sweeps.py <sweep A> <sweep B>`.
 
-The cells are matched by their overrides (`<job>/.hydra/overrides.yaml`, order ignored, and `progress=`, which
-changes no number, left out); for each pair the
+The cells are matched by their overrides (`<job>/.hydra/overrides.yaml`, order ignored, and `progress=` and
+`figures=`, which should change no number, left out: this tool is how that is checked); for each pair the
 relative difference |a − b| / max(|a|, |b|) of w2_exact's mean, w2_predicted, every prediction term and
 w2_empirical's mean (where both have it) is taken, and the largest of each is printed. Exits 1 when the
 two sweeps do not hold the same cells or the same prediction terms. Used for the before/after tables of
@@ -16,12 +16,15 @@ from pathlib import Path
 import yaml
 
 
+IGNORED = ("progress=", "figures=")     # overrides that change no number
+
+
 def cells(sweep) -> dict:
     """{sorted overrides: results.json} of every job folder of a sweep."""
     out = {}
     for job in sorted(p for p in Path(sweep).iterdir() if p.name.isdigit()):
         typed = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        overrides = tuple(sorted(o for o in typed if not o.startswith("progress=")))
+        overrides = tuple(sorted(o for o in typed if not o.startswith(IGNORED)))
         out[overrides] = json.loads((job / "results.json").read_text())
     return out
 

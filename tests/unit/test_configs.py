@@ -254,3 +254,16 @@ def test_experiment_instantiates(experiment, compose_cfg, tmp_path, one_thread):
     for overrides in jobs:
         cfg = compose_cfg(f"+experiment={experiment}", *overrides)
         check(build(small(cfg, tmp_path)), cfg)
+
+
+REPORT_STUDIES = ("schedulers", "flow_vs_diffusion", "where_theory_stops", "where_theory_stops_flow", "memorization")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_report_studies_draw_no_per_job_figures(experiment):
+    """A preset whose result is gsm-report's study report reads results.json only: its jobs draw no figures (they
+    were 97 of flow_vs_diffusion's 136 s, docs/flow.md); the other presets keep them for TensorBoard's sweep view.
+    Composed as `gsm` does (compose_cfg would add figures=false)."""
+    with initialize_config_module(version_base="1.3", config_module="gsm.conf"):
+        cfg = compose(config_name="config", overrides=[f"+experiment={experiment}"])
+    assert cfg.figures is (experiment not in REPORT_STUDIES), experiment
