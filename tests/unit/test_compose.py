@@ -96,7 +96,54 @@ def test_what_the_composer_does_not_model_goes_to_hydra(hydra_loader, override):
 def test_composed_once_restores_hydras_method():
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-    before = ConfigLoaderImpl.load_sweep_config
+    before = ConfigLoaderImpl.load_sweep_config, ConfigLoaderImpl.load_configuration
     with composed_once():
-        assert ConfigLoaderImpl.load_sweep_config is not before
-    assert ConfigLoaderImpl.load_sweep_config is before
+        assert ConfigLoaderImpl.load_sweep_config is not before[0]
+        assert ConfigLoaderImpl.load_configuration is not before[1]
+    assert (ConfigLoaderImpl.load_sweep_config, ConfigLoaderImpl.load_configuration) == before
+
+
+def hydra_load(loader):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    return lambda *args: ConfigLoaderImpl.load_configuration(loader, *args)
+
+
+def compose_run_twice(composer, argv):
+    """A single run's two compositions as `hydra.main` makes them: get_mode's probe, then the run's."""
+    from hydra.types import RunMode
+
+    composer.load_configuration("config", list(argv), RunMode.MULTIRUN, True, False)
+    return composer.load_configuration("config", [*argv, "hydra.mode=RUN"], RunMode.RUN)
+
+
+@pytest.mark.parametrize("argv", [[], ["sampler=ddpm", "train.tau=0.1", "data.n=40"], ["data=mixture", "model=mlp"],
+                                  ["+score=oracle", "sampler=flow", "objective=cfm"], ["hydra.job.name=x", "seed=3"]])
+def test_a_run_gets_the_config_hydra_composes_for_it(hydra_loader, argv):
+    """The run's config is the probe's with hydra.mode=RUN applied: equal to Hydra's own RUN composition, key for
+    key, the hydra node included (its overrides lists and mode)."""
+    from gsm.cli.compose import RunComposer
+    from hydra.types import RunMode
+
+    composer = RunComposer(hydra_load(hydra_loader))
+    cfg = compose_run_twice(composer, argv)
+    want = hydra_loader.load_configuration("config", [*argv, "hydra.mode=RUN"], RunMode.RUN)
+    assert composer.counts == {"hydra": 1, "reused": 1}
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(want)
+    assert cfg.hydra.mode == RunMode.RUN and cfg.hydra.overrides.hydra[-1] == "hydra.mode=RUN"
+
+
+@pytest.mark.parametrize("argv", [["seed=1,2"], ["+experiment=vs_n"]])
+def test_what_a_run_cannot_reuse_goes_to_hydra(hydra_loader, argv):
+    """A sweep override without -m (Hydra's RUN-mode check refuses it) and a preset that sets hydra.mode are
+    composed by Hydra itself."""
+    from hydra.errors import ConfigCompositionException
+
+    from gsm.cli.compose import RunComposer
+
+    composer = RunComposer(hydra_load(hydra_loader))
+    try:
+        compose_run_twice(composer, argv)
+    except ConfigCompositionException:
+        pass
+    assert composer.counts == {"hydra": 2, "reused": 0}
